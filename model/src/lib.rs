@@ -1,0 +1,526 @@
+//! The one definition of ktrail's `events` schema, and a typed builder that fills it.
+//!
+//! Every other crate takes the schema from here: ingest fills [`EventBatchBuilder`], storage
+//! writes its batches to the WAL and to Parquet segments, query exposes them as the `events`
+//! table. The column names and types are part of the outside contract (`../shared/contract.md`);
+//! columns may be added (bump [`SCHEMA_VERSION`]), never renamed or removed.
+
+use std::sync::{Arc, LazyLock};
+
+use datafusion::arrow::array::{
+    ArrayRef, Int32Builder, Int64Builder, ListBuilder, StringBuilder,
+    TimestampNanosecondBuilder,
+};
+use datafusion::arrow::compute::kernels::cast_utils::string_to_timestamp_nanos;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use serde::{Deserialize, Deserializer};
+
+/// The batch type of events (DataFusion's arrow), for crates that only build events.
+pub use datafusion::arrow::array::RecordBatch;
+
+/// Version of the `events` schema; stored with every WAL file and segment so that older data can
+/// be recognised after columns are added.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Errors of the event model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A timestamp that is neither RFC 3339 nor an integer count of nanoseconds.
+    #[error("invalid timestamp {value:?}: {reason}")]
+    InvalidTimestamp { value: String, reason: String },
+    /// A record without one of the non-nullable fields (`ts`, `kind`, `source`).
+    #[error("missing required field `{0}`")]
+    MissingField(&'static str),
+    /// A `kind` outside the documented set.
+    #[error("unknown kind {0:?}")]
+    UnknownKind(String),
+    /// A native record that is not a JSON object of the event shape.
+    #[error("invalid event JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Arrow refused the built batch (a bug if it happens: the builder owns the schema).
+    #[error("arrow: {0}")]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
+}
+
+/// The event kinds of the contract.
+pub const KINDS: &[&str] = &[
+    "process_exec",
+    "process_exit",
+    "network_connect",
+    "network_accept",
+    "network_listen",
+    "network_close",
+    "file_access",
+    "k8s_audit",
+    "falco_alert",
+    "other",
+];
+
+/// Names of the columns, in schema order. `event_id` and `binary_name` are ktrail's additions to
+/// the contract: the deduplication key, and the base name of `exe` (indexed).
+pub mod col {
+    pub const TS: &str = "ts";
+    pub const KIND: &str = "kind";
+    pub const SOURCE: &str = "source";
+    pub const EVENT_ID: &str = "event_id";
+    pub const NAMESPACE: &str = "namespace";
+    pub const POD: &str = "pod";
+    pub const POD_UID: &str = "pod_uid";
+    pub const CONTAINER_ID: &str = "container_id";
+    pub const EXE: &str = "exe";
+    pub const BINARY_NAME: &str = "binary_name";
+    pub const EXEC_ID: &str = "exec_id";
+    pub const DST_IP: &str = "dst_ip";
+    pub const AUDIT_ID: &str = "audit_id";
+    pub const RAW: &str = "raw";
+}
+
+macro_rules! event_columns {
+    ($m:ident) => {
+        $m! {
+            utf8: [node, cluster, namespace, pod, pod_uid, container_id, container_name, image,
+                   workload_kind, workload_name],
+            int64: [pid, ppid, uid],
+            utf8_2: [exe, binary_name, args, cwd, exec_id, parent_exec_id, parent_exe, protocol,
+                     src_ip, dst_ip],
+            int32: [src_port, dst_port],
+            utf8_3: [k8s_user, impersonated_user],
+            list: [k8s_groups, source_ips],
+            utf8_4: [source_ip, verb, resource, subresource, object_namespace, object_name,
+                     request_uri, user_agent, audit_id, stage],
+            int32_2: [response_code],
+            utf8_5: [rule, priority, output],
+            list_2: [tags],
+            utf8_6: [session_id, raw],
+        }
+    };
+}
+
+macro_rules! schema_fields {
+    (utf8: [$($a:ident),*], int64: [$($b:ident),*], utf8_2: [$($c:ident),*], int32: [$($d:ident),*],
+     utf8_3: [$($e:ident),*], list: [$($f:ident),*], utf8_4: [$($g:ident),*],
+     int32_2: [$($h:ident),*], utf8_5: [$($i:ident),*], list_2: [$($j:ident),*],
+     utf8_6: [$($k:ident),*],) => {{
+        let mut fields = vec![
+            Field::new(col::TS, DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())), false),
+            Field::new(col::KIND, DataType::Utf8, false),
+            Field::new(col::SOURCE, DataType::Utf8, false),
+            Field::new(col::EVENT_ID, DataType::Int64, false),
+        ];
+        $(fields.push(Field::new(stringify!($a), DataType::Utf8, true));)*
+        $(fields.push(Field::new(stringify!($b), DataType::Int64, true));)*
+        $(fields.push(Field::new(stringify!($c), DataType::Utf8, true));)*
+        $(fields.push(Field::new(stringify!($d), DataType::Int32, true));)*
+        $(fields.push(Field::new(stringify!($e), DataType::Utf8, true));)*
+        $(fields.push(Field::new(stringify!($f), list_type(), true));)*
+        $(fields.push(Field::new(stringify!($g), DataType::Utf8, true));)*
+        $(fields.push(Field::new(stringify!($h), DataType::Int32, true));)*
+        $(fields.push(Field::new(stringify!($i), DataType::Utf8, true));)*
+        $(fields.push(Field::new(stringify!($j), list_type(), true));)*
+        $(fields.push(Field::new(stringify!($k), DataType::Utf8, true));)*
+        fields
+    }};
+}
+
+fn list_type() -> DataType {
+    DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)))
+}
+
+static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let fields = event_columns!(schema_fields);
+    let metadata = [(
+        "ktrail.schema_version".to_string(),
+        SCHEMA_VERSION.to_string(),
+    )]
+    .into();
+    Arc::new(Schema::new_with_metadata(fields, metadata))
+});
+
+/// The Arrow schema of `events` (version [`SCHEMA_VERSION`]).
+pub fn events_schema() -> SchemaRef {
+    SCHEMA.clone()
+}
+
+/// One event in the native shape: the `events` columns by name. Ingest parsers fill it; the
+/// native NDJSON format deserialises straight into it.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    /// Nanoseconds since the Unix epoch, UTC. Native JSON takes RFC 3339 or an integer.
+    #[serde(deserialize_with = "de_ts")]
+    pub ts: i64,
+    pub kind: String,
+    pub source: String,
+    /// Deduplication key; derived from the original record when absent (see [`event_id_of`]).
+    #[serde(default)]
+    pub event_id: Option<i64>,
+    #[serde(default)]
+    pub node: Option<String>,
+    #[serde(default)]
+    pub cluster: Option<String>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub pod: Option<String>,
+    #[serde(default)]
+    pub pod_uid: Option<String>,
+    #[serde(default)]
+    pub container_id: Option<String>,
+    #[serde(default)]
+    pub container_name: Option<String>,
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub workload_kind: Option<String>,
+    #[serde(default)]
+    pub workload_name: Option<String>,
+    #[serde(default)]
+    pub pid: Option<i64>,
+    #[serde(default)]
+    pub ppid: Option<i64>,
+    #[serde(default)]
+    pub uid: Option<i64>,
+    #[serde(default)]
+    pub exe: Option<String>,
+    /// Derived from `exe` when absent.
+    #[serde(default)]
+    pub binary_name: Option<String>,
+    #[serde(default)]
+    pub args: Option<String>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+    #[serde(default)]
+    pub exec_id: Option<String>,
+    #[serde(default)]
+    pub parent_exec_id: Option<String>,
+    #[serde(default)]
+    pub parent_exe: Option<String>,
+    #[serde(default)]
+    pub protocol: Option<String>,
+    #[serde(default)]
+    pub src_ip: Option<String>,
+    #[serde(default)]
+    pub dst_ip: Option<String>,
+    #[serde(default)]
+    pub src_port: Option<i32>,
+    #[serde(default)]
+    pub dst_port: Option<i32>,
+    #[serde(default)]
+    pub k8s_user: Option<String>,
+    #[serde(default)]
+    pub impersonated_user: Option<String>,
+    #[serde(default)]
+    pub k8s_groups: Option<Vec<String>>,
+    #[serde(default)]
+    pub source_ips: Option<Vec<String>>,
+    /// Derived from the first of `source_ips` when absent.
+    #[serde(default)]
+    pub source_ip: Option<String>,
+    #[serde(default)]
+    pub verb: Option<String>,
+    #[serde(default)]
+    pub resource: Option<String>,
+    #[serde(default)]
+    pub subresource: Option<String>,
+    #[serde(default)]
+    pub object_namespace: Option<String>,
+    #[serde(default)]
+    pub object_name: Option<String>,
+    #[serde(default)]
+    pub request_uri: Option<String>,
+    #[serde(default)]
+    pub user_agent: Option<String>,
+    #[serde(default)]
+    pub audit_id: Option<String>,
+    #[serde(default)]
+    pub stage: Option<String>,
+    #[serde(default)]
+    pub response_code: Option<i32>,
+    #[serde(default)]
+    pub rule: Option<String>,
+    #[serde(default)]
+    pub priority: Option<String>,
+    #[serde(default)]
+    pub output: Option<String>,
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+    #[serde(default)]
+    pub session_id: Option<String>,
+    #[serde(default)]
+    pub raw: Option<String>,
+}
+
+fn de_ts<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Ts {
+        Int(i64),
+        Text(String),
+    }
+    match Ts::deserialize(d)? {
+        Ts::Int(n) => Ok(n),
+        Ts::Text(s) => parse_ts(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+/// Parses an RFC 3339 timestamp (any precision up to nanoseconds, any offset) into nanoseconds
+/// since the epoch, UTC. Nothing is rounded.
+pub fn parse_ts(s: &str) -> Result<i64, ModelError> {
+    string_to_timestamp_nanos(s).map_err(|e| ModelError::InvalidTimestamp {
+        value: s.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// The deduplication key of a record: a 64-bit hash of its source and original bytes. The same
+/// record ingested twice gets the same id; different records collide with probability ~2^-64
+/// per pair.
+pub fn event_id_of(source: &str, original: &[u8]) -> i64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(source.as_bytes());
+    h.update(&[0]);
+    h.update(original);
+    h.digest() as i64
+}
+
+/// The base name of an executable path (`/usr/bin/curl` → `curl`).
+pub fn binary_name_of(exe: &str) -> &str {
+    exe.rsplit('/').next().unwrap_or(exe)
+}
+
+impl Event {
+    /// Parses one native NDJSON line. `event_id` defaults to the hash of the line.
+    pub fn from_native_json(line: &[u8]) -> Result<Event, ModelError> {
+        let mut ev: Event = serde_json::from_slice(line)?;
+        if ev.event_id.is_none() {
+            ev.event_id = Some(event_id_of(&ev.source, line));
+        }
+        ev.validate()?;
+        Ok(ev)
+    }
+
+    /// Checks the invariants the schema cannot express.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        if self.kind.is_empty() {
+            return Err(ModelError::MissingField("kind"));
+        }
+        if self.source.is_empty() {
+            return Err(ModelError::MissingField("source"));
+        }
+        if !KINDS.contains(&self.kind.as_str()) {
+            return Err(ModelError::UnknownKind(self.kind.clone()));
+        }
+        Ok(())
+    }
+}
+
+macro_rules! builder_struct {
+    (utf8: [$($a:ident),*], int64: [$($b:ident),*], utf8_2: [$($c:ident),*], int32: [$($d:ident),*],
+     utf8_3: [$($e:ident),*], list: [$($f:ident),*], utf8_4: [$($g:ident),*],
+     int32_2: [$($h:ident),*], utf8_5: [$($i:ident),*], list_2: [$($j:ident),*],
+     utf8_6: [$($k:ident),*],) => {
+        /// Builds `events` record batches row by row. The only way ktrail constructs event
+        /// batches, so the column order always matches [`events_schema`].
+        pub struct EventBatchBuilder {
+            ts: TimestampNanosecondBuilder,
+            kind: StringBuilder,
+            source: StringBuilder,
+            event_id: Int64Builder,
+            $($a: StringBuilder,)*
+            $($b: Int64Builder,)*
+            $($c: StringBuilder,)*
+            $($d: Int32Builder,)*
+            $($e: StringBuilder,)*
+            $($f: ListBuilder<StringBuilder>,)*
+            $($g: StringBuilder,)*
+            $($h: Int32Builder,)*
+            $($i: StringBuilder,)*
+            $($j: ListBuilder<StringBuilder>,)*
+            $($k: StringBuilder,)*
+            rows: usize,
+        }
+
+        impl EventBatchBuilder {
+            /// A builder with room for `capacity` rows.
+            pub fn with_capacity(capacity: usize) -> Self {
+                Self {
+                    ts: TimestampNanosecondBuilder::with_capacity(capacity).with_timezone("UTC"),
+                    kind: StringBuilder::with_capacity(capacity, capacity * 12),
+                    source: StringBuilder::with_capacity(capacity, capacity * 8),
+                    event_id: Int64Builder::with_capacity(capacity),
+                    $($a: StringBuilder::new(),)*
+                    $($b: Int64Builder::with_capacity(capacity),)*
+                    $($c: StringBuilder::new(),)*
+                    $($d: Int32Builder::with_capacity(capacity),)*
+                    $($e: StringBuilder::new(),)*
+                    $($f: ListBuilder::new(StringBuilder::new()),)*
+                    $($g: StringBuilder::new(),)*
+                    $($h: Int32Builder::with_capacity(capacity),)*
+                    $($i: StringBuilder::new(),)*
+                    $($j: ListBuilder::new(StringBuilder::new()),)*
+                    $($k: StringBuilder::new(),)*
+                    rows: 0,
+                }
+            }
+
+            /// Appends one event. Derives `event_id` (from `raw` when present, else from the
+            /// event's fields), `binary_name` and `source_ip` when the event leaves them empty.
+            pub fn push(&mut self, ev: &Event) {
+                self.ts.append_value(ev.ts);
+                self.kind.append_value(&ev.kind);
+                self.source.append_value(&ev.source);
+                self.event_id.append_value(ev.event_id.unwrap_or_else(|| derived_event_id(ev)));
+                $(self.$a.append_option(ev.$a.as_deref());)*
+                $(self.$b.append_option(ev.$b);)*
+                $(
+                    if stringify!($c) == "binary_name" && ev.binary_name.is_none() {
+                        self.$c.append_option(ev.exe.as_deref().map(binary_name_of));
+                    } else {
+                        self.$c.append_option(ev.$c.as_deref());
+                    }
+                )*
+                $(self.$d.append_option(ev.$d);)*
+                $(self.$e.append_option(ev.$e.as_deref());)*
+                $(append_list(&mut self.$f, ev.$f.as_deref());)*
+                $(
+                    if stringify!($g) == "source_ip" && ev.source_ip.is_none() {
+                        self.$g.append_option(
+                            ev.source_ips.as_ref().and_then(|v| v.first()).map(String::as_str),
+                        );
+                    } else {
+                        self.$g.append_option(ev.$g.as_deref());
+                    }
+                )*
+                $(self.$h.append_option(ev.$h);)*
+                $(self.$i.append_option(ev.$i.as_deref());)*
+                $(append_list(&mut self.$j, ev.$j.as_deref());)*
+                $(self.$k.append_option(ev.$k.as_deref());)*
+                self.rows += 1;
+            }
+
+            /// Rows pushed since the last [`finish`](Self::finish).
+            pub fn len(&self) -> usize {
+                self.rows
+            }
+
+            /// True when no row was pushed since the last finish.
+            pub fn is_empty(&self) -> bool {
+                self.rows == 0
+            }
+
+            /// The batch of the rows pushed so far; the builder is empty afterwards.
+            pub fn finish(&mut self) -> RecordBatch {
+                let columns: Vec<ArrayRef> = vec![
+                    Arc::new(self.ts.finish()),
+                    Arc::new(self.kind.finish()),
+                    Arc::new(self.source.finish()),
+                    Arc::new(self.event_id.finish()),
+                    $(Arc::new(self.$a.finish()),)*
+                    $(Arc::new(self.$b.finish()),)*
+                    $(Arc::new(self.$c.finish()),)*
+                    $(Arc::new(self.$d.finish()),)*
+                    $(Arc::new(self.$e.finish()),)*
+                    $(Arc::new(self.$f.finish()),)*
+                    $(Arc::new(self.$g.finish()),)*
+                    $(Arc::new(self.$h.finish()),)*
+                    $(Arc::new(self.$i.finish()),)*
+                    $(Arc::new(self.$j.finish()),)*
+                    $(Arc::new(self.$k.finish()),)*
+                ];
+                self.rows = 0;
+                RecordBatch::try_new(events_schema(), columns)
+                    .expect("EventBatchBuilder columns match events_schema")
+            }
+        }
+    };
+}
+
+event_columns!(builder_struct);
+
+impl Default for EventBatchBuilder {
+    fn default() -> Self {
+        Self::with_capacity(1024)
+    }
+}
+
+fn append_list(b: &mut ListBuilder<StringBuilder>, v: Option<&[String]>) {
+    match v {
+        Some(items) => {
+            for item in items {
+                b.values().append_value(item);
+            }
+            b.append(true);
+        }
+        None => b.append(false),
+    }
+}
+
+/// An id for an event that came without its original bytes: a hash of its debug form, which
+/// covers every field. Ingest parsers set `event_id` from the original record instead.
+fn derived_event_id(ev: &Event) -> i64 {
+    let text = format!("{ev:?}");
+    event_id_of(&ev.source, text.as_bytes())
+}
+
+/// Builds one batch from a slice of events.
+pub fn batch_of(events: &[Event]) -> RecordBatch {
+    let mut b = EventBatchBuilder::with_capacity(events.len());
+    for ev in events {
+        b.push(ev);
+    }
+    b.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::datatypes::Int64Type;
+
+    #[test]
+    fn schema_has_contract_columns_in_order_and_types() {
+        let s = events_schema();
+        assert_eq!(s.field(0).name(), "ts");
+        assert!(!s.field(0).is_nullable());
+        for name in [
+            "node", "cluster", "namespace", "pod", "pod_uid", "container_id", "image", "pid",
+            "exe", "args", "exec_id", "dst_ip", "dst_port", "k8s_user", "k8s_groups",
+            "source_ips", "source_ip", "verb", "audit_id", "response_code", "rule", "tags",
+            "session_id", "raw",
+        ] {
+            let f = s.field_with_name(name).unwrap_or_else(|_| panic!("{name} missing"));
+            assert!(f.is_nullable(), "{name} must be nullable");
+        }
+        assert_eq!(s.field_with_name("dst_port").unwrap().data_type(), &DataType::Int32);
+        assert_eq!(s.field_with_name("pid").unwrap().data_type(), &DataType::Int64);
+        assert!(matches!(s.field_with_name("tags").unwrap().data_type(), DataType::List(_)));
+    }
+
+    #[test]
+    fn native_json_keeps_nanoseconds_and_derives_columns() {
+        let line = br#"{"ts":"2026-11-26T10:00:00.123456789Z","kind":"process_exec","source":"grpc","exe":"/usr/bin/curl","source_ips":["10.0.0.1","10.0.0.2"]}"#;
+        let ev = Event::from_native_json(line).unwrap();
+        assert_eq!(ev.ts % 1_000_000_000, 123_456_789);
+        let batch = batch_of(&[ev.clone()]);
+        assert_eq!(batch.num_rows(), 1);
+        let bn = batch.column_by_name("binary_name").unwrap().as_string::<i32>();
+        assert_eq!(bn.value(0), "curl");
+        let sip = batch.column_by_name("source_ip").unwrap().as_string::<i32>();
+        assert_eq!(sip.value(0), "10.0.0.1");
+        let id = batch.column_by_name("event_id").unwrap().as_primitive::<Int64Type>();
+        assert_eq!(id.value(0), event_id_of("grpc", line));
+        let raw = batch.column_by_name("raw").unwrap();
+        assert!(raw.is_null(0));
+    }
+
+    #[test]
+    fn bad_records_are_refused_with_a_reason() {
+        let e = Event::from_native_json(br#"{"kind":0}"#).unwrap_err();
+        assert!(e.to_string().contains("invalid type"), "{e}");
+        let e = Event::from_native_json(br#"{"ts":"yesterday","kind":"other","source":"x"}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("yesterday"), "{e}");
+        let e = Event::from_native_json(br#"{"ts":1,"kind":"nope","source":"x"}"#).unwrap_err();
+        assert!(matches!(e, ModelError::UnknownKind(_)));
+    }
+}

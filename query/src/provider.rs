@@ -1,0 +1,353 @@
+//! The `events` table: a snapshot of the store's segments (pruned by the manifest's summaries,
+//! narrowed by the sidecar indexes) unioned with its memtable.
+
+use std::any::Any;
+use std::collections::HashSet;
+use std::ops::Range;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{ArrayRef, BooleanArray, TimestampNanosecondArray, UInt64Array};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::Session;
+use datafusion::common::pruning::PruningStatistics;
+use datafusion::common::{Column, DFSchema, ScalarValue};
+use datafusion::datasource::TableProvider;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::physical_plan::parquet::{CachedParquetFileReaderFactory, ParquetAccessPlan, RowGroupAccess};
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::error::Result;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
+use datafusion::parquet::arrow::arrow_reader::{RowSelection, RowSelector};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::utils::{Guarantee, LiteralGuarantee};
+use datafusion::physical_optimizer::pruning::PruningPredicate;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::union::UnionExec;
+use roaring::RoaringBitmap;
+use storage::{INDEXED_COLUMNS, Segment, Store};
+
+use crate::QueryError;
+use crate::scan_exec::{ScanExec, ScanStats};
+
+/// Whether scans consult the sidecar indexes (off only to compare against full scans).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexUse {
+    On,
+    Off,
+}
+
+/// The `events` table provider.
+#[derive(Debug)]
+pub struct EventsTable {
+    store: Store,
+    index: IndexUse,
+}
+
+impl EventsTable {
+    pub fn new(store: Store, index: IndexUse) -> Self {
+        Self { store, index }
+    }
+}
+
+#[async_trait]
+impl TableProvider for EventsTable {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn schema(&self) -> SchemaRef {
+        model::events_schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+        // Inexact: we use filters to skip data, DataFusion still applies them to what remains.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let schema = model::events_schema();
+        let snapshot = self.store.snapshot();
+        let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
+        let predicate = conjunction(filters.iter().cloned())
+            .map(|e| state.create_physical_expr(e, &df_schema))
+            .transpose()?;
+
+        let mut stats = ScanStats {
+            segments_total: snapshot.segments.len(),
+            row_groups_total: snapshot.segments.iter().map(|s| s.meta.row_groups.len()).sum(),
+            memtable_rows: snapshot.memtable.iter().map(|b| b.num_rows()).sum(),
+            index: self.index == IndexUse::On,
+            ..Default::default()
+        };
+        let keep = prune_segments(&snapshot.segments, predicate.as_ref(), &schema);
+        let lookups = match (&predicate, self.index) {
+            (Some(p), IndexUse::On) => index_lookups(p),
+            _ => Vec::new(),
+        };
+
+        let mut files = Vec::new();
+        for (segment, keep) in snapshot.segments.iter().zip(keep) {
+            if !keep {
+                continue;
+            }
+            let path = segment.path.to_string_lossy().into_owned();
+            let mut file = PartitionedFile::new(path, segment.meta.bytes);
+            if !lookups.is_empty() {
+                let rows = index_rows(segment, &lookups).map_err(QueryError::from)?;
+                let plan = access_plan(&segment.meta.row_groups, &rows);
+                let scanned = plan.row_group_indexes().len();
+                if scanned == 0 {
+                    continue;
+                }
+                stats.rows_selected_by_index += rows.len();
+                stats.row_groups_scanned += scanned;
+                file = file.with_extension(plan);
+            } else {
+                stats.row_groups_scanned += segment.meta.row_groups.len();
+            }
+            stats.segments_scanned += 1;
+            files.push(file);
+        }
+
+        let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+        if !files.is_empty() {
+            let url = ObjectStoreUrl::local_filesystem();
+            let runtime = state.runtime_env();
+            let reader = CachedParquetFileReaderFactory::new(
+                runtime.object_store(&url)?,
+                runtime.cache_manager.get_file_metadata_cache(),
+            );
+            let mut source = ParquetSource::new(schema.clone())
+                .with_parquet_file_reader_factory(Arc::new(reader))
+                .with_enable_page_index(true)
+                .with_bloom_filter_on_read(true);
+            if let Some(p) = &predicate {
+                source = source.with_predicate(p.clone());
+            }
+            let partitions = state.config().target_partitions().max(1);
+            let groups = split_files(files, partitions);
+            let config = FileScanConfigBuilder::new(url, Arc::new(source))
+                .with_file_groups(groups)
+                .with_projection_indices(projection.cloned())?
+                .with_limit(limit)
+                .build();
+            inputs.push(DataSourceExec::from_data_source(config));
+        }
+        if stats.memtable_rows > 0 || inputs.is_empty() {
+            let mem = MemorySourceConfig::try_new(&[snapshot.memtable.clone()], schema.clone(), projection.cloned())?
+                .with_limit(limit);
+            inputs.push(DataSourceExec::from_data_source(mem));
+        }
+        let union = UnionExec::try_new(inputs)?;
+        Ok(Arc::new(ScanExec::new(union, stats, snapshot)))
+    }
+}
+
+/// Splits files over partitions round-robin, keeping each file whole.
+fn split_files(files: Vec<PartitionedFile>, partitions: usize) -> Vec<FileGroup> {
+    let n = partitions.min(files.len()).max(1);
+    let mut groups: Vec<Vec<PartitionedFile>> = (0..n).map(|_| Vec::new()).collect();
+    for (i, f) in files.into_iter().enumerate() {
+        groups[i % n].push(f);
+    }
+    groups.into_iter().map(FileGroup::new).collect()
+}
+
+/// Which segments may hold a matching row, from the manifest's per-segment summaries.
+fn prune_segments(segments: &[Arc<Segment>], predicate: Option<&Arc<dyn PhysicalExpr>>, schema: &SchemaRef) -> Vec<bool> {
+    let all = vec![true; segments.len()];
+    let Some(predicate) = predicate else {
+        return all;
+    };
+    let Ok(pruning) = PruningPredicate::try_new(predicate.clone(), schema.clone()) else {
+        return all;
+    };
+    match pruning.prune(&SegmentSummaries(segments)) {
+        Ok(keep) => keep,
+        Err(e) => {
+            tracing::debug!(error = %e, "segment pruning not possible; scanning all segments");
+            all
+        }
+    }
+}
+
+/// Per-segment statistics from the manifest: `ts` min/max, and `namespace` / `pod` membership.
+struct SegmentSummaries<'a>(&'a [Arc<Segment>]);
+
+impl PruningStatistics for SegmentSummaries<'_> {
+    fn min_values(&self, column: &Column) -> Option<ArrayRef> {
+        (column.name == "ts").then(|| {
+            let v: TimestampNanosecondArray = self.0.iter().map(|s| Some(s.meta.min_ts)).collect();
+            Arc::new(v.with_timezone("UTC")) as ArrayRef
+        })
+    }
+
+    fn max_values(&self, column: &Column) -> Option<ArrayRef> {
+        (column.name == "ts").then(|| {
+            let v: TimestampNanosecondArray = self.0.iter().map(|s| Some(s.meta.max_ts)).collect();
+            Arc::new(v.with_timezone("UTC")) as ArrayRef
+        })
+    }
+
+    fn num_containers(&self) -> usize {
+        self.0.len()
+    }
+
+    fn null_counts(&self, _column: &Column) -> Option<ArrayRef> {
+        None
+    }
+
+    fn row_counts(&self) -> Option<ArrayRef> {
+        let v: UInt64Array = self.0.iter().map(|s| Some(s.meta.rows)).collect();
+        Some(Arc::new(v))
+    }
+
+    #[allow(clippy::mutable_key_type)]
+    fn contained(&self, column: &Column, values: &HashSet<ScalarValue>) -> Option<BooleanArray> {
+        let wanted: Vec<&str> = values.iter().filter_map(scalar_str).collect();
+        if wanted.len() != values.len() {
+            return None;
+        }
+        let lists: Vec<Option<&Vec<String>>> = match column.name.as_str() {
+            "namespace" => self.0.iter().map(|s| Some(&s.meta.namespaces)).collect(),
+            "pod" => self.0.iter().map(|s| s.meta.pods.as_ref()).collect(),
+            _ => return None,
+        };
+        // false = the segment holds none of the values (skip it); null = unknown.
+        Some(
+            lists
+                .into_iter()
+                .map(|l| {
+                    let l = l?;
+                    if wanted.iter().any(|w| l.binary_search_by(|x| x.as_str().cmp(w)).is_ok()) {
+                        None
+                    } else {
+                        Some(false)
+                    }
+                })
+                .collect(),
+        )
+    }
+}
+
+fn scalar_str(v: &ScalarValue) -> Option<&str> {
+    match v {
+        ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s)) => Some(s),
+        _ => None,
+    }
+}
+
+/// `column IN (values)` guarantees on indexed columns that the predicate implies.
+fn index_lookups(predicate: &Arc<dyn PhysicalExpr>) -> Vec<(String, Vec<String>)> {
+    LiteralGuarantee::analyze(predicate)
+        .into_iter()
+        .filter(|g| g.guarantee == Guarantee::In && INDEXED_COLUMNS.contains(&g.column.name.as_str()))
+        .filter_map(|g| {
+            let values: Vec<String> = g.literals.iter().filter_map(scalar_str).map(str::to_string).collect();
+            (values.len() == g.literals.len()).then(|| (g.column.name.clone(), values))
+        })
+        .collect()
+}
+
+/// Rows of a segment that satisfy every lookup (the intersection of their bitmaps).
+fn index_rows(segment: &Segment, lookups: &[(String, Vec<String>)]) -> storage::Result<RoaringBitmap> {
+    let index = segment.index()?;
+    let mut rows: Option<RoaringBitmap> = None;
+    for (column, values) in lookups {
+        if let Some(hit) = index.lookup(column, values.iter().map(String::as_str)) {
+            rows = Some(match rows {
+                Some(r) => r & hit,
+                None => hit,
+            });
+        }
+    }
+    Ok(rows.unwrap_or_else(|| {
+        let mut all = RoaringBitmap::new();
+        all.insert_range(0..segment.meta.rows as u32);
+        all
+    }))
+}
+
+/// Turns a row bitmap into a per-row-group plan: skip groups without hits, scan full groups,
+/// select the hit rows elsewhere.
+fn access_plan(row_groups: &[u64], rows: &RoaringBitmap) -> ParquetAccessPlan {
+    let mut plan = ParquetAccessPlan::new_all(row_groups.len());
+    let mut start = 0u64;
+    for (i, &n) in row_groups.iter().enumerate() {
+        let range = start as u32..(start + n) as u32;
+        let hits = rows.range_cardinality(range.clone());
+        if hits == 0 {
+            plan.skip(i);
+        } else if hits < n {
+            plan.set(i, RowGroupAccess::Selection(selection(rows, range)));
+        }
+        start += n;
+    }
+    plan
+}
+
+fn selection(rows: &RoaringBitmap, range: Range<u32>) -> RowSelection {
+    let mut selectors = Vec::new();
+    let mut pos = range.start;
+    let mut run: Option<(u32, u32)> = None;
+    let mut flush = |run: (u32, u32), pos: &mut u32, selectors: &mut Vec<RowSelector>| {
+        if run.0 > *pos {
+            selectors.push(RowSelector::skip((run.0 - *pos) as usize));
+        }
+        selectors.push(RowSelector::select((run.1 - run.0) as usize));
+        *pos = run.1;
+    };
+    for r in rows.range(range.clone()) {
+        run = match run {
+            Some((s, e)) if e == r => Some((s, e + 1)),
+            Some(done) => {
+                flush(done, &mut pos, &mut selectors);
+                Some((r, r + 1))
+            }
+            None => Some((r, r + 1)),
+        };
+    }
+    if let Some(done) = run {
+        flush(done, &mut pos, &mut selectors);
+    }
+    if range.end > pos {
+        selectors.push(RowSelector::skip((range.end - pos) as usize));
+    }
+    RowSelection::from(selectors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_plan_skips_selects_and_scans() {
+        let mut rows = RoaringBitmap::new();
+        rows.insert_range(10..20); // group 0 partially
+        rows.insert_range(100..200); // group 1 fully
+        let plan = access_plan(&[100, 100, 100], &rows);
+        assert_eq!(plan.row_group_indexes(), vec![0, 1]);
+        let sel = match &plan.inner()[0] {
+            RowGroupAccess::Selection(s) => s.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(sel.row_count(), 10);
+        assert!(matches!(plan.inner()[1], RowGroupAccess::Scan));
+        assert!(matches!(plan.inner()[2], RowGroupAccess::Skip));
+    }
+}

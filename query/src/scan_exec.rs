@@ -1,0 +1,133 @@
+//! `KtrailScanExec`: the root of every `events` scan. It passes its input through unchanged and
+//! shows what the manifest summaries and indexes skipped, in `EXPLAIN` and as metrics in
+//! `EXPLAIN ANALYZE`. It also holds the store snapshot, so the segment files the plan reads
+//! stay alive until the plan is dropped.
+
+use std::any::Any;
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::Result;
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, SendableRecordBatchStream,
+};
+use storage::Snapshot;
+
+/// What one scan of `events` skipped before reading anything.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScanStats {
+    pub segments_total: usize,
+    pub segments_scanned: usize,
+    pub row_groups_total: usize,
+    pub row_groups_scanned: usize,
+    /// Rows the index selected in the scanned segments (0 when no index lookup applied).
+    pub rows_selected_by_index: u64,
+    pub memtable_rows: usize,
+    pub index: bool,
+}
+
+/// Pass-through root of an `events` scan (see module docs).
+#[derive(Debug)]
+pub struct ScanExec {
+    input: Arc<dyn ExecutionPlan>,
+    stats: ScanStats,
+    metrics: ExecutionPlanMetricsSet,
+    _snapshot: Arc<Snapshot>,
+}
+
+impl ScanExec {
+    pub(crate) fn new(input: Arc<dyn ExecutionPlan>, stats: ScanStats, snapshot: Snapshot) -> Self {
+        Self::with_snapshot(input, stats, Arc::new(snapshot))
+    }
+
+    fn with_snapshot(input: Arc<dyn ExecutionPlan>, stats: ScanStats, snapshot: Arc<Snapshot>) -> Self {
+        let metrics = ExecutionPlanMetricsSet::new();
+        let count = |name: &'static str, v: usize| MetricBuilder::new(&metrics).global_counter(name).add(v);
+        count("segments_total", stats.segments_total);
+        count("segments_pruned", stats.segments_total - stats.segments_scanned);
+        count("row_groups_total", stats.row_groups_total);
+        count("row_groups_skipped", stats.row_groups_total - stats.row_groups_scanned);
+        count("rows_selected_by_index", stats.rows_selected_by_index as usize);
+        count("memtable_rows", stats.memtable_rows);
+        Self {
+            input,
+            stats,
+            metrics,
+            _snapshot: snapshot,
+        }
+    }
+
+    /// What the scan skipped.
+    pub fn stats(&self) -> ScanStats {
+        self.stats
+    }
+}
+
+impl DisplayAs for ScanExec {
+    fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let s = &self.stats;
+        match t {
+            DisplayFormatType::Default | DisplayFormatType::Verbose => write!(
+                f,
+                "KtrailScanExec: segments={}/{}, row_groups={}/{}, index={}, memtable_rows={}",
+                s.segments_scanned,
+                s.segments_total,
+                s.row_groups_scanned,
+                s.row_groups_total,
+                if s.index { "on" } else { "off" },
+                s.memtable_rows
+            ),
+            DisplayFormatType::TreeRender => write!(
+                f,
+                "segments={}/{}\nrow_groups={}/{}",
+                s.segments_scanned, s.segments_total, s.row_groups_scanned, s.row_groups_total
+            ),
+        }
+    }
+}
+
+impl ExecutionPlan for ScanExec {
+    fn name(&self) -> &str {
+        "KtrailScanExec"
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.input.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(self: Arc<Self>, mut children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+        let input = children.pop().expect("one child");
+        Ok(Arc::new(Self::with_snapshot(input, self.stats, self._snapshot.clone())))
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        self.input.execute(partition, context)
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+}

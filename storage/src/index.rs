@@ -1,0 +1,252 @@
+//! The per-segment sidecar index: for each indexed column, value → roaring bitmap of the row
+//! numbers holding it. Row numbers are Parquet row numbers of the segment (the segment is
+//! written in exactly the order the index was built from).
+//!
+//! File `<id>.idx`: magic `KTIDX\0\0\x01`, u32 column count, then per column: u16 name length,
+//! name, u32 value count, per value: u32 length, bytes, u32 bitmap length, portable roaring
+//! bitmap; then a CRC32C (u32) of everything before it. All little-endian.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use roaring::RoaringBitmap;
+
+use crate::error::{Result, StorageError};
+
+const MAGIC: &[u8; 8] = b"KTIDX\0\0\x01";
+
+/// The columns the sidecar indexes (equality lookups on these become row selections).
+pub const INDEXED_COLUMNS: &[&str] = &[
+    "namespace",
+    "pod",
+    "pod_uid",
+    "container_id",
+    "kind",
+    "binary_name",
+    "dst_ip",
+];
+
+/// Value → rows, per indexed column, of one segment.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct SegmentIndex {
+    columns: BTreeMap<String, BTreeMap<String, RoaringBitmap>>,
+}
+
+impl SegmentIndex {
+    /// Indexes `batch`, whose row `i` is Parquet row `i` of the segment.
+    pub fn build(batch: &RecordBatch) -> Self {
+        let mut columns = BTreeMap::new();
+        for &name in INDEXED_COLUMNS {
+            let Some(col) = batch.column_by_name(name) else {
+                continue;
+            };
+            let strings = col.as_string::<i32>();
+            let mut values: BTreeMap<String, RoaringBitmap> = BTreeMap::new();
+            // Segments are sorted, so equal values come in runs: insert ranges, not rows.
+            let mut run_start = 0usize;
+            for i in 1..=strings.len() {
+                let run_ends = i == strings.len()
+                    || strings.is_null(i) != strings.is_null(run_start)
+                    || (!strings.is_null(i) && strings.value(i) != strings.value(run_start));
+                if run_ends {
+                    if !strings.is_null(run_start) {
+                        let v = strings.value(run_start);
+                        values
+                            .entry(v.to_string())
+                            .or_default()
+                            .insert_range(run_start as u32..i as u32);
+                    }
+                    run_start = i;
+                }
+            }
+            columns.insert(name.to_string(), values);
+        }
+        Self { columns }
+    }
+
+    /// True when `column` is in this index.
+    pub fn has_column(&self, column: &str) -> bool {
+        self.columns.contains_key(column)
+    }
+
+    /// Rows whose `column` equals one of `values`; `None` when the column is not indexed.
+    pub fn lookup<'a>(
+        &self,
+        column: &str,
+        values: impl IntoIterator<Item = &'a str>,
+    ) -> Option<RoaringBitmap> {
+        let col = self.columns.get(column)?;
+        let mut rows = RoaringBitmap::new();
+        for v in values {
+            if let Some(b) = col.get(v) {
+                rows |= b;
+            }
+        }
+        Some(rows)
+    }
+
+    /// Distinct values of an indexed column.
+    pub fn values(&self, column: &str) -> impl Iterator<Item = &str> {
+        self.columns
+            .get(column)
+            .into_iter()
+            .flat_map(|m| m.keys().map(String::as_str))
+    }
+
+    /// Serialises the index (see module docs for the layout).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&(self.columns.len() as u32).to_le_bytes());
+        for (name, values) in &self.columns {
+            out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(&(values.len() as u32).to_le_bytes());
+            for (v, bitmap) in values {
+                out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                out.extend_from_slice(v.as_bytes());
+                out.extend_from_slice(&(bitmap.serialized_size() as u32).to_le_bytes());
+                bitmap
+                    .serialize_into(&mut out)
+                    .expect("writing to a Vec cannot fail");
+            }
+        }
+        let crc = crc32c::crc32c(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Parses an index file's bytes; any damage is [`StorageError::Corruption`] naming `path`
+    /// and the offset where parsing failed.
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Self> {
+        let corrupt = |offset: usize, reason: &str| StorageError::Corruption {
+            path: path.to_path_buf(),
+            offset: offset as u64,
+            reason: reason.to_string(),
+        };
+        if bytes.len() < MAGIC.len() + 8 || &bytes[..8] != MAGIC {
+            return Err(corrupt(0, "not a ktrail index file"));
+        }
+        let body_len = bytes.len() - 4;
+        let stored = u32::from_le_bytes(bytes[body_len..].try_into().expect("4 bytes"));
+        if crc32c::crc32c(&bytes[..body_len]) != stored {
+            return Err(corrupt(body_len, "index checksum mismatch"));
+        }
+        let mut r = Reader {
+            bytes: &bytes[..body_len],
+            pos: 8,
+        };
+        let parse = |r: &mut Reader| -> Option<BTreeMap<String, BTreeMap<String, RoaringBitmap>>> {
+            let mut columns = BTreeMap::new();
+            let ncols = r.u32()?;
+            for _ in 0..ncols {
+                let nlen = r.u16()? as usize;
+                let name = String::from_utf8(r.take(nlen)?.to_vec()).ok()?;
+                let nvalues = r.u32()?;
+                let mut values = BTreeMap::new();
+                for _ in 0..nvalues {
+                    let vlen = r.u32()? as usize;
+                    let v = String::from_utf8(r.take(vlen)?.to_vec()).ok()?;
+                    let blen = r.u32()? as usize;
+                    let bitmap = RoaringBitmap::deserialize_from(r.take(blen)?).ok()?;
+                    values.insert(v, bitmap);
+                }
+                columns.insert(name, values);
+            }
+            (r.pos == r.bytes.len()).then_some(())?;
+            Some(columns)
+        };
+        match parse(&mut r) {
+            Some(columns) => Ok(Self { columns }),
+            None => Err(corrupt(r.pos, "malformed index entry")),
+        }
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.pos.checked_add(n)?;
+        let s = self.bytes.get(self.pos..end)?;
+        self.pos = end;
+        Some(s)
+    }
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use model::{Event, batch_of};
+    use proptest::prelude::*;
+
+    fn ev(ns: &str, pod: Option<&str>, exe: &str) -> Event {
+        Event {
+            ts: 1,
+            kind: "process_exec".into(),
+            source: "test".into(),
+            namespace: Some(ns.into()),
+            pod: pod.map(Into::into),
+            exe: Some(exe.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn lookup_returns_row_numbers_and_skips_nulls() {
+        let b = batch_of(&[
+            ev("a", Some("p1"), "/bin/sh"),
+            ev("a", Some("p1"), "/usr/bin/curl"),
+            ev("a", None, "/bin/sh"),
+            ev("b", Some("p1"), "/bin/sh"),
+        ]);
+        let idx = SegmentIndex::build(&b);
+        let rows = |c, v: &[&str]| idx.lookup(c, v.iter().copied()).unwrap().iter().collect::<Vec<_>>();
+        assert_eq!(rows("pod", &["p1"]), vec![0, 1, 3]);
+        assert_eq!(rows("namespace", &["b", "a"]), vec![0, 1, 2, 3]);
+        assert_eq!(rows("binary_name", &["sh"]), vec![0, 2, 3]);
+        assert_eq!(rows("pod", &["zz"]), Vec::<u32>::new());
+        assert!(idx.lookup("args", ["x"]).is_none());
+    }
+
+    #[test]
+    fn every_flipped_byte_is_reported_as_corruption() {
+        let b = batch_of(&[ev("a", Some("p1"), "/bin/sh"), ev("b", Some("p2"), "/bin/ls")]);
+        let bytes = SegmentIndex::build(&b).to_bytes();
+        let path = Path::new("seg.idx");
+        assert_eq!(SegmentIndex::from_bytes(path, &bytes).unwrap(), SegmentIndex::build(&b));
+        for i in 0..bytes.len() {
+            let mut damaged = bytes.clone();
+            damaged[i] ^= 0x40;
+            let err = SegmentIndex::from_bytes(path, &damaged).unwrap_err();
+            assert!(matches!(err, StorageError::Corruption { .. }), "byte {i}: {err}");
+        }
+        let err = SegmentIndex::from_bytes(path, &bytes[..bytes.len() / 2]).unwrap_err();
+        assert!(err.to_string().contains("seg.idx"));
+    }
+
+    proptest! {
+        #[test]
+        fn serialisation_round_trips(pods in prop::collection::vec(prop::option::of("[a-c]{1,3}"), 0..200)) {
+            let events: Vec<Event> = pods.iter().map(|p| ev("ns", p.as_deref(), "/x")).collect();
+            let idx = SegmentIndex::build(&batch_of(&events));
+            let back = SegmentIndex::from_bytes(Path::new("x"), &idx.to_bytes()).unwrap();
+            prop_assert_eq!(&back, &idx);
+            for (i, p) in pods.iter().enumerate() {
+                if let Some(p) = p {
+                    prop_assert!(back.lookup("pod", [p.as_str()]).unwrap().contains(i as u32));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,643 @@
+//! ktrail's storage: a durable WAL, an in-memory memtable, immutable indexed Parquet segments and
+//! the manifest that lists them.
+//!
+//! Invariants this crate owns (see `ARCHITECTURE.md`):
+//! - [`Store::append`] returns only after the events are fsynced in the WAL; from then on they
+//!   are visible to [`Store::snapshot`] and survive a crash.
+//! - Segments are immutable; a segment exists for readers iff the manifest lists it.
+//! - Row `i` of a segment's index is row `i` of its Parquet file.
+//! - The WAL is trimmed only after the manifest recording the flush is durable.
+
+mod error;
+pub mod fsutil;
+pub mod index;
+pub mod manifest;
+pub mod segment;
+pub mod wal;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::{AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::datatypes::{Int64Type, TimestampNanosecondType};
+use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::ipc::writer::StreamWriter;
+use parking_lot::{Condvar, Mutex, RwLock};
+
+pub use error::{Result, StorageError};
+pub use index::{INDEXED_COLUMNS, SegmentIndex};
+pub use manifest::{Manifest, SegmentMeta};
+pub use segment::{Segment, SegmentOptions};
+pub use wal::{ReplayReport, WalOptions};
+
+use error::IoContext;
+use wal::Wal;
+
+/// Tuning of a store. [`StoreOptions::default`] is what the binary uses.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub wal: WalOptions,
+    pub segment: SegmentOptions,
+    /// Flush the memtable into segments once it holds this many rows…
+    pub memtable_max_rows: usize,
+    /// …or once its oldest row is this old.
+    pub memtable_max_age: Duration,
+    /// Compact an hour once it has this many segments smaller than `compaction_small_rows`.
+    pub compaction_min_segments: usize,
+    pub compaction_small_rows: u64,
+    /// Run flushes and compactions on a background thread.
+    pub background: bool,
+    /// zstd level of WAL payloads (0: uncompressed).
+    pub wal_zstd_level: i32,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            wal: WalOptions::default(),
+            segment: SegmentOptions::default(),
+            memtable_max_rows: 1 << 20,
+            memtable_max_age: Duration::from_secs(60),
+            compaction_min_segments: 4,
+            compaction_small_rows: 512 * 1024,
+            background: true,
+            wal_zstd_level: 1,
+        }
+    }
+}
+
+/// What [`Store::append`] did with a batch.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// Rows now durable.
+    pub accepted: usize,
+    /// Rows dropped because an event with the same `event_id` is already stored.
+    pub duplicates: usize,
+}
+
+/// A consistent view for readers: the segments listed at one instant and the memtable rows not
+/// yet in them. Holding it keeps the segments' files alive.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub dir: PathBuf,
+    pub segments: Vec<Arc<Segment>>,
+    pub memtable: Vec<RecordBatch>,
+}
+
+impl Snapshot {
+    /// Rows in the snapshot.
+    pub fn rows(&self) -> u64 {
+        self.segments.iter().map(|s| s.meta.rows).sum::<u64>()
+            + self.memtable.iter().map(|b| b.num_rows() as u64).sum::<u64>()
+    }
+}
+
+struct State {
+    manifest: Manifest,
+    segments: Vec<Arc<Segment>>,
+    /// Durable rows not yet in segments, with their WAL sequence numbers, in sequence order.
+    memtable: Vec<(u64, RecordBatch)>,
+    memtable_rows: usize,
+    memtable_since: Option<Instant>,
+}
+
+/// Event ids already stored, by hour bucket; an hour is loaded from its segments on first use.
+#[derive(Default)]
+struct Dedup {
+    hours: HashMap<i64, HashSet<i64>>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    options: StoreOptions,
+    state: Arc<RwLock<State>>,
+    dedup: Mutex<Dedup>,
+    /// Serialises flushes and compactions (the manifest has one writer).
+    maintenance: Mutex<()>,
+    wal: Wal<RecordBatch>,
+    wake: Condvar,
+    wake_lock: Mutex<bool>,
+    _lock: File,
+}
+
+/// The store in one directory. Cheap to clone; one process owns a directory at a time.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+    background: Option<Arc<BackgroundThread>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("dir", &self.inner.dir).finish_non_exhaustive()
+    }
+}
+
+struct BackgroundThread {
+    inner: Arc<Inner>,
+    handle: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for BackgroundThread {
+    fn drop(&mut self) {
+        *self.inner.wake_lock.lock() = true;
+        self.inner.wake.notify_all();
+        if let Some(h) = self.handle.lock().take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// What [`Store::open`] found.
+#[derive(Debug, Clone, Default)]
+pub struct OpenReport {
+    pub wal: ReplayReport,
+    /// Files left over from a crash (unlisted segments, temp files) that were deleted.
+    pub removed_orphans: Vec<PathBuf>,
+}
+
+impl Store {
+    /// Opens or creates the store in `dir`: takes the directory lock, loads the manifest, checks
+    /// that every listed file is there, deletes crash leftovers and replays the WAL.
+    pub fn open(dir: impl AsRef<Path>, options: StoreOptions) -> Result<(Store, OpenReport)> {
+        let dir = dir.as_ref().to_path_buf();
+        fsutil::create_dir_durable(&dir)?;
+        let dir = dir.canonicalize().at(&dir)?;
+        let lock_path = dir.join("LOCK");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .at(&lock_path)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(StorageError::Locked { path: dir }),
+            Err(fs::TryLockError::Error(e)) => return Err(e).at(&lock_path),
+        }
+
+        let manifest = Manifest::load(&dir)?.unwrap_or_else(|| Manifest {
+            schema_version: model::SCHEMA_VERSION,
+            next_segment_id: 1,
+            ..Default::default()
+        });
+        let mut report = OpenReport::default();
+        for s in &manifest.segments {
+            for (rel, size) in [(&s.path, Some(s.bytes)), (&s.index_path, Some(s.index_bytes))] {
+                let p = dir.join(rel);
+                let len = fs::metadata(&p).map(|m| m.len()).map_err(|e| {
+                    StorageError::Corruption {
+                        path: p.clone(),
+                        offset: 0,
+                        reason: format!("listed in the manifest but unreadable: {e}"),
+                    }
+                })?;
+                if size.is_some_and(|s| s != len) {
+                    return Err(StorageError::Corruption {
+                        path: p,
+                        offset: len,
+                        reason: format!("size {len} differs from the manifest's {}", size.unwrap_or(0)),
+                    });
+                }
+            }
+        }
+        remove_orphans(&dir, &manifest, &mut report.removed_orphans)?;
+
+        let segments: Vec<Arc<Segment>> = manifest
+            .segments
+            .iter()
+            .map(|m| Arc::new(Segment::new(&dir, m.clone())))
+            .collect();
+        let state = Arc::new(RwLock::new(State {
+            manifest,
+            segments,
+            memtable: Vec::new(),
+            memtable_rows: 0,
+            memtable_since: None,
+        }));
+        let sink_state = state.clone();
+        let sink: wal::DurableSink<RecordBatch> = Arc::new(move |seq, batch: RecordBatch| {
+            let mut st = sink_state.write();
+            st.memtable_rows += batch.num_rows();
+            st.memtable_since.get_or_insert_with(Instant::now);
+            st.memtable.push((seq, batch));
+        });
+        let flushed_seq = state.read().manifest.flushed_seq;
+        let wal_dir = dir.join("wal");
+        let mut replayed = Vec::new();
+        let (wal, wal_report) = Wal::open(&wal_dir, flushed_seq, options.wal.clone(), sink, |seq, payload| {
+            let batch = decode_payload(payload).map_err(|reason| StorageError::Corruption {
+                path: wal_dir.clone(),
+                offset: 0,
+                reason: format!("WAL record {seq}: {reason}"),
+            })?;
+            replayed.push((seq, batch));
+            Ok(())
+        })?;
+        {
+            let mut st = state.write();
+            for (seq, batch) in replayed {
+                st.memtable_rows += batch.num_rows();
+                st.memtable.push((seq, batch));
+            }
+            if st.memtable_rows > 0 {
+                st.memtable_since = Some(Instant::now());
+            }
+        }
+        report.wal = wal_report;
+
+        let inner = Arc::new(Inner {
+            dir,
+            options,
+            state,
+            dedup: Mutex::new(Dedup::default()),
+            maintenance: Mutex::new(()),
+            wal,
+            wake: Condvar::new(),
+            wake_lock: Mutex::new(false),
+            _lock: lock,
+        });
+        let background = inner.options.background.then(|| {
+            let bg = inner.clone();
+            let handle = std::thread::Builder::new()
+                .name("ktrail-maintenance".into())
+                .spawn(move || bg.background_loop())
+                .expect("spawn maintenance thread");
+            Arc::new(BackgroundThread {
+                inner: inner.clone(),
+                handle: Mutex::new(Some(handle)),
+            })
+        });
+        Ok((Store { inner, background }, report))
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Appends a batch of `events`: rows whose `event_id` is already stored are dropped, the rest
+    /// are written to the WAL. **When this returns `Ok`, the accepted rows are durable** (fsynced)
+    /// and visible to every later [`snapshot`](Self::snapshot).
+    pub fn append(&self, batch: RecordBatch) -> Result<AppendOutcome> {
+        check_schema(&batch)?;
+        if batch.num_rows() == 0 {
+            return Ok(AppendOutcome::default());
+        }
+        let fresh = self.inner.reserve_ids(&batch)?;
+        let duplicates = fresh.iter().filter(|f| f == &Some(false)).count();
+        let batch = if duplicates == 0 {
+            batch
+        } else {
+            filter_record_batch(&batch, &fresh)?
+        };
+        let accepted = batch.num_rows();
+        if accepted > 0 {
+            let payload = encode_payload(&batch, self.inner.options.wal_zstd_level)?;
+            self.inner.wal.append(payload, batch)?;
+            self.after_append();
+        }
+        Ok(AppendOutcome {
+            accepted,
+            duplicates,
+        })
+    }
+
+    fn after_append(&self) {
+        let rows = self.inner.state.read().memtable_rows;
+        let max = self.inner.options.memtable_max_rows;
+        if rows >= max.saturating_mul(2) || (rows >= max && self.background.is_none()) {
+            // Back-pressure: the writer that overfills the memtable flushes it.
+            if let Err(e) = self.inner.flush() {
+                tracing::error!(error = %e, "flush failed");
+            }
+        } else if rows >= max {
+            self.inner.wake.notify_all();
+        }
+    }
+
+    /// A consistent view of everything acknowledged so far.
+    pub fn snapshot(&self) -> Snapshot {
+        let st = self.inner.state.read();
+        Snapshot {
+            dir: self.inner.dir.clone(),
+            segments: st.segments.clone(),
+            memtable: st.memtable.iter().map(|(_, b)| b.clone()).collect(),
+        }
+    }
+
+    /// A copy of the current manifest.
+    pub fn manifest(&self) -> Manifest {
+        self.inner.state.read().manifest.clone()
+    }
+
+    /// Writes the memtable into segments, publishes them in the manifest and trims the WAL.
+    pub fn flush(&self) -> Result<()> {
+        self.inner.flush()
+    }
+
+    /// Merges small segments of each hour into larger ones; returns how many segments were
+    /// replaced.
+    pub fn compact(&self) -> Result<usize> {
+        self.inner.compact()
+    }
+
+    /// Recomputes the SHA-256 of every segment and index file and compares it with the manifest.
+    pub fn verify(&self) -> Result<usize> {
+        let segments = self.snapshot().segments;
+        for s in &segments {
+            s.verify()?;
+        }
+        Ok(segments.len())
+    }
+
+    /// True when an input with this fingerprint was ingested completely before.
+    pub fn has_fingerprint(&self, fingerprint: &str) -> bool {
+        self.inner
+            .state
+            .read()
+            .manifest
+            .fingerprints
+            .contains(fingerprint)
+    }
+
+    /// Records that the input with this fingerprint is ingested completely (call after its
+    /// events were appended). Durable when it returns.
+    pub fn record_fingerprint(&self, fingerprint: &str) -> Result<()> {
+        let _m = self.inner.maintenance.lock();
+        let mut manifest = self.inner.state.read().manifest.clone();
+        if manifest.fingerprints.insert(fingerprint.to_string()) {
+            manifest.save(&self.inner.dir)?;
+            self.inner.state.write().manifest = manifest;
+        }
+        Ok(())
+    }
+
+    /// Flushes the memtable and stops the background thread.
+    pub fn close(self) -> Result<()> {
+        drop(self.background);
+        self.inner.flush()
+    }
+}
+
+impl Inner {
+    /// Marks each row's event id as stored; `Some(true)` for rows seen for the first time.
+    fn reserve_ids(&self, batch: &RecordBatch) -> Result<BooleanArray> {
+        let ids = batch
+            .column_by_name(model::col::EVENT_ID)
+            .expect("schema checked")
+            .as_primitive::<Int64Type>();
+        let ts = batch.column(0).as_primitive::<TimestampNanosecondType>();
+        let mut dedup = self.dedup.lock();
+        let mut out = Vec::with_capacity(batch.num_rows());
+        for (id, t) in ids.values().iter().zip(ts.values().iter()) {
+            let hour = segment::hour_of(*t);
+            if !dedup.hours.contains_key(&hour) {
+                let set = self.stored_ids(hour)?;
+                dedup.hours.insert(hour, set);
+            }
+            let set = dedup.hours.get_mut(&hour).expect("loaded");
+            out.push(Some(set.insert(*id)));
+        }
+        Ok(BooleanArray::from(out))
+    }
+
+    /// Ids of events of one hour already in segments or the memtable.
+    fn stored_ids(&self, hour: i64) -> Result<HashSet<i64>> {
+        let (segments, memtable) = {
+            let st = self.state.read();
+            let segs: Vec<Arc<Segment>> = st
+                .segments
+                .iter()
+                .filter(|s| segment::hour_of(s.meta.min_ts) == hour)
+                .cloned()
+                .collect();
+            let mem: Vec<RecordBatch> = st.memtable.iter().map(|(_, b)| b.clone()).collect();
+            (segs, mem)
+        };
+        let mut set = HashSet::new();
+        for s in segments {
+            set.extend(segment::event_ids(&s)?);
+        }
+        for b in memtable {
+            let ids = b.column_by_name(model::col::EVENT_ID).expect("schema").as_primitive::<Int64Type>();
+            let ts = b.column(0).as_primitive::<TimestampNanosecondType>();
+            for (id, t) in ids.values().iter().zip(ts.values().iter()) {
+                if segment::hour_of(*t) == hour {
+                    set.insert(*id);
+                }
+            }
+        }
+        Ok(set)
+    }
+
+    fn flush(&self) -> Result<()> {
+        let _m = self.maintenance.lock();
+        // Everything appended so far goes to closed WAL files, which trim can then delete.
+        self.wal.rotate()?;
+        let (batches, upto_seq) = {
+            let st = self.state.read();
+            let Some(&(last, _)) = st.memtable.last() else {
+                return Ok(());
+            };
+            (st.memtable.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>(), last)
+        };
+        let sorted = segment::sort_rows(&batches)?;
+        let mut manifest = self.state.read().manifest.clone();
+        let mut new_segments = Vec::new();
+        for (hour, rows) in segment::split_by_hour(&sorted)? {
+            let id = manifest.next_segment_id;
+            manifest.next_segment_id += 1;
+            let meta = segment::write_segment(&self.dir, id, hour, 0, &rows, &self.options.segment)?;
+            manifest.segments.push(meta.clone());
+            new_segments.push(Arc::new(Segment::new(&self.dir, meta)));
+        }
+        manifest.flushed_seq = upto_seq;
+        manifest.save(&self.dir)?;
+        {
+            let mut st = self.state.write();
+            st.manifest = manifest;
+            st.segments.extend(new_segments);
+            st.memtable.retain(|(seq, _)| *seq > upto_seq);
+            st.memtable_rows = st.memtable.iter().map(|(_, b)| b.num_rows()).sum();
+            st.memtable_since = (st.memtable_rows > 0).then(Instant::now);
+        }
+        // Only now, with the manifest durable, may the WAL forget these records.
+        self.wal.trim(upto_seq)?;
+        Ok(())
+    }
+
+    fn compact(&self) -> Result<usize> {
+        let _m = self.maintenance.lock();
+        let candidates: Vec<Vec<Arc<Segment>>> = {
+            let st = self.state.read();
+            let mut by_hour: HashMap<i64, Vec<Arc<Segment>>> = HashMap::new();
+            for s in &st.segments {
+                if s.meta.rows < self.options.compaction_small_rows {
+                    by_hour.entry(segment::hour_of(s.meta.min_ts)).or_default().push(s.clone());
+                }
+            }
+            by_hour
+                .into_values()
+                .filter(|v| v.len() >= self.options.compaction_min_segments)
+                .collect()
+        };
+        let mut replaced = 0;
+        for group in candidates {
+            let mut batches = Vec::new();
+            for s in &group {
+                batches.extend(s.read_all(None)?);
+            }
+            let sorted = segment::sort_rows(&batches)?;
+            let hour = segment::hour_of(group[0].meta.min_ts);
+            let level = group.iter().map(|s| s.meta.level).max().unwrap_or(0) + 1;
+            let mut manifest = self.state.read().manifest.clone();
+            let id = manifest.next_segment_id;
+            manifest.next_segment_id += 1;
+            let meta = segment::write_segment(&self.dir, id, hour, level, &sorted, &self.options.segment)?;
+            let old: HashSet<u64> = group.iter().map(|s| s.meta.id).collect();
+            manifest.segments.retain(|s| !old.contains(&s.id));
+            manifest.segments.push(meta.clone());
+            manifest.save(&self.dir)?;
+            let mut st = self.state.write();
+            st.manifest = manifest;
+            st.segments.retain(|s| !old.contains(&s.meta.id));
+            st.segments.push(Arc::new(Segment::new(&self.dir, meta)));
+            for s in &group {
+                s.retire();
+            }
+            replaced += group.len();
+        }
+        Ok(replaced)
+    }
+
+    fn background_loop(&self) {
+        loop {
+            {
+                let mut stop = self.wake_lock.lock();
+                if *stop {
+                    return;
+                }
+                self.wake.wait_for(&mut stop, Duration::from_millis(500));
+                if *stop {
+                    return;
+                }
+            }
+            let due = {
+                let st = self.state.read();
+                st.memtable_rows >= self.options.memtable_max_rows
+                    || st
+                        .memtable_since
+                        .is_some_and(|t| t.elapsed() >= self.options.memtable_max_age)
+            };
+            if due {
+                if let Err(e) = self.flush() {
+                    tracing::error!(error = %e, "background flush failed");
+                    continue;
+                }
+                if let Err(e) = self.compact() {
+                    tracing::error!(error = %e, "background compaction failed");
+                }
+            }
+        }
+    }
+}
+
+fn check_schema(batch: &RecordBatch) -> Result<()> {
+    let expected = model::events_schema();
+    if batch.schema().fields() != expected.fields() {
+        return Err(StorageError::SchemaMismatch(format!(
+            "got columns {:?}",
+            batch.schema().fields().iter().map(|f| f.name()).collect::<Vec<_>>()
+        )));
+    }
+    Ok(())
+}
+
+/// WAL payload: one codec byte (0 plain, 1 zstd) + an Arrow IPC stream of one batch.
+fn encode_payload(batch: &RecordBatch, zstd_level: i32) -> Result<Vec<u8>> {
+    let mut ipc = Vec::with_capacity(batch.get_array_memory_size() / 2 + 1024);
+    {
+        let mut w = StreamWriter::try_new(&mut ipc, &batch.schema())?;
+        w.write(batch)?;
+        w.finish()?;
+    }
+    if zstd_level == 0 {
+        let mut out = Vec::with_capacity(ipc.len() + 1);
+        out.push(0);
+        out.extend_from_slice(&ipc);
+        return Ok(out);
+    }
+    let mut out = vec![1u8];
+    let compressed = zstd::bulk::compress(&ipc, zstd_level).map_err(|e| StorageError::Io {
+        path: PathBuf::from("<wal payload>"),
+        source: e,
+    })?;
+    out.extend_from_slice(&(ipc.len() as u64).to_le_bytes());
+    out.extend_from_slice(&compressed);
+    Ok(out)
+}
+
+fn decode_payload(payload: &[u8]) -> std::result::Result<RecordBatch, String> {
+    let ipc: Vec<u8>;
+    let bytes: &[u8] = match payload.first() {
+        Some(0) => &payload[1..],
+        Some(1) if payload.len() >= 9 => {
+            let n = u64::from_le_bytes(payload[1..9].try_into().expect("8")) as usize;
+            ipc = zstd::bulk::decompress(&payload[9..], n).map_err(|e| e.to_string())?;
+            &ipc
+        }
+        _ => return Err("unknown WAL payload codec".into()),
+    };
+    let mut reader = StreamReader::try_new(Cursor::new(bytes), None).map_err(|e| e.to_string())?;
+    let batch = reader
+        .next()
+        .ok_or("WAL record holds no batch")?
+        .map_err(|e| e.to_string())?;
+    let expected = model::events_schema();
+    if batch.schema().fields() != expected.fields() {
+        return Err("WAL record has a different schema version".into());
+    }
+    RecordBatch::try_new(expected, batch.columns().to_vec()).map_err(|e| e.to_string())
+}
+
+/// Deletes files under `segments/` that the manifest does not list (crash leftovers).
+fn remove_orphans(dir: &Path, manifest: &Manifest, removed: &mut Vec<PathBuf>) -> Result<()> {
+    let listed: HashSet<PathBuf> = manifest
+        .segments
+        .iter()
+        .flat_map(|s| [dir.join(&s.path), dir.join(&s.index_path)])
+        .collect();
+    let root = dir.join("segments");
+    if !root.is_dir() {
+        return Ok(());
+    }
+    let mut stack = vec![root];
+    while let Some(d) = stack.pop() {
+        let mut changed = false;
+        for entry in fs::read_dir(&d).at(&d)? {
+            let entry = entry.at(&d)?;
+            let p = entry.path();
+            if entry.file_type().at(&p)?.is_dir() {
+                stack.push(p);
+            } else if !listed.contains(&p) {
+                fs::remove_file(&p).at(&p)?;
+                removed.push(p);
+                changed = true;
+            }
+        }
+        if changed {
+            fsutil::sync_dir(&d)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

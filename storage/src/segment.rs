@@ -1,0 +1,317 @@
+//! Immutable Parquet segments: written once (temp → fsync → rename → fsync dir), never changed,
+//! deleted only after the manifest stopped listing them and no reader holds them.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::compute::{SortColumn, SortOptions, concat_batches, lexsort_to_indices, take_record_batch};
+use datafusion::arrow::datatypes::TimestampNanosecondType;
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::file::metadata::{KeyValue, SortingColumn};
+use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use datafusion::parquet::schema::types::ColumnPath;
+use sha2::{Digest, Sha256};
+
+use crate::error::{IoContext, Result, StorageError};
+use crate::fsutil;
+use crate::index::SegmentIndex;
+use crate::manifest::SegmentMeta;
+
+/// Sort order of every segment: rows of one pod's container are contiguous and in time order,
+/// so pod lookups touch few pages and the index holds few runs.
+pub const SORT_COLUMNS: &[&str] = &["namespace", "pod", "container_id", "ts"];
+/// Equality columns with many distinct values get Parquet bloom filters.
+pub const BLOOM_COLUMNS: &[&str] = &["dst_ip", "container_id", "exec_id", "audit_id"];
+/// Above this many distinct pods a segment's summary does not list them.
+const MAX_LISTED_PODS: usize = 4096;
+const NANOS_PER_HOUR: i64 = 3_600_000_000_000;
+
+/// Layout of segment files.
+#[derive(Debug, Clone)]
+pub struct SegmentOptions {
+    /// Rows per Parquet row group.
+    pub row_group_rows: usize,
+    /// zstd level of the column chunks.
+    pub zstd_level: i32,
+}
+
+impl Default for SegmentOptions {
+    fn default() -> Self {
+        Self {
+            row_group_rows: 128 * 1024,
+            zstd_level: 3,
+        }
+    }
+}
+
+/// The hour bucket of a timestamp (hours since the epoch).
+pub fn hour_of(ts: i64) -> i64 {
+    ts.div_euclid(NANOS_PER_HOUR)
+}
+
+/// `segments/dt=YYYY-MM-DD/hour=HH`: Hive-style partitions, readable by DuckDB and Spark.
+pub fn partition_dir(hour: i64) -> String {
+    let dt = chrono::DateTime::from_timestamp(hour * 3600, 0).expect("hour in range");
+    format!("segments/dt={}/hour={}", dt.format("%Y-%m-%d"), dt.format("%H"))
+}
+
+/// Concatenates `batches` and sorts the rows by [`SORT_COLUMNS`].
+pub fn sort_rows(batches: &[RecordBatch]) -> Result<RecordBatch> {
+    let schema = model::events_schema();
+    let batch = concat_batches(&schema, batches)?;
+    let columns: Vec<SortColumn> = SORT_COLUMNS
+        .iter()
+        .map(|c| SortColumn {
+            values: batch.column_by_name(c).expect("sort column").clone(),
+            options: Some(SortOptions {
+                descending: false,
+                nulls_first: true,
+            }),
+        })
+        .collect();
+    let indices = lexsort_to_indices(&columns, None)?;
+    Ok(take_record_batch(&batch, &indices)?)
+}
+
+/// Splits rows by hour bucket (the partition a segment belongs to).
+pub fn split_by_hour(batch: &RecordBatch) -> Result<Vec<(i64, RecordBatch)>> {
+    let ts = batch.column(0).as_primitive::<TimestampNanosecondType>();
+    let mut hours: BTreeSet<i64> = BTreeSet::new();
+    for t in ts.values().iter() {
+        hours.insert(hour_of(*t));
+    }
+    if hours.len() == 1 {
+        return Ok(vec![(*hours.first().expect("one"), batch.clone())]);
+    }
+    let mut out = Vec::new();
+    for h in hours {
+        let mask: datafusion::arrow::array::BooleanArray =
+            ts.values().iter().map(|t| Some(hour_of(*t) == h)).collect();
+        out.push((h, datafusion::arrow::compute::filter_record_batch(batch, &mask)?));
+    }
+    Ok(out)
+}
+
+struct HashingWriter {
+    inner: BufWriter<File>,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl Write for HashingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes `sorted` (already in [`SORT_COLUMNS`] order, one hour) as segment `id` under `dir`,
+/// with its index, durably; returns its manifest entry. Nothing is listed anywhere yet: the
+/// caller publishes it by saving a manifest that contains it.
+pub fn write_segment(
+    dir: &Path,
+    id: u64,
+    hour: i64,
+    level: u32,
+    sorted: &RecordBatch,
+    options: &SegmentOptions,
+) -> Result<SegmentMeta> {
+    let rel_dir = partition_dir(hour);
+    let abs_dir = dir.join(&rel_dir);
+    fsutil::create_dir_durable(&abs_dir)?;
+    let rel_path = format!("{rel_dir}/{id:016x}.parquet");
+    let rel_index = format!("{rel_dir}/{id:016x}.idx");
+    let path = dir.join(&rel_path);
+    let tmp = fsutil::tmp_path(&path);
+
+    let file = File::create(&tmp).at(&tmp)?;
+    let sink = HashingWriter {
+        inner: BufWriter::with_capacity(1 << 20, file),
+        hasher: Sha256::new(),
+        bytes: 0,
+    };
+    let mut writer = ArrowWriter::try_new(sink, sorted.schema(), Some(writer_properties(options)))?;
+    writer.write(sorted)?;
+    let metadata = writer.finish()?;
+    let sink = writer.inner_mut();
+    sink.flush().at(&tmp)?;
+    sink.inner.get_ref().sync_all().at(&tmp)?;
+    let sha256 = hex::encode(sink.hasher.clone().finalize());
+    let bytes = sink.bytes;
+    drop(writer);
+    fsutil::publish(&tmp, &path)?;
+
+    let index = SegmentIndex::build(sorted);
+    let index_bytes = index.to_bytes();
+    fsutil::write_atomic(&dir.join(&rel_index), &index_bytes)?;
+
+    let ts = sorted.column(0).as_primitive::<TimestampNanosecondType>();
+    let (min_ts, max_ts) = ts
+        .values()
+        .iter()
+        .fold((i64::MAX, i64::MIN), |(lo, hi), &t| (lo.min(t), hi.max(t)));
+    let namespaces: Vec<String> = index.values("namespace").map(str::to_string).collect();
+    let pods: BTreeSet<&str> = index.values("pod").collect();
+    Ok(SegmentMeta {
+        id,
+        path: rel_path,
+        index_path: rel_index,
+        rows: sorted.num_rows() as u64,
+        bytes,
+        index_bytes: index_bytes.len() as u64,
+        sha256,
+        index_sha256: hex::encode(Sha256::digest(&index_bytes)),
+        min_ts,
+        max_ts,
+        row_groups: metadata
+            .row_groups()
+            .iter()
+            .map(|rg| rg.num_rows() as u64)
+            .collect(),
+        namespaces,
+        pods: (pods.len() <= MAX_LISTED_PODS)
+            .then(|| pods.into_iter().map(str::to_string).collect()),
+        level,
+    })
+}
+
+fn writer_properties(options: &SegmentOptions) -> WriterProperties {
+    let schema = model::events_schema();
+    let sorting = SORT_COLUMNS
+        .iter()
+        .map(|c| SortingColumn {
+            column_idx: schema.index_of(c).expect("sort column") as i32,
+            descending: false,
+            nulls_first: true,
+        })
+        .collect();
+    let mut b = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(options.zstd_level).expect("valid zstd level"),
+        ))
+        .set_max_row_group_row_count(Some(options.row_group_rows))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_sorting_columns(Some(sorting))
+        .set_key_value_metadata(Some(vec![KeyValue::new(
+            "ktrail.schema_version".to_string(),
+            model::SCHEMA_VERSION.to_string(),
+        )]));
+    for c in BLOOM_COLUMNS {
+        b = b.set_column_bloom_filter_enabled(ColumnPath::from(*c), true);
+    }
+    b.build()
+}
+
+/// A live segment as readers see it. Dropping the last handle of a segment that compaction
+/// replaced deletes its files, so a running query never loses a file under it.
+#[derive(Debug)]
+pub struct Segment {
+    pub meta: SegmentMeta,
+    /// Absolute path of the Parquet file.
+    pub path: PathBuf,
+    /// Absolute path of the index file.
+    pub index_path: PathBuf,
+    index: OnceLock<Arc<SegmentIndex>>,
+    obsolete: AtomicBool,
+}
+
+impl Segment {
+    /// A handle for a listed segment of the store in `dir`.
+    pub fn new(dir: &Path, meta: SegmentMeta) -> Self {
+        Self {
+            path: dir.join(&meta.path),
+            index_path: dir.join(&meta.index_path),
+            meta,
+            index: OnceLock::new(),
+            obsolete: AtomicBool::new(false),
+        }
+    }
+
+    /// The segment's index, read on first use and cached.
+    pub fn index(&self) -> Result<Arc<SegmentIndex>> {
+        if let Some(i) = self.index.get() {
+            return Ok(i.clone());
+        }
+        let bytes = fs::read(&self.index_path).at(&self.index_path)?;
+        let index = Arc::new(SegmentIndex::from_bytes(&self.index_path, &bytes)?);
+        Ok(self.index.get_or_init(|| index).clone())
+    }
+
+    /// Reads the whole segment (compaction, deduplication, verification).
+    pub fn read_all(&self, projection: Option<&[&str]>) -> Result<Vec<RecordBatch>> {
+        let file = File::open(&self.path).at(&self.path)?;
+        let mut builder = ParquetRecordBatchReaderBuilder::try_new(file)?.with_batch_size(64 * 1024);
+        if let Some(cols) = projection {
+            let schema = builder.parquet_schema();
+            let indices: Vec<usize> = cols
+                .iter()
+                .filter_map(|c| schema.columns().iter().position(|d| d.name() == *c))
+                .collect();
+            let mask = datafusion::parquet::arrow::ProjectionMask::leaves(schema, indices);
+            builder = builder.with_projection(mask);
+        }
+        builder
+            .build()?
+            .map(|b| b.map_err(StorageError::from))
+            .collect()
+    }
+
+    /// Recomputes both files' SHA-256 and compares them with the manifest.
+    pub fn verify(&self) -> Result<()> {
+        for (path, expected) in [
+            (&self.path, &self.meta.sha256),
+            (&self.index_path, &self.meta.index_sha256),
+        ] {
+            let bytes = fs::read(path).at(path)?;
+            let actual = hex::encode(Sha256::digest(&bytes));
+            if &actual != expected {
+                return Err(StorageError::Corruption {
+                    path: path.clone(),
+                    offset: 0,
+                    reason: format!("SHA-256 {actual} differs from the manifest's {expected}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks the files for deletion when the last handle goes.
+    pub(crate) fn retire(&self) {
+        self.obsolete.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        if self.obsolete.load(Ordering::SeqCst) {
+            for p in [&self.path, &self.index_path] {
+                if let Err(e) = fs::remove_file(p) {
+                    tracing::warn!(path = %p.display(), error = %e, "could not delete retired segment file");
+                }
+            }
+        }
+    }
+}
+
+/// The row ids of a segment's `event_id` column (for deduplication).
+pub fn event_ids(segment: &Segment) -> Result<Vec<i64>> {
+    let mut ids = Vec::with_capacity(segment.meta.rows as usize);
+    for b in segment.read_all(Some(&["event_id"]))? {
+        let col = b.column(0).as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+        debug_assert_eq!(col.null_count(), 0);
+        ids.extend_from_slice(col.values());
+    }
+    Ok(ids)
+}

@@ -1,0 +1,195 @@
+use super::*;
+use datafusion::arrow::array::{Array, StringArray};
+use model::{Event, batch_of};
+
+pub(crate) fn event(i: u64, ns: &str, pod: &str) -> Event {
+    Event {
+        ts: 1_800_000_000_000_000_000 + (i as i64) * 1_000_000_000,
+        kind: if i % 3 == 0 { "network_connect" } else { "process_exec" }.into(),
+        source: "test".into(),
+        event_id: Some(i as i64),
+        namespace: Some(ns.into()),
+        pod: Some(pod.into()),
+        container_id: Some(format!("c{}", i % 7)),
+        exe: Some(["/bin/sh", "/usr/bin/curl", "/usr/sbin/tcpdump"][(i % 3) as usize].into()),
+        dst_ip: (i % 3 == 0).then(|| format!("10.0.{}.{}", i % 5, i % 11)),
+        ..Default::default()
+    }
+}
+
+fn opts() -> StoreOptions {
+    StoreOptions {
+        background: false,
+        memtable_max_rows: usize::MAX / 4,
+        ..Default::default()
+    }
+}
+
+fn ids_in(snapshot: &Snapshot) -> Vec<i64> {
+    let mut ids = Vec::new();
+    for s in &snapshot.segments {
+        ids.extend(segment::event_ids(s).unwrap());
+    }
+    for b in &snapshot.memtable {
+        ids.extend_from_slice(b.column(3).as_primitive::<Int64Type>().values());
+    }
+    ids.sort();
+    ids
+}
+
+#[test]
+fn appended_events_are_visible_at_once_and_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), opts()).unwrap();
+    let events: Vec<Event> = (0..100).map(|i| event(i, "billing", "api-1")).collect();
+    let out = store.append(batch_of(&events)).unwrap();
+    assert_eq!(out, AppendOutcome { accepted: 100, duplicates: 0 });
+    assert_eq!(store.snapshot().rows(), 100);
+    drop(store); // no close: the WAL must carry the events
+    let (store, report) = Store::open(dir.path(), opts()).unwrap();
+    assert_eq!(report.wal.replayed, 1);
+    assert_eq!(ids_in(&store.snapshot()), (0..100).collect::<Vec<_>>());
+}
+
+#[test]
+fn duplicates_are_dropped_in_memory_in_segments_and_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), opts()).unwrap();
+    let events: Vec<Event> = (0..50).map(|i| event(i, "ns", "p")).collect();
+    store.append(batch_of(&events)).unwrap();
+    let again = store.append(batch_of(&events[..10])).unwrap();
+    assert_eq!(again, AppendOutcome { accepted: 0, duplicates: 10 });
+    store.flush().unwrap();
+    drop(store);
+    let (store, _) = Store::open(dir.path(), opts()).unwrap();
+    let more: Vec<Event> = (40..60).map(|i| event(i, "ns", "p")).collect();
+    let out = store.append(batch_of(&more)).unwrap();
+    assert_eq!(out, AppendOutcome { accepted: 10, duplicates: 10 });
+    assert_eq!(ids_in(&store.snapshot()), (0..60).collect::<Vec<_>>());
+}
+
+#[test]
+fn flush_writes_hive_partitioned_segments_and_trims_the_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), opts()).unwrap();
+    // 2 hours of events
+    let events: Vec<Event> = (0..7200).step_by(10).map(|i| event(i, "ns", "p")).collect();
+    store.append(batch_of(&events)).unwrap();
+    store.flush().unwrap();
+    let m = store.manifest();
+    assert_eq!(m.segments.len(), 2);
+    assert_eq!(m.rows(), 720);
+    assert_eq!(m.segments[0].path, "segments/dt=2027-01-15/hour=08/0000000000000001.parquet");
+    assert!(m.segments.iter().all(|s| s.min_ts <= s.max_ts));
+    assert!(store.snapshot().memtable.is_empty());
+    let wal_files = fs::read_dir(dir.path().join("wal")).unwrap().count();
+    assert_eq!(wal_files, 1, "only the active WAL file remains");
+    assert_eq!(store.verify().unwrap(), 2);
+    store.close().unwrap();
+    let (store, report) = Store::open(dir.path(), opts()).unwrap();
+    assert_eq!(report.wal.replayed, 0);
+    assert_eq!(store.snapshot().rows(), 720);
+}
+
+#[test]
+fn index_row_numbers_equal_parquet_row_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        segment: SegmentOptions { row_group_rows: 100, zstd_level: 1 },
+        ..opts()
+    };
+    let (store, _) = Store::open(dir.path(), options).unwrap();
+    let pods = ["a", "b", "c", "d"];
+    let events: Vec<Event> = (0..1000)
+        .map(|i| event(i, ["x", "y"][(i % 2) as usize], pods[(i * 7 % 4) as usize]))
+        .collect();
+    store.append(batch_of(&events)).unwrap();
+    store.flush().unwrap();
+    let snap = store.snapshot();
+    let seg = &snap.segments[0];
+    assert!(seg.meta.row_groups.len() >= 10);
+    let rows = seg.read_all(None).unwrap();
+    let all = datafusion::arrow::compute::concat_batches(&model::events_schema(), &rows).unwrap();
+    let index = seg.index().unwrap();
+    for &col in INDEXED_COLUMNS {
+        let values = all.column_by_name(col).unwrap();
+        let values = values.as_any().downcast_ref::<StringArray>().unwrap();
+        let distinct: HashSet<&str> = values.iter().flatten().collect();
+        for v in distinct {
+            let expected: Vec<u32> = (0..values.len())
+                .filter(|&i| values.is_valid(i) && values.value(i) == v)
+                .map(|i| i as u32)
+                .collect();
+            let got: Vec<u32> = index.lookup(col, [v]).unwrap().iter().collect();
+            assert_eq!(got, expected, "column {col} value {v}");
+        }
+    }
+}
+
+#[test]
+fn compaction_merges_small_segments_of_an_hour() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions { compaction_min_segments: 3, ..opts() };
+    let (store, _) = Store::open(dir.path(), options.clone()).unwrap();
+    for chunk in 0..4u64 {
+        let events: Vec<Event> = (chunk * 100..chunk * 100 + 100).map(|i| event(i, "ns", "p")).collect();
+        store.append(batch_of(&events)).unwrap();
+        store.flush().unwrap();
+    }
+    let before = store.snapshot(); // holds the old files open
+    assert_eq!(before.segments.len(), 4);
+    assert_eq!(store.compact().unwrap(), 4);
+    let m = store.manifest();
+    assert_eq!(m.segments.len(), 1);
+    assert_eq!(m.segments[0].level, 1);
+    assert!(before.segments.iter().all(|s| s.path.exists()), "readers keep their files");
+    let old_paths: Vec<PathBuf> = before.segments.iter().map(|s| s.path.clone()).collect();
+    drop(before);
+    assert!(old_paths.iter().all(|p| !p.exists()), "retired files go with the last reader");
+    assert_eq!(ids_in(&store.snapshot()), (0..400).collect::<Vec<_>>());
+    drop(store);
+    let (store, _) = Store::open(dir.path(), options).unwrap();
+    assert_eq!(store.snapshot().rows(), 400);
+}
+
+#[test]
+fn crash_leftovers_are_removed_and_missing_segments_are_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), opts()).unwrap();
+    store.append(batch_of(&[event(1, "ns", "p")])).unwrap();
+    store.flush().unwrap();
+    let seg = store.manifest().segments[0].clone();
+    drop(store);
+    let part = dir.path().join(seg.path.rsplit_once('/').unwrap().0);
+    fs::write(part.join("00000000000000ff.parquet"), b"half written").unwrap();
+    fs::write(part.join(".0000000000000100.parquet.tmp"), b"temp").unwrap();
+    let (store, report) = Store::open(dir.path(), opts()).unwrap();
+    assert_eq!(report.removed_orphans.len(), 2);
+    drop(store);
+    fs::remove_file(dir.path().join(&seg.path)).unwrap();
+    let err = Store::open(dir.path(), opts()).err().unwrap();
+    assert!(matches!(err, StorageError::Corruption { .. }), "{err}");
+    assert!(err.to_string().contains(&seg.path), "{err}");
+}
+
+#[test]
+fn a_second_process_cannot_open_the_same_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, _) = Store::open(dir.path(), opts()).unwrap();
+    let err = Store::open(dir.path(), opts()).err().unwrap();
+    assert!(matches!(err, StorageError::Locked { .. }));
+}
+
+#[test]
+fn damaged_segment_bytes_fail_verification() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), opts()).unwrap();
+    store.append(batch_of(&(0..10).map(|i| event(i, "n", "p")).collect::<Vec<_>>())).unwrap();
+    store.flush().unwrap();
+    let path = store.snapshot().segments[0].path.clone();
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[10] ^= 0xff;
+    fs::write(&path, bytes).unwrap();
+    let err = store.verify().unwrap_err();
+    assert!(err.to_string().contains("SHA-256"), "{err}");
+}

@@ -1,0 +1,658 @@
+//! The write-ahead log: append-only files on local disk, written by one thread with group
+//! commit.
+//!
+//! File: `wal/<first_seq:020>.wal` = header (`KTWAL\0\0\x01`, first sequence number as u64 LE),
+//! then frames `[len u32][crc32c u32][seq u64][payload; len]`, all little-endian, the CRC over
+//! `seq ‖ payload`. Sequence numbers increase by one across files.
+//!
+//! Contract: [`Wal::append`] returns only after the record's bytes and every earlier record are
+//! on stable storage (`fdatasync`), and after the [`DurableSink`] has seen the record; a record
+//! whose append returned an error may or may not be replayed after a crash, exactly like any
+//! write that was never acknowledged. All appenders that queue while a sync is running share the
+//! next one (group commit).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::error::{IoContext, Result, StorageError};
+use crate::fsutil;
+
+const MAGIC: &[u8; 8] = b"KTWAL\0\0\x01";
+const FILE_HEADER: u64 = 16;
+const FRAME_HEADER: usize = 16;
+/// Larger frames are taken as damage, not data (a batch is far smaller).
+const MAX_FRAME: u32 = 1 << 30;
+
+/// Receives every record once it is durable, in sequence order, before its append returns.
+pub type DurableSink<T> = Arc<dyn Fn(u64, T) + Send + Sync>;
+
+/// Tuning of the WAL.
+#[derive(Debug, Clone)]
+pub struct WalOptions {
+    /// Start a new file once the current one is this large.
+    pub max_file_bytes: u64,
+    /// How long the writer waits for more appenders before syncing a group (0: sync at once;
+    /// appenders that arrive during a sync still share the next one).
+    pub group_commit_window: Duration,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        Self {
+            max_file_bytes: 128 << 20,
+            group_commit_window: Duration::ZERO,
+        }
+    }
+}
+
+/// What opening the WAL found.
+#[derive(Debug, Default, Clone)]
+pub struct ReplayReport {
+    /// Records handed to the replay callback (newer than the flushed sequence number).
+    pub replayed: u64,
+    /// Highest sequence number found on disk.
+    pub last_seq: u64,
+    /// A torn tail that was cut off: the file, the offset it was cut at, the bytes dropped.
+    pub torn_tail: Option<(PathBuf, u64, u64)>,
+}
+
+enum Cmd<T> {
+    Append {
+        payload: Vec<u8>,
+        item: T,
+        done: SyncSender<Result<u64>>,
+    },
+    Rotate {
+        done: SyncSender<Result<()>>,
+    },
+}
+
+struct WalFile {
+    first_seq: u64,
+    path: PathBuf,
+}
+
+/// Handle to the WAL's writer thread.
+pub struct Wal<T: Send + 'static> {
+    dir: PathBuf,
+    tx: Option<Sender<Cmd<T>>>,
+    thread: Option<JoinHandle<()>>,
+    files: Arc<Mutex<WalFiles>>,
+}
+
+/// The files on disk: closed ones oldest first, and where the active one starts.
+struct WalFiles {
+    closed: Vec<WalFile>,
+    active_first_seq: u64,
+}
+
+impl<T: Send + 'static> Wal<T> {
+    /// Opens (or creates) the WAL in `dir`: replays every record with a sequence number above
+    /// `after_seq` through `replay`, cuts a torn tail off the last file, and fails with
+    /// [`StorageError::Corruption`] on damage anywhere else.
+    pub fn open(
+        dir: &Path,
+        after_seq: u64,
+        options: WalOptions,
+        sink: DurableSink<T>,
+        mut replay: impl FnMut(u64, &[u8]) -> Result<()>,
+    ) -> Result<(Self, ReplayReport)> {
+        fsutil::create_dir_durable(dir)?;
+        let mut files = list_files(dir)?;
+        let mut report = ReplayReport {
+            last_seq: after_seq,
+            ..Default::default()
+        };
+        let n = files.len();
+        let mut expected: Option<u64> = None;
+        let mut drop_last = false;
+        for (i, f) in files.iter().enumerate() {
+            let is_last = i + 1 == n;
+            let outcome = replay_file(f, is_last, after_seq, &mut expected, &mut |s, p| {
+                report.replayed += 1;
+                replay(s, p)
+            })?;
+            match outcome {
+                FileOutcome::Complete => {}
+                FileOutcome::Torn { offset, dropped } => {
+                    tracing::warn!(path = %f.path.display(), offset, dropped, "WAL torn tail cut off");
+                    report.torn_tail = Some((f.path.clone(), offset, dropped));
+                    if offset < FILE_HEADER {
+                        drop_last = true;
+                    } else {
+                        let file = OpenOptions::new().write(true).open(&f.path).at(&f.path)?;
+                        file.set_len(offset).at(&f.path)?;
+                        file.sync_all().at(&f.path)?;
+                    }
+                }
+            }
+        }
+        if drop_last {
+            let f = files.pop().expect("torn file exists");
+            fs::remove_file(&f.path).at(&f.path)?;
+            fsutil::sync_dir(dir)?;
+        }
+        let next_seq = expected.unwrap_or(after_seq + 1).max(after_seq + 1);
+        report.last_seq = next_seq - 1;
+
+        // Always start a fresh active file: simpler than appending after a possibly cut tail.
+        let active = create_file(dir, next_seq)?;
+        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(Mutex::new(WalFiles {
+            closed: files,
+            active_first_seq: next_seq,
+        }));
+        let writer = Writer {
+            dir: dir.to_path_buf(),
+            file: active.0,
+            file_len: FILE_HEADER,
+            file_first_seq: next_seq,
+            next_seq,
+            options,
+            sink,
+            files: shared.clone(),
+            poisoned: None,
+        };
+        let thread = std::thread::Builder::new()
+            .name("ktrail-wal".into())
+            .spawn(move || writer.run(rx))
+            .at(dir)?;
+        Ok((
+            Self {
+                dir: dir.to_path_buf(),
+                tx: Some(tx),
+                thread: Some(thread),
+                files: shared,
+            },
+            report,
+        ))
+    }
+
+    /// Appends one record; returns its sequence number once it is durable (see module docs).
+    pub fn append(&self, payload: Vec<u8>, item: T) -> Result<u64> {
+        let (done, rx) = mpsc::sync_channel(1);
+        self.send(Cmd::Append {
+            payload,
+            item,
+            done,
+        })?;
+        rx.recv().map_err(|_| StorageError::Closed)?
+    }
+
+    /// Closes the active file and starts a new one, so that everything appended so far lies in
+    /// closed files that [`trim`](Self::trim) can delete once flushed.
+    pub fn rotate(&self) -> Result<()> {
+        let (done, rx) = mpsc::sync_channel(1);
+        self.send(Cmd::Rotate { done })?;
+        rx.recv().map_err(|_| StorageError::Closed)?
+    }
+
+    /// Deletes closed files whose records all have sequence numbers ≤ `flushed_seq`.
+    pub fn trim(&self, flushed_seq: u64) -> Result<usize> {
+        let mut files = self.files.lock();
+        let mut removed = 0;
+        // A closed file's records end where the next file (closed or active) begins.
+        while let Some(first) = files.closed.first() {
+            let end = files.closed.get(1).map_or(files.active_first_seq, |f| f.first_seq);
+            if end - 1 > flushed_seq {
+                break;
+            }
+            let path = first.path.clone();
+            fs::remove_file(&path).at(&path)?;
+            files.closed.remove(0);
+            removed += 1;
+        }
+        if removed > 0 {
+            fsutil::sync_dir(&self.dir)?;
+        }
+        Ok(removed)
+    }
+
+    /// Number of WAL files on disk (closed + active).
+    pub fn file_count(&self) -> usize {
+        self.files.lock().closed.len() + 1
+    }
+
+    fn send(&self, cmd: Cmd<T>) -> Result<()> {
+        self.tx
+            .as_ref()
+            .ok_or(StorageError::Closed)?
+            .send(cmd)
+            .map_err(|_| StorageError::Closed)
+    }
+}
+
+impl<T: Send + 'static> Drop for Wal<T> {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Writer<T> {
+    dir: PathBuf,
+    file: File,
+    file_len: u64,
+    file_first_seq: u64,
+    next_seq: u64,
+    options: WalOptions,
+    sink: DurableSink<T>,
+    files: Arc<Mutex<WalFiles>>,
+    poisoned: Option<String>,
+}
+
+impl<T> Writer<T> {
+    fn run(mut self, rx: Receiver<Cmd<T>>) {
+        while let Ok(first) = rx.recv() {
+            let mut group = vec![first];
+            let deadline = Instant::now() + self.options.group_commit_window;
+            loop {
+                while let Ok(c) = rx.try_recv() {
+                    group.push(c);
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                match rx.recv_timeout(deadline - now) {
+                    Ok(c) => group.push(c),
+                    Err(_) => break,
+                }
+            }
+            self.process(group);
+        }
+        let _ = self.file.sync_data();
+    }
+
+    /// Writes the appends of a group (up to each rotate) with one write and one fdatasync.
+    fn process(&mut self, group: Vec<Cmd<T>>) {
+        let mut pending: Vec<(u64, T, SyncSender<Result<u64>>)> = Vec::new();
+        let mut buf = Vec::new();
+        for cmd in group {
+            match cmd {
+                Cmd::Append {
+                    payload,
+                    item,
+                    done,
+                } => {
+                    let seq = self.next_seq + pending.len() as u64;
+                    frame(&mut buf, seq, &payload);
+                    pending.push((seq, item, done));
+                }
+                Cmd::Rotate { done } => {
+                    self.commit(&mut buf, &mut pending);
+                    let r = self.check_poison().and_then(|()| self.rotate());
+                    let _ = done.send(r);
+                }
+            }
+        }
+        self.commit(&mut buf, &mut pending);
+        if self.file_len >= self.options.max_file_bytes && self.poisoned.is_none() {
+            if let Err(e) = self.rotate() {
+                self.poisoned = Some(e.to_string());
+            }
+        }
+    }
+
+    fn commit(&mut self, buf: &mut Vec<u8>, pending: &mut Vec<(u64, T, SyncSender<Result<u64>>)>) {
+        if pending.is_empty() {
+            return;
+        }
+        let result = self.check_poison().and_then(|()| {
+            let path = self.path();
+            self.file.write_all(buf).at(&path)?;
+            self.file.sync_data().at(&path)
+        });
+        match result {
+            Ok(()) => {
+                self.file_len += buf.len() as u64;
+                self.next_seq += pending.len() as u64;
+                for (seq, item, done) in pending.drain(..) {
+                    (self.sink)(seq, item);
+                    let _ = done.send(Ok(seq));
+                }
+            }
+            Err(e) => {
+                // After a failed write or fsync the file's state is unknown (fsyncgate):
+                // refuse everything from now on.
+                let msg = e.to_string();
+                tracing::error!(error = %msg, "WAL write failed; store is now read-only");
+                self.poisoned.get_or_insert(msg.clone());
+                for (_, _, done) in pending.drain(..) {
+                    let _ = done.send(Err(StorageError::Poisoned(msg.clone())));
+                }
+            }
+        }
+        buf.clear();
+    }
+
+    fn check_poison(&self) -> Result<()> {
+        match &self.poisoned {
+            Some(m) => Err(StorageError::Poisoned(m.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn path(&self) -> PathBuf {
+        file_path(&self.dir, self.file_first_seq)
+    }
+
+    fn rotate(&mut self) -> Result<()> {
+        if self.next_seq == self.file_first_seq {
+            return Ok(()); // the active file is empty
+        }
+        let (file, _) = create_file(&self.dir, self.next_seq)?;
+        let mut files = self.files.lock();
+        files.closed.push(WalFile {
+            first_seq: self.file_first_seq,
+            path: self.path(),
+        });
+        files.active_first_seq = self.next_seq;
+        drop(files);
+        self.file = file;
+        self.file_len = FILE_HEADER;
+        self.file_first_seq = self.next_seq;
+        Ok(())
+    }
+}
+
+fn frame(buf: &mut Vec<u8>, seq: u64, payload: &[u8]) {
+    let len = u32::try_from(payload.len()).expect("WAL payload below 4 GiB");
+    let mut crc = crc32c::crc32c(&seq.to_le_bytes());
+    crc = crc32c::crc32c_append(crc, payload);
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(&crc.to_le_bytes());
+    buf.extend_from_slice(&seq.to_le_bytes());
+    buf.extend_from_slice(payload);
+}
+
+fn file_path(dir: &Path, first_seq: u64) -> PathBuf {
+    dir.join(format!("{first_seq:020}.wal"))
+}
+
+fn create_file(dir: &Path, first_seq: u64) -> Result<(File, PathBuf)> {
+    let path = file_path(dir, first_seq);
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)
+        .at(&path)?;
+    let mut header = Vec::with_capacity(FILE_HEADER as usize);
+    header.extend_from_slice(MAGIC);
+    header.extend_from_slice(&first_seq.to_le_bytes());
+    f.write_all(&header).at(&path)?;
+    f.sync_all().at(&path)?;
+    fsutil::sync_dir(dir)?;
+    Ok((f, path))
+}
+
+fn list_files(dir: &Path) -> Result<Vec<WalFile>> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).at(dir)? {
+        let entry = entry.at(dir)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(stem) = name.strip_suffix(".wal") {
+            if let Ok(first_seq) = stem.parse::<u64>() {
+                files.push(WalFile {
+                    first_seq,
+                    path: entry.path(),
+                });
+            }
+        }
+    }
+    files.sort_by_key(|f| f.first_seq);
+    Ok(files)
+}
+
+enum FileOutcome {
+    Complete,
+    Torn { offset: u64, dropped: u64 },
+}
+
+fn replay_file(
+    f: &WalFile,
+    is_last: bool,
+    after_seq: u64,
+    expected: &mut Option<u64>,
+    replay: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<FileOutcome> {
+    let mut file = File::open(&f.path).at(&f.path)?;
+    let mut data = Vec::new();
+    file.seek(SeekFrom::Start(0)).at(&f.path)?;
+    file.read_to_end(&mut data).at(&f.path)?;
+    let len = data.len() as u64;
+    let corrupt = |offset: u64, reason: String| StorageError::Corruption {
+        path: f.path.clone(),
+        offset,
+        reason,
+    };
+    let torn_or_corrupt = |offset: u64, reason: String, frame_end: u64| {
+        let rest = &data[offset as usize..];
+        if is_last && (frame_end >= len || rest.iter().all(|&b| b == 0)) {
+            Ok(FileOutcome::Torn {
+                offset,
+                dropped: len - offset,
+            })
+        } else {
+            Err(corrupt(offset, reason))
+        }
+    };
+    if len < FILE_HEADER || data[..8] != MAGIC[..] {
+        if len < FILE_HEADER && is_last {
+            return Ok(FileOutcome::Torn {
+                offset: 0,
+                dropped: len,
+            });
+        }
+        return Err(corrupt(0, "missing WAL file header".into()));
+    }
+    let header_seq = u64::from_le_bytes(data[8..16].try_into().expect("8 bytes"));
+    if header_seq != f.first_seq {
+        return Err(corrupt(
+            8,
+            format!("header says first seq {header_seq}, name says {}", f.first_seq),
+        ));
+    }
+    if let Some(e) = *expected {
+        if f.first_seq != e {
+            return Err(corrupt(
+                8,
+                format!("sequence gap: file starts at {}, expected {e}", f.first_seq),
+            ));
+        }
+    }
+    let mut off = FILE_HEADER;
+    let mut seq_expected = f.first_seq;
+    while off < len {
+        // Replay continues after this file at the first sequence number not read.
+        *expected = Some(seq_expected);
+        if len - off < FRAME_HEADER as u64 {
+            return torn_or_corrupt(off, "truncated frame header".into(), len);
+        }
+        let h = &data[off as usize..off as usize + FRAME_HEADER];
+        let flen = u32::from_le_bytes(h[0..4].try_into().expect("4"));
+        let crc = u32::from_le_bytes(h[4..8].try_into().expect("4"));
+        let seq = u64::from_le_bytes(h[8..16].try_into().expect("8"));
+        let end = off + FRAME_HEADER as u64 + u64::from(flen);
+        if flen > MAX_FRAME || end > len {
+            return torn_or_corrupt(off, format!("frame length {flen} runs past the end"), len);
+        }
+        let payload = &data[off as usize + FRAME_HEADER..end as usize];
+        let actual = crc32c::crc32c_append(crc32c::crc32c(&seq.to_le_bytes()), payload);
+        if actual != crc {
+            return torn_or_corrupt(off, "frame checksum mismatch".into(), end);
+        }
+        if seq != seq_expected {
+            return Err(corrupt(
+                off,
+                format!("sequence {seq} where {seq_expected} was expected"),
+            ));
+        }
+        if seq > after_seq {
+            replay(seq, payload)?;
+        }
+        seq_expected += 1;
+        off = end;
+    }
+    *expected = Some(seq_expected);
+    Ok(FileOutcome::Complete)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    fn open(dir: &Path, after: u64) -> Result<(Wal<()>, ReplayReport, Vec<(u64, Vec<u8>)>)> {
+        let mut seen = Vec::new();
+        let (wal, report) = Wal::open(dir, after, WalOptions::default(), Arc::new(|_, ()| {}), |s, p| {
+            seen.push((s, p.to_vec()));
+            Ok(())
+        })?;
+        Ok((wal, report, seen))
+    }
+
+    fn only_file(dir: &Path) -> PathBuf {
+        let mut files = list_files(dir).unwrap();
+        files.retain(|f| fs::metadata(&f.path).unwrap().len() > FILE_HEADER);
+        assert_eq!(files.len(), 1);
+        files.remove(0).path
+    }
+
+    #[test]
+    fn appends_replay_in_order_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (wal, _, seen) = open(dir.path(), 0).unwrap();
+            assert!(seen.is_empty());
+            for i in 0..10u8 {
+                assert_eq!(wal.append(vec![i; 100], ()).unwrap(), u64::from(i) + 1);
+            }
+        }
+        let (wal, report, seen) = open(dir.path(), 3).unwrap();
+        assert_eq!(report.replayed, 7);
+        assert_eq!(seen.first().unwrap(), &(4, vec![3u8; 100]));
+        assert_eq!(wal.append(vec![], ()).unwrap(), 11);
+    }
+
+    #[test]
+    fn torn_tail_is_cut_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (wal, _, _) = open(dir.path(), 0).unwrap();
+            for i in 0..5u8 {
+                wal.append(vec![i; 1000], ()).unwrap();
+            }
+        }
+        let path = only_file(dir.path());
+        let full = fs::metadata(&path).unwrap().len();
+        // Cut in the middle of the last frame, as a crash during write leaves it.
+        OpenOptions::new().write(true).open(&path).unwrap().set_len(full - 300).unwrap();
+        let (wal, report, seen) = open(dir.path(), 0).unwrap();
+        assert_eq!(seen.len(), 4);
+        let (p, offset, dropped) = report.torn_tail.clone().unwrap();
+        assert_eq!(p, path);
+        assert_eq!(offset, full - (FRAME_HEADER as u64 + 1000));
+        assert_eq!(dropped, 1000 + FRAME_HEADER as u64 - 300);
+        assert_eq!(wal.append(vec![9], ()).unwrap(), 5);
+        drop(wal);
+        let (_, report, seen) = open(dir.path(), 0).unwrap();
+        assert!(report.torn_tail.is_none());
+        assert_eq!(seen.len(), 5);
+        assert_eq!(seen[4], (5, vec![9]));
+    }
+
+    #[test]
+    fn corruption_in_the_middle_names_file_and_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (wal, _, _) = open(dir.path(), 0).unwrap();
+            for i in 0..5u8 {
+                wal.append(vec![i; 1000], ()).unwrap();
+            }
+        }
+        let path = only_file(dir.path());
+        let mut bytes = fs::read(&path).unwrap();
+        let second_frame = FILE_HEADER as usize + FRAME_HEADER + 1000;
+        bytes[second_frame + FRAME_HEADER + 10] ^= 0xff;
+        fs::write(&path, &bytes).unwrap();
+        let err = open(dir.path(), 0).err().expect("corruption must fail the open");
+        match err {
+            StorageError::Corruption { path: p, offset, .. } => {
+                assert_eq!(p, path);
+                assert_eq!(offset, second_frame as u64);
+            }
+            other => panic!("expected corruption, got {other}"),
+        }
+        assert!(err_text(dir.path()).contains(&format!("offset {second_frame}")));
+    }
+
+    fn err_text(dir: &Path) -> String {
+        open(dir, 0).err().unwrap().to_string()
+    }
+
+    #[test]
+    fn rotate_and_trim_delete_only_flushed_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _, _) = open(dir.path(), 0).unwrap();
+        for _ in 0..3 {
+            wal.append(vec![1; 10], ()).unwrap();
+        }
+        wal.rotate().unwrap();
+        for _ in 0..3 {
+            wal.append(vec![2; 10], ()).unwrap();
+        }
+        wal.rotate().unwrap();
+        assert_eq!(wal.file_count(), 3);
+        assert_eq!(wal.trim(2).unwrap(), 0, "file 1..=3 is not fully flushed");
+        assert_eq!(wal.trim(3).unwrap(), 1);
+        assert_eq!(wal.trim(6).unwrap(), 1);
+        drop(wal);
+        let (_, report, seen) = open(dir.path(), 6).unwrap();
+        assert!(seen.is_empty());
+        assert_eq!(report.last_seq, 6);
+    }
+
+    #[test]
+    fn concurrent_appenders_share_syncs_and_every_ack_is_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let sunk = Arc::new(AtomicU64::new(0));
+        let s2 = sunk.clone();
+        let (wal, _) = Wal::open(
+            dir.path(),
+            0,
+            WalOptions::default(),
+            Arc::new(move |_, ()| {
+                s2.fetch_add(1, Ordering::SeqCst);
+            }),
+            |_, _| Ok(()),
+        )
+        .unwrap();
+        let wal = Arc::new(wal);
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let wal = wal.clone();
+                std::thread::spawn(move || {
+                    (0..50).map(|i| wal.append(vec![t, i], ()).unwrap()).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut seqs: Vec<u64> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        seqs.sort();
+        assert_eq!(seqs, (1..=400).collect::<Vec<_>>());
+        assert_eq!(sunk.load(Ordering::SeqCst), 400);
+        drop(wal);
+        let (_, _, seen) = open(dir.path(), 0).unwrap();
+        assert_eq!(seen.len(), 400);
+    }
+}
