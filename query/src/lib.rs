@@ -18,7 +18,7 @@ use storage::Store;
 
 pub use error::QueryError;
 pub use provider::{EventsTable, IndexUse};
-pub use scan_exec::ScanStats;
+pub use scan_exec::{ScanExec, ScanStats};
 
 /// Views over `events` (contract names). Each is a plain filter, so pruning applies through it.
 pub const VIEWS: &[(&str, &str)] = &[

@@ -1,7 +1,6 @@
 //! The `events` table: a snapshot of the store's segments (pruned by the manifest's summaries,
 //! narrowed by the sidecar indexes) unioned with its memtable.
 
-use std::any::Any;
 use std::collections::HashSet;
 use std::ops::Range;
 use std::sync::Arc;
@@ -25,7 +24,7 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
 use datafusion::parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::utils::{Guarantee, LiteralGuarantee};
-use datafusion::physical_optimizer::pruning::PruningPredicate;
+use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::union::UnionExec;
 use roaring::RoaringBitmap;
@@ -56,10 +55,6 @@ impl EventsTable {
 
 #[async_trait]
 impl TableProvider for EventsTable {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
     fn schema(&self) -> SchemaRef {
         model::events_schema()
     }
@@ -108,7 +103,7 @@ impl TableProvider for EventsTable {
             let path = segment.path.to_string_lossy().into_owned();
             let mut file = PartitionedFile::new(path, segment.meta.bytes);
             if !lookups.is_empty() {
-                let rows = index_rows(segment, &lookups).map_err(QueryError::from)?;
+                let rows = index_rows(segment, &lookups).map_err(|e| datafusion::error::DataFusionError::External(Box::new(QueryError::from(e))))?;
                 let plan = access_plan(&segment.meta.row_groups, &rows);
                 let scanned = plan.row_group_indexes().len();
                 if scanned == 0 {
@@ -174,7 +169,10 @@ fn prune_segments(segments: &[Arc<Segment>], predicate: Option<&Arc<dyn Physical
     let Some(predicate) = predicate else {
         return all;
     };
-    let Ok(pruning) = PruningPredicate::try_new(predicate.clone(), schema.clone()) else {
+    let Some(pruning) = PruningPredicateBuilder::new()
+        .with_file_schema(schema.clone())
+        .build(predicate.clone())
+    else {
         return all;
     };
     match pruning.prune(&SegmentSummaries(segments)) {
@@ -305,7 +303,7 @@ fn selection(rows: &RoaringBitmap, range: Range<u32>) -> RowSelection {
     let mut selectors = Vec::new();
     let mut pos = range.start;
     let mut run: Option<(u32, u32)> = None;
-    let mut flush = |run: (u32, u32), pos: &mut u32, selectors: &mut Vec<RowSelector>| {
+    let flush = |run: (u32, u32), pos: &mut u32, selectors: &mut Vec<RowSelector>| {
         if run.0 > *pos {
             selectors.push(RowSelector::skip((run.0 - *pos) as usize));
         }

@@ -65,6 +65,14 @@ impl ScanExec {
     pub fn stats(&self) -> ScanStats {
         self.stats
     }
+
+    /// The stats of the first `events` scan in `plan` (tests and tooling).
+    pub fn find_stats(plan: &Arc<dyn ExecutionPlan>) -> Option<ScanStats> {
+        if let Some(s) = (plan.as_ref() as &dyn Any).downcast_ref::<ScanExec>() {
+            return Some(s.stats);
+        }
+        plan.children().into_iter().find_map(Self::find_stats)
+    }
 }
 
 impl DisplayAs for ScanExec {
@@ -93,10 +101,6 @@ impl DisplayAs for ScanExec {
 impl ExecutionPlan for ScanExec {
     fn name(&self) -> &str {
         "KtrailScanExec"
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 
     fn properties(&self) -> &Arc<PlanProperties> {

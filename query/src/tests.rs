@@ -1,0 +1,195 @@
+use super::*;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use datafusion::physical_plan::collect;
+use model::{Event, batch_of};
+use proptest::prelude::*;
+use storage::{SegmentOptions, StoreOptions};
+
+const T0: i64 = 1_800_000_000_000_000_000;
+
+fn event(i: u64, ns: &str, pod: &str, exe: &str, dst: Option<&str>) -> Event {
+    Event {
+        ts: T0 + (i as i64) * 1_000_000_000,
+        kind: if dst.is_some() { "network_connect" } else { "process_exec" }.into(),
+        source: "test".into(),
+        event_id: Some(i as i64),
+        namespace: Some(ns.into()),
+        pod: Some(pod.into()),
+        container_id: Some(format!("{pod}-c")),
+        exe: Some(exe.into()),
+        dst_ip: dst.map(Into::into),
+        ..Default::default()
+    }
+}
+
+fn options() -> StoreOptions {
+    StoreOptions {
+        background: false,
+        memtable_max_rows: usize::MAX / 4,
+        segment: SegmentOptions { row_group_rows: 64, zstd_level: 1 },
+        ..Default::default()
+    }
+}
+
+async fn run(ctx: &SessionContext, sql: &str) -> (Vec<RecordBatch>, Option<ScanStats>) {
+    let df = ctx.sql(sql).await.unwrap();
+    let plan = df.create_physical_plan().await.unwrap();
+    let stats = ScanExec::find_stats(&plan);
+    let batches = collect(plan, ctx.task_ctx()).await.unwrap();
+    (batches, stats)
+}
+
+fn text(batches: &[RecordBatch]) -> String {
+    pretty_format_batches(batches).unwrap().to_string()
+}
+
+/// Builds a store of 4 segments (hours) plus a memtable.
+fn fixture(dir: &std::path::Path) -> Store {
+    let (store, _) = Store::open(dir, options()).unwrap();
+    let pods = ["api-1", "api-2", "db-0", "web-7"];
+    let exes = ["/bin/sh", "/usr/bin/curl", "/usr/sbin/tcpdump"];
+    for hour in 0..4u64 {
+        let events: Vec<Event> = (0..500)
+            .map(|j| {
+                let i = hour * 3600 + j * 7;
+                let ns = if j % 5 == 0 { "billing" } else { "frontend" };
+                let pod = pods[((j * 13 + hour) % 4) as usize];
+                let dst = (j % 3 == 0).then(|| format!("10.1.{}.{}", j % 4, j % 9));
+                event(i, ns, &format!("{ns}-{pod}"), exes[(j % 3) as usize], dst.as_deref())
+            })
+            .collect();
+        store.append(batch_of(&events)).unwrap();
+        store.flush().unwrap();
+    }
+    let mem: Vec<Event> = (0..50).map(|j| event(5 * 3600 + j, "billing", "billing-api-1", "/bin/sh", None)).collect();
+    store.append(batch_of(&mem)).unwrap();
+    store
+}
+
+#[tokio::test]
+async fn pod_lookup_skips_segments_and_row_groups_and_matches_full_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = fixture(dir.path());
+    let indexed = session(&store, IndexUse::On).await.unwrap();
+    let full = session(&store, IndexUse::Off).await.unwrap();
+    let sql = "SELECT count(*) AS n, min(ts) AS first FROM events WHERE pod = 'billing-db-0'";
+    let (a, stats) = run(&indexed, sql).await;
+    let (b, full_stats) = run(&full, sql).await;
+    assert_eq!(text(&a), text(&b));
+    let stats = stats.unwrap();
+    assert_eq!(stats.segments_total, 4);
+    assert!(stats.row_groups_scanned < stats.row_groups_total / 4, "{stats:?}");
+    assert_eq!(full_stats.unwrap().row_groups_scanned, stats.row_groups_total);
+
+    // A time range outside every segment reads only the memtable.
+    let (_, stats) = run(&indexed, "SELECT * FROM events WHERE ts > TIMESTAMP '2030-01-01T00:00:00Z'").await;
+    assert_eq!(stats.unwrap().segments_scanned, 0);
+    // A pod no segment lists prunes every segment by the manifest summaries.
+    let (rows, stats) = run(&full, "SELECT * FROM events WHERE pod = 'nope'").await;
+    assert_eq!(stats.unwrap().segments_scanned, 0);
+    assert_eq!(rows.iter().map(|b| b.num_rows()).sum::<usize>(), 0);
+}
+
+#[tokio::test]
+async fn memtable_rows_are_answered_with_segment_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = fixture(dir.path());
+    let ctx = session(&store, IndexUse::On).await.unwrap();
+    let (rows, _) = run(&ctx, "SELECT count(*) FROM events").await;
+    assert!(text(&rows).contains("| 2050 "), "{}", text(&rows));
+    let (rows, _) = run(&ctx, "SELECT count(*) FROM process_events WHERE binary_name = 'tcpdump'").await;
+    assert!(text(&rows).contains("| 664 "), "{}", text(&rows));
+}
+
+#[tokio::test]
+async fn explain_analyze_shows_what_was_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = fixture(dir.path());
+    let ctx = session(&store, IndexUse::On).await.unwrap();
+    let (rows, _) = run(&ctx, "EXPLAIN ANALYZE SELECT * FROM events WHERE pod = 'billing-db-0'").await;
+    let plan = text(&rows);
+    assert!(plan.contains("KtrailScanExec: segments=4/4"), "{plan}");
+    assert!(plan.contains("row_groups_skipped="), "{plan}");
+}
+
+const NAMESPACES: &[&str] = &["billing", "frontend", "kube-system"];
+const PODS: &[&str] = &["a", "b", "c", "d", "e"];
+const EXES: &[&str] = &["/bin/sh", "/usr/bin/curl", "/usr/sbin/tcpdump", "/usr/bin/python3"];
+const IPS: &[&str] = &["10.0.0.1", "10.0.0.2", "1.2.3.4", "8.8.8.8"];
+
+fn arb_event() -> impl Strategy<Value = (u32, usize, usize, usize, Option<usize>)> {
+    (0u32..4 * 3600, 0..NAMESPACES.len(), 0..PODS.len(), 0..EXES.len(), prop::option::of(0..IPS.len()))
+}
+
+fn arb_predicate() -> impl Strategy<Value = String> {
+    let ns = prop::sample::select(NAMESPACES).prop_map(|v| format!("namespace = '{v}'"));
+    let pod = prop::sample::select(PODS).prop_map(|v| format!("pod = '{v}'"));
+    let pods = prop::sample::subsequence(PODS, 1..3).prop_map(|v| {
+        format!("pod IN ({})", v.iter().map(|p| format!("'{p}'")).collect::<Vec<_>>().join(","))
+    });
+    let bin = prop::sample::select(EXES).prop_map(|v| format!("binary_name = '{}'", v.rsplit('/').next().unwrap()));
+    let ip = prop::sample::select(IPS).prop_map(|v| format!("dst_ip = '{v}'"));
+    let time = (0i64..4 * 3600).prop_map(|s| format!("ts >= to_timestamp_nanos({})", T0 + s * 1_000_000_000));
+    let leaf = prop_oneof![ns, pod, pods, bin, ip, time];
+    leaf.prop_recursive(2, 6, 2, |inner| {
+        prop_oneof![
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} AND {b})")),
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} OR {b})")),
+            inner.prop_map(|a| format!("NOT ({a})")),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Whatever the data and the predicate, the indexed scan answers exactly what a full scan
+    /// answers.
+    #[test]
+    fn indexed_results_equal_full_scan_results(
+        rows in prop::collection::vec(arb_event(), 1..600),
+        flush_points in prop::collection::vec(0usize..600, 0..3),
+        predicates in prop::collection::vec(arb_predicate(), 1..6),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let (store, _) = Store::open(dir.path(), options()).unwrap();
+            let events: Vec<Event> = rows.iter().enumerate().map(|(i, &(t, ns, pod, exe, ip))| Event {
+                ts: T0 + i64::from(t) * 1_000_000_000,
+                kind: if ip.is_some() { "network_connect" } else { "process_exec" }.into(),
+                source: "prop".into(),
+                event_id: Some(i as i64),
+                namespace: Some(NAMESPACES[ns].into()),
+                pod: Some(PODS[pod].into()),
+                exe: Some(EXES[exe].into()),
+                dst_ip: ip.map(|i| IPS[i].into()),
+                ..Default::default()
+            }).collect();
+            let mut cuts: Vec<usize> = flush_points.iter().map(|p| p % events.len()).collect();
+            cuts.sort();
+            cuts.push(events.len());
+            let mut start = 0;
+            for (k, &cut) in cuts.iter().enumerate() {
+                if cut > start {
+                    store.append(batch_of(&events[start..cut])).unwrap();
+                    // Leave the last chunk in the memtable.
+                    if k + 1 < cuts.len() {
+                        store.flush().unwrap();
+                    }
+                    start = cut;
+                }
+            }
+            let indexed = session(&store, IndexUse::On).await.unwrap();
+            let full = session(&store, IndexUse::Off).await.unwrap();
+            for p in &predicates {
+                let sql = format!("SELECT event_id FROM events WHERE {p} ORDER BY event_id");
+                let (a, _) = run(&indexed, &sql).await;
+                let (b, _) = run(&full, &sql).await;
+                prop_assert_eq!(text(&a), text(&b), "predicate {}", p);
+            }
+            Ok(())
+        })?;
+    }
+}
