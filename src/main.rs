@@ -1,1 +1,234 @@
-fn main() {}
+//! `ktrail`: the command-line front of the store.
+
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use datafusion::prelude::SessionContext;
+use datafusion::sql::parser::DFParser;
+use ingest::Format;
+use query::IndexUse;
+use storage::{Store, StoreOptions};
+
+#[derive(Parser)]
+#[command(name = "ktrail", version, about = "A forensic event store for Kubernetes, queried in SQL")]
+struct Cli {
+    /// The store's directory.
+    #[arg(long, global = true, env = "KTRAIL_DATA", default_value = "./ktrail-data")]
+    data: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Ingest records from files, directories (recursive) or `-` (stdin); `.gz`/`.zst` by
+    /// extension. Bad records are reported as PATH:LINE: reason; the rest goes on.
+    Ingest {
+        /// Input format; `auto` recognises each record.
+        #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
+        format: FormatArg,
+        /// Events per batch written to the store.
+        #[arg(long, default_value_t = 8192)]
+        batch_rows: usize,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Run SQL statement(s) and print the results.
+    Sql {
+        #[arg(long, value_enum, default_value_t = output::OutputFormat::Table)]
+        format: output::OutputFormat,
+        /// Answer without the sidecar indexes (full scans; for comparison).
+        #[arg(long)]
+        no_index: bool,
+        sql: String,
+    },
+    /// Recompute every segment's SHA-256 and compare it with the manifest.
+    Verify,
+    /// Flush the memtable and compact small segments now.
+    Compact,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FormatArg {
+    Auto,
+    Native,
+    K8sAudit,
+    Falco,
+    Tetragon,
+    K8sObjects,
+}
+
+impl From<FormatArg> for Format {
+    fn from(f: FormatArg) -> Self {
+        match f {
+            FormatArg::Auto => Format::Auto,
+            FormatArg::Native => Format::Native,
+            FormatArg::K8sAudit => Format::K8sAudit,
+            FormatArg::Falco => Format::Falco,
+            FormatArg::Tetragon => Format::Tetragon,
+            FormatArg::K8sObjects => Format::K8sObjects,
+        }
+    }
+}
+
+/// A failure that ends the command: one line on stderr, exit code 1.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Storage(#[from] storage::StorageError),
+    #[error(transparent)]
+    Query(#[from] query::QueryError),
+    #[error(transparent)]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+    #[error(transparent)]
+    Ingest(#[from] ingest::IngestError),
+    #[error("{0}")]
+    Other(String),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KTRAIL_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Ingest { format, batch_rows, paths } => ingest_cmd(&cli.data, format.into(), batch_rows, &paths),
+        Command::Sql { format, no_index, sql } => runtime().block_on(sql_cmd(&cli.data, format, no_index, &sql)),
+        Command::Verify => verify_cmd(&cli.data),
+        Command::Compact => compact_cmd(&cli.data),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e.to_string()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn open_store(data: &PathBuf, background: bool) -> Result<Store, CliError> {
+    let options = StoreOptions {
+        background,
+        ..Default::default()
+    };
+    let (store, report) = Store::open(data, options)?;
+    if let Some((path, offset, dropped)) = &report.wal.torn_tail {
+        eprintln!(
+            "warning: {}: torn WAL tail cut at offset {offset} ({dropped} bytes of an unacknowledged write)",
+            path.display()
+        );
+    }
+    Ok(store)
+}
+
+fn ingest_cmd(data: &PathBuf, format: Format, batch_rows: usize, paths: &[PathBuf]) -> Result<ExitCode, CliError> {
+    let inputs = ingest::expand_inputs(paths)?;
+    let store = open_store(data, true)?;
+    let (mut accepted, mut duplicates, mut rejected, mut skipped_inputs) = (0u64, 0u64, 0u64, 0u64);
+    let mut failed = false;
+    for input in &inputs {
+        let fingerprint = match input.fingerprint() {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("error: {}", one_line(&e.to_string()));
+                failed = true;
+                continue;
+            }
+        };
+        if let Some(fp) = &fingerprint {
+            if store.has_fingerprint(fp) {
+                skipped_inputs += 1;
+                continue;
+            }
+        }
+        let mut sink = |batch| {
+            let out = store.append(batch).map_err(|e| e.to_string())?;
+            accepted += out.accepted as u64;
+            duplicates += out.duplicates as u64;
+            Ok(())
+        };
+        let mut reject = |r: ingest::Rejection| {
+            rejected += 1;
+            eprintln!("{r}");
+        };
+        match ingest::read_input(input, format, batch_rows.max(1), &mut sink, &mut reject) {
+            Ok(_) => {
+                if let Some(fp) = &fingerprint {
+                    store.record_fingerprint(fp)?;
+                }
+            }
+            Err(e @ ingest::IngestError::UnsupportedFormat(_)) => return Err(e.into()),
+            Err(e) => {
+                eprintln!("error: {}", one_line(&e.to_string()));
+                failed = true;
+            }
+        }
+    }
+    store.close()?;
+    let mut summary = format!(
+        "{}: accepted {accepted}, rejected {rejected}, duplicates {duplicates}",
+        format.name()
+    );
+    if skipped_inputs > 0 {
+        summary.push_str(&format!(" ({skipped_inputs} input(s) already ingested, skipped)"));
+    }
+    eprintln!("{summary}");
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+async fn sql_cmd(data: &PathBuf, format: output::OutputFormat, no_index: bool, sql: &str) -> Result<ExitCode, CliError> {
+    let store = open_store(data, false)?;
+    let index = if no_index { IndexUse::Off } else { IndexUse::On };
+    let ctx = query::session(&store, index).await?;
+    let statements = DFParser::parse_sql(sql)?;
+    if statements.is_empty() {
+        return Err(CliError::Other("no SQL statement given".into()));
+    }
+    let mut out = std::io::stdout().lock();
+    for statement in statements {
+        let batches = run_statement(&ctx, statement).await?;
+        output::write(&mut out, format, &batches).map_err(|e| CliError::Other(e.to_string()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_statement(
+    ctx: &SessionContext,
+    statement: datafusion::sql::parser::Statement,
+) -> Result<Vec<datafusion::arrow::array::RecordBatch>, CliError> {
+    let plan = ctx.state().statement_to_plan(statement).await?;
+    let df = ctx.execute_logical_plan(plan).await?;
+    Ok(df.collect().await?)
+}
+
+fn verify_cmd(data: &PathBuf) -> Result<ExitCode, CliError> {
+    let store = open_store(data, false)?;
+    let n = store.verify()?;
+    println!("{n} segment(s) verified");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn compact_cmd(data: &PathBuf) -> Result<ExitCode, CliError> {
+    let store = open_store(data, false)?;
+    store.flush()?;
+    let n = store.compact()?;
+    println!("{n} segment(s) compacted");
+    Ok(ExitCode::SUCCESS)
+}

@@ -14,21 +14,21 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 
 /// Creates `dir` (and parents) and fsyncs each directory whose entries changed.
 pub fn create_dir_durable(dir: &Path) -> Result<()> {
-    if dir.is_dir() {
+    if dir.as_os_str().is_empty() || dir.is_dir() {
         return Ok(());
     }
-    if let Some(parent) = dir.parent() {
-        create_dir_durable(parent)?;
-    }
+    let parent = match dir.parent() {
+        Some(p) if p.as_os_str().is_empty() => Path::new("."),
+        Some(p) => p,
+        None => return Ok(()),
+    };
+    create_dir_durable(parent)?;
     match fs::create_dir(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
         Err(e) => return Err(e).at(dir),
     }
-    if let Some(parent) = dir.parent() {
-        sync_dir(parent)?;
-    }
-    Ok(())
+    sync_dir(parent)
 }
 
 /// Writes `bytes` to `path` atomically and durably (temp file, fsync, rename, fsync dir).

@@ -141,6 +141,8 @@ impl<T: Send + 'static> Wal<T> {
         }
         let next_seq = expected.unwrap_or(after_seq + 1).max(after_seq + 1);
         report.last_seq = next_seq - 1;
+        // A file holding no records (header only) is replaced by the new active file.
+        files.retain(|f| f.first_seq < next_seq);
 
         // Always start a fresh active file: simpler than appending after a possibly cut tail.
         let active = create_file(dir, next_seq)?;
@@ -599,6 +601,21 @@ mod tests {
 
     fn err_text(dir: &Path) -> String {
         open(dir, 0).err().unwrap().to_string()
+    }
+
+    #[test]
+    fn reopening_with_an_empty_active_file_reuses_it() {
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..3u64 {
+            let (wal, _, seen) = open(dir.path(), round).unwrap();
+            assert!(seen.is_empty());
+            assert_eq!(wal.append(vec![1], ()).unwrap(), round + 1);
+            wal.rotate().unwrap();
+            assert_eq!(wal.trim(round + 1).unwrap(), 1);
+        }
+        let (wal, _, _) = open(dir.path(), 3).unwrap();
+        assert_eq!(wal.file_count(), 1);
+        assert_eq!(wal.append(vec![1], ()).unwrap(), 4);
     }
 
     #[test]
