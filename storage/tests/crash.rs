@@ -1,0 +1,149 @@
+//! Fault injection: a child process appends events while the parent SIGKILLs it at random
+//! points (mid-append, mid-flush, mid-compaction); after every kill the store must reopen and
+//! hold every event whose append had returned.
+//!
+//! `crash_kills_short` runs in the normal suite; `crash_kills_200` is the long run:
+//! `cargo nextest run -p ktrail-storage --run-ignored only crash_kills_200`.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::datatypes::Int64Type;
+use model::{Event, batch_of};
+use rand::{Rng, SeedableRng};
+use ktrail_storage::{self as storage, Store, StoreOptions};
+
+const DIR_ENV: &str = "KTRAIL_CRASH_CHILD_DIR";
+const BASE_ENV: &str = "KTRAIL_CRASH_ID_BASE";
+
+fn child_options() -> StoreOptions {
+    StoreOptions {
+        memtable_max_rows: 3_000,
+        memtable_max_age: Duration::from_millis(200),
+        compaction_min_segments: 3,
+        ..Default::default()
+    }
+}
+
+/// The child: appends from two threads forever, printing each acknowledged id range.
+#[test]
+#[ignore = "runs only as the child of the crash tests"]
+fn crash_child() {
+    let Ok(dir) = std::env::var(DIR_ENV) else { return };
+    let base: i64 = std::env::var(BASE_ENV).unwrap().parse().unwrap();
+    let (store, _) = Store::open(&dir, child_options()).unwrap();
+    let out = std::sync::Arc::new(std::sync::Mutex::new(std::io::stdout()));
+    let threads: Vec<_> = (0..2i64)
+        .map(|t| {
+            let store = store.clone();
+            let out = out.clone();
+            std::thread::spawn(move || {
+                let mut rng = rand::rngs::StdRng::seed_from_u64((base + t) as u64);
+                let mut next = base + t * 500_000_000;
+                loop {
+                    let n = rng.random_range(1..400);
+                    let events: Vec<Event> = (next..next + n)
+                        .map(|id| Event {
+                            // Spread over a few hours so flushes write several partitions.
+                            ts: 1_800_000_000_000_000_000 + (id % 10_000) * 1_000_000_000,
+                            kind: "process_exec".into(),
+                            source: "crash".into(),
+                            event_id: Some(id),
+                            pod: Some(format!("pod-{}", id % 13)),
+                            namespace: Some("ns".into()),
+                            exe: Some("/bin/true".into()),
+                            ..Default::default()
+                        })
+                        .collect();
+                    store.append(batch_of(&events)).unwrap();
+                    let mut o = out.lock().unwrap();
+                    writeln!(o, "acked {next} {}", next + n).unwrap();
+                    o.flush().unwrap();
+                    next += n;
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+fn stored_ids(dir: &std::path::Path) -> Vec<i64> {
+    let (store, _) = Store::open(
+        dir,
+        StoreOptions {
+            background: false,
+            ..Default::default()
+        },
+    )
+    .expect("store must reopen after a crash");
+    let snap = store.snapshot();
+    let mut ids = Vec::new();
+    for s in &snap.segments {
+        ids.extend(storage::segment::event_ids(s).unwrap());
+    }
+    for b in &snap.memtable {
+        ids.extend_from_slice(b.column_by_name("event_id").unwrap().as_primitive::<Int64Type>().values());
+    }
+    ids
+}
+
+fn run_kills(kills: u32, seed: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut acked: Vec<(i64, i64)> = Vec::new();
+    for k in 0..kills {
+        let mut child = Command::new(&exe)
+            .args(["--exact", "crash_child", "--ignored", "--nocapture", "--test-threads=1"])
+            .env(DIR_ENV, dir.path())
+            .env(BASE_ENV, (i64::from(k) * 1_000_000_000).to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut ranges = Vec::new();
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.strip_prefix("acked ") {
+                    let (a, b) = rest.split_once(' ').unwrap();
+                    ranges.push((a.parse::<i64>().unwrap(), b.parse::<i64>().unwrap()));
+                }
+            }
+            ranges
+        });
+        std::thread::sleep(Duration::from_millis(rng.random_range(30..700)));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        acked.extend(reader.join().unwrap());
+
+        let ids = stored_ids(dir.path());
+        let unique: BTreeSet<i64> = ids.iter().copied().collect();
+        assert_eq!(unique.len(), ids.len(), "kill {k}: an event is stored twice");
+        for &(a, b) in &acked {
+            for id in a..b {
+                assert!(unique.contains(&id), "kill {k}: acknowledged event {id} lost");
+            }
+        }
+    }
+    let total: i64 = acked.iter().map(|(a, b)| b - a).sum();
+    assert!(total > 0, "the child never acknowledged anything");
+    eprintln!("{kills} kills, {total} acknowledged events, all present");
+}
+
+#[test]
+fn crash_kills_short() {
+    run_kills(6, 7);
+}
+
+#[test]
+#[ignore = "long: 200 kills"]
+fn crash_kills_200() {
+    run_kills(200, 42);
+}
