@@ -1,0 +1,138 @@
+//! End-to-end tests of the `ktrail` binary: ingest and sql as the contract describes them.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn ktrail(data: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ktrail"))
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .output()
+        .expect("run ktrail")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+const QUICKSTART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/quickstart.ndjson");
+
+#[test]
+fn ingest_then_query_the_bundled_incident() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    let o = ktrail(&data, &["ingest", QUICKSTART]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("auto: accepted 605, rejected 0, duplicates 0"), "{}", stderr(&o));
+
+    let o = ktrail(
+        &data,
+        &[
+            "sql",
+            "--format",
+            "csv",
+            "SELECT ts, pod, binary_name, args FROM process_events WHERE binary_name IN ('curl', 'tcpdump') ORDER BY ts",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "ts,pod,binary_name,args");
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(lines[1].contains("invoice-api-7d9f-abc12,curl,"), "{text}");
+    assert!(lines[2].contains(",tcpdump,-i any -w /tmp/cap.pcap port 5432"), "{text}");
+
+    let o = ktrail(
+        &data,
+        &["sql", "--format", "json", "SELECT k8s_user, source_ip FROM k8s_audit WHERE subresource = 'exec'"],
+    );
+    assert_eq!(stdout(&o).trim(), r#"[{"k8s_user":"mallory@example.com","source_ip":"203.0.113.7"}]"#);
+
+    let o = ktrail(&data, &["sql", "SELECT count(*) AS n FROM events; SELECT 1 AS one"]);
+    let text = stdout(&o);
+    assert!(text.contains("| 605 |") && text.contains("| 1   |"), "{text}");
+    assert!(text.contains("(1 row)"), "{text}");
+
+    let o = ktrail(&data, &["sql", "--format", "ndjson", "SELECT dst_ip FROM network_events WHERE dst_ip = '198.51.100.23'"]);
+    assert_eq!(stdout(&o), "{\"dst_ip\":\"198.51.100.23\"}\n");
+}
+
+#[test]
+fn reingest_adds_nothing_and_rejections_name_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    let input = dir.path().join("in.ndjson");
+    std::fs::write(
+        &input,
+        "{\"ts\":1,\"kind\":\"other\",\"source\":\"t\",\"pod\":\"a\"}\n{broken\n{\"ts\":2,\"kind\":\"other\",\"source\":\"t\"}\n",
+    )
+    .unwrap();
+    let o = ktrail(&data, &["ingest", input.to_str().unwrap()]);
+    assert!(o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains(&format!("{}:2: ", input.display())), "{err}");
+    assert!(err.contains("accepted 2, rejected 1, duplicates 0"), "{err}");
+
+    // Same bytes again: skipped by fingerprint.
+    let o = ktrail(&data, &["ingest", input.to_str().unwrap()]);
+    assert!(stderr(&o).contains("already ingested"), "{}", stderr(&o));
+    // Same records in a different file: dropped by event id.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ktrail"))
+        .arg("--data")
+        .arg(&data)
+        .args(["ingest", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"{\"ts\":2,\"kind\":\"other\",\"source\":\"t\"}\n{\"ts\":3,\"kind\":\"other\",\"source\":\"t\"}\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(stderr(&o).contains("accepted 1, rejected 0, duplicates 1"), "{}", stderr(&o));
+    let o = ktrail(&data, &["sql", "--format", "csv", "SELECT count(*) AS n FROM events"]);
+    assert_eq!(stdout(&o), "n\n3\n");
+}
+
+#[test]
+fn errors_are_one_line_with_the_contract_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    let o = ktrail(&data, &["sql", "SELEC 1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+    assert!(stderr(&o).starts_with("error: "));
+
+    let o = ktrail(&data, &["sql", "SELECT nope FROM events"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+
+    let o = ktrail(&data, &["sql"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = ktrail(&data, &["ingest", "--format", "nonsense", "x"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = ktrail(&data, &["ingest", "/does/not/exist"]);
+    assert_eq!(o.status.code(), Some(1));
+}
+
+#[test]
+fn explain_analyze_reports_skipped_segments_and_row_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    assert!(ktrail(&data, &["ingest", QUICKSTART]).status.success());
+    let o = ktrail(&data, &["sql", "EXPLAIN ANALYZE SELECT * FROM events WHERE pod = 'ledger-0'"]);
+    let text = stdout(&o);
+    assert!(text.contains("KtrailScanExec: segments="), "{text}");
+    assert!(text.contains("segments_pruned="), "{text}");
+    let o = ktrail(&data, &["verify"]);
+    assert!(stdout(&o).contains("segment(s) verified"), "{}", stdout(&o));
+}
