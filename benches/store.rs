@@ -28,21 +28,49 @@ mod ktrail_storage_bench {
     }
 
     const EXES: &[&str] = &[
-        "/usr/local/bin/app", "/bin/sh", "/usr/bin/curl", "/usr/bin/python3", "/usr/sbin/nginx",
-        "/usr/bin/java", "/bin/ls", "/usr/bin/cat", "/bin/bash", "/usr/bin/wget", "/usr/sbin/tcpdump",
-        "/usr/bin/git", "/usr/bin/node", "/coredns", "/usr/bin/redis-server",
+        "/usr/local/bin/app",
+        "/bin/sh",
+        "/usr/bin/curl",
+        "/usr/bin/python3",
+        "/usr/sbin/nginx",
+        "/usr/bin/java",
+        "/bin/ls",
+        "/usr/bin/cat",
+        "/bin/bash",
+        "/usr/bin/wget",
+        "/usr/sbin/tcpdump",
+        "/usr/bin/git",
+        "/usr/bin/node",
+        "/coredns",
+        "/usr/bin/redis-server",
     ];
     const NAMESPACES: &[&str] = &[
-        "billing", "payments", "frontend", "kube-system", "monitoring", "search", "auth", "data",
+        "billing",
+        "payments",
+        "frontend",
+        "kube-system",
+        "monitoring",
+        "search",
+        "auth",
+        "data",
     ];
 
     impl Generator {
         pub fn new(seed: u64, pods: usize) -> Self {
-            let mut g = Self { state: seed | 1, pods: Vec::new() };
+            let mut g = Self {
+                state: seed | 1,
+                pods: Vec::new(),
+            };
             for i in 0..pods {
                 let ns = NAMESPACES[i % NAMESPACES.len()];
                 let pod = format!("{ns}-svc{}-{:05x}", i % 37, g.next() % 0xfffff);
-                let cid = format!("{:016x}{:016x}{:016x}{:016x}", g.next(), g.next(), g.next(), g.next());
+                let cid = format!(
+                    "{:016x}{:016x}{:016x}{:016x}",
+                    g.next(),
+                    g.next(),
+                    g.next(),
+                    g.next()
+                );
                 g.pods.push((ns.to_string(), pod, cid));
             }
             g
@@ -73,7 +101,12 @@ mod ktrail_storage_bench {
             let exe = EXES[(self.next() % EXES.len() as u64) as usize];
             let mut ev = Event {
                 ts,
-                kind: if network { "network_connect" } else { "process_exec" }.into(),
+                kind: if network {
+                    "network_connect"
+                } else {
+                    "process_exec"
+                }
+                .into(),
                 source: "tetragon".into(),
                 event_id: Some(id),
                 node: Some(node.clone()),
@@ -89,7 +122,13 @@ mod ktrail_storage_bench {
             };
             if network {
                 let dst = if self.next() % 10 == 0 {
-                    format!("{}.{}.{}.{}", self.next() % 223 + 1, self.next() % 256, self.next() % 256, self.next() % 256)
+                    format!(
+                        "{}.{}.{}.{}",
+                        self.next() % 223 + 1,
+                        self.next() % 256,
+                        self.next() % 256,
+                        self.next() % 256
+                    )
                 } else {
                     format!("10.96.{}.{}", self.next() % 4, self.next() % 64)
                 };
@@ -104,7 +143,14 @@ mod ktrail_storage_bench {
             }
             ev.raw = Some(format!(
                 r#"{{"{}":{{"process":{{"exec_id":"{}","pid":{},"binary":"{}","pod":{{"namespace":"{}","name":"{}"}}}}}},"node_name":"{}","time":"{}"}}"#,
-                ev.kind, ev.exec_id.as_deref().unwrap(), pid, exe, ns, pod, node, ts
+                ev.kind,
+                ev.exec_id.as_deref().unwrap(),
+                pid,
+                exe,
+                ns,
+                pod,
+                node,
+                ts
             ));
             ev
         }
@@ -131,28 +177,36 @@ fn quiet_options() -> StoreOptions {
 
 fn wal_append(c: &mut Criterion) {
     let mut group = c.benchmark_group("wal_append");
-    group.measurement_time(Duration::from_secs(10)).sample_size(20);
+    group
+        .measurement_time(Duration::from_secs(10))
+        .sample_size(20);
     let mut g = Generator::new(1, 2_000);
     for rows in [1_024usize, 8_192] {
         let batch = batch_of(&events(&mut g, 0, rows));
         group.throughput(Throughput::Elements(rows as u64));
-        group.bench_with_input(BenchmarkId::new("durable_batch", rows), &batch, |b, batch| {
-            let dir = tempfile::tempdir().unwrap();
-            let (store, _) = Store::open(dir.path(), quiet_options()).unwrap();
-            let mut next = 0i64;
-            b.iter(|| {
-                // Fresh ids each time so nothing is deduplicated away.
-                let batch = with_ids(batch, next);
-                next += batch.num_rows() as i64;
-                black_box(store.append(batch).unwrap());
-            });
-        });
+        group.bench_with_input(
+            BenchmarkId::new("durable_batch", rows),
+            &batch,
+            |b, batch| {
+                let dir = tempfile::tempdir().unwrap();
+                let (store, _) = Store::open(dir.path(), quiet_options()).unwrap();
+                let mut next = 0i64;
+                b.iter(|| {
+                    // Fresh ids each time so nothing is deduplicated away.
+                    let batch = with_ids(batch, next);
+                    next += batch.num_rows() as i64;
+                    black_box(store.append(batch).unwrap());
+                });
+            },
+        );
     }
     group.finish();
 }
 
 fn with_ids(batch: &RecordBatch, start: i64) -> RecordBatch {
-    let ids = datafusion::arrow::array::Int64Array::from_iter_values(start..start + batch.num_rows() as i64);
+    let ids = datafusion::arrow::array::Int64Array::from_iter_values(
+        start..start + batch.num_rows() as i64,
+    );
     let mut cols = batch.columns().to_vec();
     cols[3] = Arc::new(ids);
     RecordBatch::try_new(batch.schema(), cols).unwrap()
@@ -160,7 +214,9 @@ fn with_ids(batch: &RecordBatch, start: i64) -> RecordBatch {
 
 fn segment_write(c: &mut Criterion) {
     let mut group = c.benchmark_group("segment_write");
-    group.measurement_time(Duration::from_secs(10)).sample_size(10);
+    group
+        .measurement_time(Duration::from_secs(10))
+        .sample_size(10);
     let mut g = Generator::new(2, 2_000);
     let rows = 128 * 1024;
     let sorted = segment::sort_rows(&[batch_of(&events(&mut g, 0, rows))]).unwrap();
@@ -169,7 +225,15 @@ fn segment_write(c: &mut Criterion) {
         let dir = tempfile::tempdir().unwrap();
         let mut id = 1;
         b.iter(|| {
-            let meta = segment::write_segment(dir.path(), id, 500_000, 0, &sorted, &SegmentOptions::default()).unwrap();
+            let meta = segment::write_segment(
+                dir.path(),
+                id,
+                500_000,
+                0,
+                &sorted,
+                &SegmentOptions::default(),
+            )
+            .unwrap();
             id += 1;
             black_box(meta)
         });
@@ -178,25 +242,43 @@ fn segment_write(c: &mut Criterion) {
 }
 
 fn pod_lookup(c: &mut Criterion) {
-    let n: usize = std::env::var("KTRAIL_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let n: usize = std::env::var("KTRAIL_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
     let dir = tempfile::tempdir().unwrap();
-    let (store, _) = Store::open(dir.path(), StoreOptions { background: false, ..Default::default() }).unwrap();
+    let (store, _) = Store::open(
+        dir.path(),
+        StoreOptions {
+            background: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let mut g = Generator::new(3, 5_000);
     let chunk = 100_000;
     let mut start = 0;
     while start < n {
         let k = chunk.min(n - start);
-        store.append(batch_of(&events(&mut g, start as i64, k))).unwrap();
+        store
+            .append(batch_of(&events(&mut g, start as i64, k)))
+            .unwrap();
         start += k;
     }
     store.flush().unwrap();
     report_bytes(&store, n);
     // A pod of middling activity.
     let target = g.pods[g.pods.len() / 50].1.clone();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let sql = format!("SELECT ts, kind, exe, dst_ip FROM events WHERE pod = '{target}' ORDER BY ts");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sql =
+        format!("SELECT ts, kind, exe, dst_ip FROM events WHERE pod = '{target}' ORDER BY ts");
     let mut group = c.benchmark_group("pod_lookup");
-    group.measurement_time(Duration::from_secs(10)).sample_size(20);
+    group
+        .measurement_time(Duration::from_secs(10))
+        .sample_size(20);
     for (name, index) in [("indexed", IndexUse::On), ("no_index", IndexUse::Off)] {
         let ctx = rt.block_on(query::session(&store, index)).unwrap();
         let rows: usize = rt
@@ -206,7 +288,11 @@ fn pod_lookup(c: &mut Criterion) {
             .sum();
         eprintln!("pod_lookup/{name}: {rows} rows for pod {target} over {n} events");
         group.bench_function(BenchmarkId::new(name, n), |b| {
-            b.iter(|| rt.block_on(async { black_box(ctx.sql(&sql).await.unwrap().collect().await.unwrap()) }));
+            b.iter(|| {
+                rt.block_on(async {
+                    black_box(ctx.sql(&sql).await.unwrap().collect().await.unwrap())
+                })
+            });
         });
     }
     group.finish();

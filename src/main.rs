@@ -13,10 +13,19 @@ use query::IndexUse;
 use storage::{Store, StoreOptions};
 
 #[derive(Parser)]
-#[command(name = "ktrail", version, about = "A forensic event store for Kubernetes, queried in SQL")]
+#[command(
+    name = "ktrail",
+    version,
+    about = "A forensic event store for Kubernetes, queried in SQL"
+)]
 struct Cli {
     /// The store's directory.
-    #[arg(long, global = true, env = "KTRAIL_DATA", default_value = "./ktrail-data")]
+    #[arg(
+        long,
+        global = true,
+        env = "KTRAIL_DATA",
+        default_value = "./ktrail-data"
+    )]
     data: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -92,14 +101,23 @@ enum CliError {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KTRAIL_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("KTRAIL_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Ingest { format, batch_rows, paths } => ingest_cmd(&cli.data, format.into(), batch_rows, &paths),
-        Command::Sql { format, no_index, sql } => runtime().block_on(sql_cmd(&cli.data, format, no_index, &sql)),
+        Command::Ingest {
+            format,
+            batch_rows,
+            paths,
+        } => ingest_cmd(&cli.data, format.into(), batch_rows, &paths),
+        Command::Sql {
+            format,
+            no_index,
+            sql,
+        } => runtime().block_on(sql_cmd(&cli.data, format, no_index, &sql)),
         Command::Verify => verify_cmd(&cli.data),
         Command::Compact => compact_cmd(&cli.data),
     };
@@ -138,7 +156,12 @@ fn open_store(data: &PathBuf, background: bool) -> Result<Store, CliError> {
     Ok(store)
 }
 
-fn ingest_cmd(data: &PathBuf, format: Format, batch_rows: usize, paths: &[PathBuf]) -> Result<ExitCode, CliError> {
+fn ingest_cmd(
+    data: &PathBuf,
+    format: Format,
+    batch_rows: usize,
+    paths: &[PathBuf],
+) -> Result<ExitCode, CliError> {
     let inputs = ingest::expand_inputs(paths)?;
     let store = open_store(data, true)?;
     let (mut accepted, mut duplicates, mut rejected, mut skipped_inputs) = (0u64, 0u64, 0u64, 0u64);
@@ -187,15 +210,30 @@ fn ingest_cmd(data: &PathBuf, format: Format, batch_rows: usize, paths: &[PathBu
         format.name()
     );
     if skipped_inputs > 0 {
-        summary.push_str(&format!(" ({skipped_inputs} input(s) already ingested, skipped)"));
+        summary.push_str(&format!(
+            " ({skipped_inputs} input(s) already ingested, skipped)"
+        ));
     }
     eprintln!("{summary}");
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
-async fn sql_cmd(data: &PathBuf, format: output::OutputFormat, no_index: bool, sql: &str) -> Result<ExitCode, CliError> {
+async fn sql_cmd(
+    data: &PathBuf,
+    format: output::OutputFormat,
+    no_index: bool,
+    sql: &str,
+) -> Result<ExitCode, CliError> {
     let store = open_store(data, false)?;
-    let index = if no_index { IndexUse::Off } else { IndexUse::On };
+    let index = if no_index {
+        IndexUse::Off
+    } else {
+        IndexUse::On
+    };
     let ctx = query::session(&store, index).await?;
     let statements = DFParser::parse_sql(sql)?;
     if statements.is_empty() {

@@ -19,7 +19,11 @@ pub enum OutputFormat {
     Ndjson,
 }
 
-pub fn write(out: &mut dyn Write, format: OutputFormat, batches: &[RecordBatch]) -> Result<(), ArrowError> {
+pub fn write(
+    out: &mut dyn Write,
+    format: OutputFormat,
+    batches: &[RecordBatch],
+) -> Result<(), ArrowError> {
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     match format {
         OutputFormat::Table => {
@@ -30,14 +34,21 @@ pub fn write(out: &mut dyn Write, format: OutputFormat, batches: &[RecordBatch])
         }
         OutputFormat::Csv => {
             {
-                let mut w = datafusion::arrow::csv::WriterBuilder::new().with_header(true).build(&mut *out);
+                let mut w = datafusion::arrow::csv::WriterBuilder::new()
+                    .with_header(true)
+                    .build(&mut *out);
                 for b in batches {
                     w.write(b)?;
                 }
             }
             if rows == 0 {
                 if let Some(b) = batches.first() {
-                    let names: Vec<&str> = b.schema_ref().fields().iter().map(|f| f.name().as_str()).collect();
+                    let names: Vec<&str> = b
+                        .schema_ref()
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().as_str())
+                        .collect();
                     writeln!(out, "{}", names.join(","))?;
                 }
             }

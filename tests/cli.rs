@@ -29,7 +29,11 @@ fn ingest_then_query_the_bundled_incident() {
     let data = dir.path().join("store");
     let o = ktrail(&data, &["ingest", QUICKSTART]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stderr(&o).contains("auto: accepted 605, rejected 0, duplicates 0"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("auto: accepted 605, rejected 0, duplicates 0"),
+        "{}",
+        stderr(&o)
+    );
 
     let o = ktrail(
         &data,
@@ -46,20 +50,45 @@ fn ingest_then_query_the_bundled_incident() {
     assert_eq!(lines[0], "ts,pod,binary_name,args");
     assert_eq!(lines.len(), 3, "{text}");
     assert!(lines[1].contains("invoice-api-7d9f-abc12,curl,"), "{text}");
-    assert!(lines[2].contains(",tcpdump,-i any -w /tmp/cap.pcap port 5432"), "{text}");
+    assert!(
+        lines[2].contains(",tcpdump,-i any -w /tmp/cap.pcap port 5432"),
+        "{text}"
+    );
 
     let o = ktrail(
         &data,
-        &["sql", "--format", "json", "SELECT k8s_user, source_ip FROM k8s_audit WHERE subresource = 'exec'"],
+        &[
+            "sql",
+            "--format",
+            "json",
+            "SELECT k8s_user, source_ip FROM k8s_audit WHERE subresource = 'exec'",
+        ],
     );
-    assert_eq!(stdout(&o).trim(), r#"[{"k8s_user":"mallory@example.com","source_ip":"203.0.113.7"}]"#);
+    assert_eq!(
+        stdout(&o).trim(),
+        r#"[{"k8s_user":"mallory@example.com","source_ip":"203.0.113.7"}]"#
+    );
 
-    let o = ktrail(&data, &["sql", "SELECT count(*) AS n FROM events; SELECT 1 AS one"]);
+    let o = ktrail(
+        &data,
+        &["sql", "SELECT count(*) AS n FROM events; SELECT 1 AS one"],
+    );
     let text = stdout(&o);
-    assert!(text.contains("| 605 |") && text.contains("| 1   |"), "{text}");
+    assert!(
+        text.contains("| 605 |") && text.contains("| 1   |"),
+        "{text}"
+    );
     assert!(text.contains("(1 row)"), "{text}");
 
-    let o = ktrail(&data, &["sql", "--format", "ndjson", "SELECT dst_ip FROM network_events WHERE dst_ip = '198.51.100.23'"]);
+    let o = ktrail(
+        &data,
+        &[
+            "sql",
+            "--format",
+            "ndjson",
+            "SELECT dst_ip FROM network_events WHERE dst_ip = '198.51.100.23'",
+        ],
+    );
     assert_eq!(stdout(&o), "{\"dst_ip\":\"198.51.100.23\"}\n");
 }
 
@@ -77,7 +106,10 @@ fn reingest_adds_nothing_and_rejections_name_file_and_line() {
     assert!(o.status.success());
     let err = stderr(&o);
     assert!(err.contains(&format!("{}:2: ", input.display())), "{err}");
-    assert!(err.contains("accepted 2, rejected 1, duplicates 0"), "{err}");
+    assert!(
+        err.contains("accepted 2, rejected 1, duplicates 0"),
+        "{err}"
+    );
 
     // Same bytes again: skipped by fingerprint.
     let o = ktrail(&data, &["ingest", input.to_str().unwrap()]);
@@ -98,8 +130,15 @@ fn reingest_adds_nothing_and_rejections_name_file_and_line() {
         .write_all(b"{\"ts\":2,\"kind\":\"other\",\"source\":\"t\"}\n{\"ts\":3,\"kind\":\"other\",\"source\":\"t\"}\n")
         .unwrap();
     let o = child.wait_with_output().unwrap();
-    assert!(stderr(&o).contains("accepted 1, rejected 0, duplicates 1"), "{}", stderr(&o));
-    let o = ktrail(&data, &["sql", "--format", "csv", "SELECT count(*) AS n FROM events"]);
+    assert!(
+        stderr(&o).contains("accepted 1, rejected 0, duplicates 1"),
+        "{}",
+        stderr(&o)
+    );
+    let o = ktrail(
+        &data,
+        &["sql", "--format", "csv", "SELECT count(*) AS n FROM events"],
+    );
     assert_eq!(stdout(&o), "n\n3\n");
 }
 
@@ -129,7 +168,13 @@ fn explain_analyze_reports_skipped_segments_and_row_groups() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("store");
     assert!(ktrail(&data, &["ingest", QUICKSTART]).status.success());
-    let o = ktrail(&data, &["sql", "EXPLAIN ANALYZE SELECT * FROM events WHERE pod = 'ledger-0'"]);
+    let o = ktrail(
+        &data,
+        &[
+            "sql",
+            "EXPLAIN ANALYZE SELECT * FROM events WHERE pod = 'ledger-0'",
+        ],
+    );
     let text = stdout(&o);
     assert!(text.contains("KtrailScanExec: segments="), "{text}");
     assert!(text.contains("segments_pruned="), "{text}");

@@ -97,7 +97,9 @@ impl Input {
     /// SHA-256 of the input's bytes as stored (compressed bytes for compressed files); `None`
     /// for stdin, which cannot be read twice.
     pub fn fingerprint(&self) -> Result<Option<String>, IngestError> {
-        let Input::File(p) = self else { return Ok(None) };
+        let Input::File(p) = self else {
+            return Ok(None);
+        };
         let mut f = File::open(p).map_err(|e| io_err(p, e))?;
         let mut h = Sha256::new();
         io::copy(&mut f, &mut h).map_err(|e| io_err(p, e))?;
@@ -149,7 +151,10 @@ fn walk(dir: &Path, out: &mut Vec<Input>) -> Result<(), IngestError> {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| io_err(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
         .collect();
     entries.sort();
     for p in entries {
@@ -189,7 +194,8 @@ pub fn read_input(
     let mut counts = Counts::default();
     let mut line_no = 0u64;
     let mut buf = Vec::with_capacity(4096);
-    let flush = |builder: &mut EventBatchBuilder, sink: &mut dyn FnMut(RecordBatch) -> Result<(), String>| {
+    let flush = |builder: &mut EventBatchBuilder,
+                 sink: &mut dyn FnMut(RecordBatch) -> Result<(), String>| {
         if builder.is_empty() {
             return Ok(());
         }
@@ -240,7 +246,10 @@ pub fn read_input(
             reject(Rejection {
                 path: name.clone(),
                 line: line_no,
-                reason: format!("line longer than {MAX_LINE_BYTES} bytes ({} bytes)", buf.len() + skipped),
+                reason: format!(
+                    "line longer than {MAX_LINE_BYTES} bytes ({} bytes)",
+                    buf.len() + skipped
+                ),
             });
             continue;
         }
@@ -272,8 +281,14 @@ pub fn read_input(
 }
 
 fn trim(b: &[u8]) -> &[u8] {
-    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
-    let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |i| i + 1);
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |i| i + 1);
     &b[start..end]
 }
 
@@ -313,16 +328,31 @@ mod tests {
     fn good_lines_become_batches_and_bad_lines_are_named() {
         let mut content = Vec::new();
         for i in 0..5 {
-            writeln!(content, r#"{{"ts":{i},"kind":"process_exec","source":"grpc","pod":"p"}}"#).unwrap();
+            writeln!(
+                content,
+                r#"{{"ts":{i},"kind":"process_exec","source":"grpc","pod":"p"}}"#
+            )
+            .unwrap();
         }
         content.extend_from_slice(b"{broken\n\n{\"kind\": 0}\n\xff\xfe\n");
         let (batches, rejections, counts) = read(&content, "events.ndjson");
         assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 5);
         assert_eq!(batches.len(), 3, "batches of at most 2 rows");
-        assert_eq!(counts, Counts { records: 8, parsed: 5, rejected: 3 });
+        assert_eq!(
+            counts,
+            Counts {
+                records: 8,
+                parsed: 5,
+                rejected: 3
+            }
+        );
         let lines: Vec<u64> = rejections.iter().map(|r| r.line).collect();
         assert_eq!(lines, vec![6, 8, 9]);
-        assert!(rejections[0].to_string().contains("events.ndjson:6: "), "{}", rejections[0]);
+        assert!(
+            rejections[0].to_string().contains("events.ndjson:6: "),
+            "{}",
+            rejections[0]
+        );
         assert!(rejections[2].reason.contains("UTF-8"));
     }
 

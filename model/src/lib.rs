@@ -8,8 +8,7 @@
 use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::array::{
-    ArrayRef, Int32Builder, Int64Builder, ListBuilder, StringBuilder,
-    TimestampNanosecondBuilder,
+    ArrayRef, Int32Builder, Int64Builder, ListBuilder, StringBuilder, TimestampNanosecondBuilder,
 };
 use datafusion::arrow::compute::kernels::cast_utils::string_to_timestamp_nanos;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -483,17 +482,48 @@ mod tests {
         assert_eq!(s.field(0).name(), "ts");
         assert!(!s.field(0).is_nullable());
         for name in [
-            "node", "cluster", "namespace", "pod", "pod_uid", "container_id", "image", "pid",
-            "exe", "args", "exec_id", "dst_ip", "dst_port", "k8s_user", "k8s_groups",
-            "source_ips", "source_ip", "verb", "audit_id", "response_code", "rule", "tags",
-            "session_id", "raw",
+            "node",
+            "cluster",
+            "namespace",
+            "pod",
+            "pod_uid",
+            "container_id",
+            "image",
+            "pid",
+            "exe",
+            "args",
+            "exec_id",
+            "dst_ip",
+            "dst_port",
+            "k8s_user",
+            "k8s_groups",
+            "source_ips",
+            "source_ip",
+            "verb",
+            "audit_id",
+            "response_code",
+            "rule",
+            "tags",
+            "session_id",
+            "raw",
         ] {
-            let f = s.field_with_name(name).unwrap_or_else(|_| panic!("{name} missing"));
+            let f = s
+                .field_with_name(name)
+                .unwrap_or_else(|_| panic!("{name} missing"));
             assert!(f.is_nullable(), "{name} must be nullable");
         }
-        assert_eq!(s.field_with_name("dst_port").unwrap().data_type(), &DataType::Int32);
-        assert_eq!(s.field_with_name("pid").unwrap().data_type(), &DataType::Int64);
-        assert!(matches!(s.field_with_name("tags").unwrap().data_type(), DataType::List(_)));
+        assert_eq!(
+            s.field_with_name("dst_port").unwrap().data_type(),
+            &DataType::Int32
+        );
+        assert_eq!(
+            s.field_with_name("pid").unwrap().data_type(),
+            &DataType::Int64
+        );
+        assert!(matches!(
+            s.field_with_name("tags").unwrap().data_type(),
+            DataType::List(_)
+        ));
     }
 
     #[test]
@@ -503,11 +533,20 @@ mod tests {
         assert_eq!(ev.ts % 1_000_000_000, 123_456_789);
         let batch = batch_of(&[ev.clone()]);
         assert_eq!(batch.num_rows(), 1);
-        let bn = batch.column_by_name("binary_name").unwrap().as_string::<i32>();
+        let bn = batch
+            .column_by_name("binary_name")
+            .unwrap()
+            .as_string::<i32>();
         assert_eq!(bn.value(0), "curl");
-        let sip = batch.column_by_name("source_ip").unwrap().as_string::<i32>();
+        let sip = batch
+            .column_by_name("source_ip")
+            .unwrap()
+            .as_string::<i32>();
         assert_eq!(sip.value(0), "10.0.0.1");
-        let id = batch.column_by_name("event_id").unwrap().as_primitive::<Int64Type>();
+        let id = batch
+            .column_by_name("event_id")
+            .unwrap()
+            .as_primitive::<Int64Type>();
         assert_eq!(id.value(0), event_id_of("grpc", line));
         let raw = batch.column_by_name("raw").unwrap();
         assert!(raw.is_null(0));

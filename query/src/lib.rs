@@ -31,7 +31,10 @@ pub const VIEWS: &[(&str, &str)] = &[
         "SELECT * FROM events WHERE kind IN ('network_connect', 'network_accept', 'network_listen', 'network_close')",
     ),
     ("k8s_audit", "SELECT * FROM events WHERE kind = 'k8s_audit'"),
-    ("falco_alerts", "SELECT * FROM events WHERE kind = 'falco_alert'"),
+    (
+        "falco_alerts",
+        "SELECT * FROM events WHERE kind = 'falco_alert'",
+    ),
 ];
 
 /// A DataFusion session over `store`, with `events` and the views registered.

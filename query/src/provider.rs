@@ -14,7 +14,9 @@ use datafusion::common::{Column, DFSchema, ScalarValue};
 use datafusion::datasource::TableProvider;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::datasource::physical_plan::parquet::{CachedParquetFileReaderFactory, ParquetAccessPlan, RowGroupAccess};
+use datafusion::datasource::physical_plan::parquet::{
+    CachedParquetFileReaderFactory, ParquetAccessPlan, RowGroupAccess,
+};
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::Result;
@@ -63,7 +65,10 @@ impl TableProvider for EventsTable {
         TableType::Base
     }
 
-    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
         // Inexact: we use filters to skip data, DataFusion still applies them to what remains.
         Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
     }
@@ -84,7 +89,11 @@ impl TableProvider for EventsTable {
 
         let mut stats = ScanStats {
             segments_total: snapshot.segments.len(),
-            row_groups_total: snapshot.segments.iter().map(|s| s.meta.row_groups.len()).sum(),
+            row_groups_total: snapshot
+                .segments
+                .iter()
+                .map(|s| s.meta.row_groups.len())
+                .sum(),
             memtable_rows: snapshot.memtable.iter().map(|b| b.num_rows()).sum(),
             index: self.index == IndexUse::On,
             ..Default::default()
@@ -103,7 +112,9 @@ impl TableProvider for EventsTable {
             let path = segment.path.to_string_lossy().into_owned();
             let mut file = PartitionedFile::new(path, segment.meta.bytes);
             if !lookups.is_empty() {
-                let rows = index_rows(segment, &lookups).map_err(|e| datafusion::error::DataFusionError::External(Box::new(QueryError::from(e))))?;
+                let rows = index_rows(segment, &lookups).map_err(|e| {
+                    datafusion::error::DataFusionError::External(Box::new(QueryError::from(e)))
+                })?;
                 let plan = access_plan(&segment.meta.row_groups, &rows);
                 let scanned = plan.row_group_indexes().len();
                 if scanned == 0 {
@@ -144,8 +155,12 @@ impl TableProvider for EventsTable {
             inputs.push(DataSourceExec::from_data_source(config));
         }
         if stats.memtable_rows > 0 || inputs.is_empty() {
-            let mem = MemorySourceConfig::try_new(&[snapshot.memtable.clone()], schema.clone(), projection.cloned())?
-                .with_limit(limit);
+            let mem = MemorySourceConfig::try_new(
+                &[snapshot.memtable.clone()],
+                schema.clone(),
+                projection.cloned(),
+            )?
+            .with_limit(limit);
             inputs.push(DataSourceExec::from_data_source(mem));
         }
         let union = UnionExec::try_new(inputs)?;
@@ -164,7 +179,11 @@ fn split_files(files: Vec<PartitionedFile>, partitions: usize) -> Vec<FileGroup>
 }
 
 /// Which segments may hold a matching row, from the manifest's per-segment summaries.
-fn prune_segments(segments: &[Arc<Segment>], predicate: Option<&Arc<dyn PhysicalExpr>>, schema: &SchemaRef) -> Vec<bool> {
+fn prune_segments(
+    segments: &[Arc<Segment>],
+    predicate: Option<&Arc<dyn PhysicalExpr>>,
+    schema: &SchemaRef,
+) -> Vec<bool> {
     let all = vec![true; segments.len()];
     let Some(predicate) = predicate else {
         return all;
@@ -232,7 +251,10 @@ impl PruningStatistics for SegmentSummaries<'_> {
                 .into_iter()
                 .map(|l| {
                     let l = l?;
-                    if wanted.iter().any(|w| l.binary_search_by(|x| x.as_str().cmp(w)).is_ok()) {
+                    if wanted
+                        .iter()
+                        .any(|w| l.binary_search_by(|x| x.as_str().cmp(w)).is_ok())
+                    {
                         None
                     } else {
                         Some(false)
@@ -245,7 +267,9 @@ impl PruningStatistics for SegmentSummaries<'_> {
 
 fn scalar_str(v: &ScalarValue) -> Option<&str> {
     match v {
-        ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s)) => Some(s),
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::Utf8View(Some(s))
+        | ScalarValue::LargeUtf8(Some(s)) => Some(s),
         _ => None,
     }
 }
@@ -254,16 +278,26 @@ fn scalar_str(v: &ScalarValue) -> Option<&str> {
 fn index_lookups(predicate: &Arc<dyn PhysicalExpr>) -> Vec<(String, Vec<String>)> {
     LiteralGuarantee::analyze(predicate)
         .into_iter()
-        .filter(|g| g.guarantee == Guarantee::In && INDEXED_COLUMNS.contains(&g.column.name.as_str()))
+        .filter(|g| {
+            g.guarantee == Guarantee::In && INDEXED_COLUMNS.contains(&g.column.name.as_str())
+        })
         .filter_map(|g| {
-            let values: Vec<String> = g.literals.iter().filter_map(scalar_str).map(str::to_string).collect();
+            let values: Vec<String> = g
+                .literals
+                .iter()
+                .filter_map(scalar_str)
+                .map(str::to_string)
+                .collect();
             (values.len() == g.literals.len()).then(|| (g.column.name.clone(), values))
         })
         .collect()
 }
 
 /// Rows of a segment that satisfy every lookup (the intersection of their bitmaps).
-fn index_rows(segment: &Segment, lookups: &[(String, Vec<String>)]) -> storage::Result<RoaringBitmap> {
+fn index_rows(
+    segment: &Segment,
+    lookups: &[(String, Vec<String>)],
+) -> storage::Result<RoaringBitmap> {
     let index = segment.index()?;
     let mut rows: Option<RoaringBitmap> = None;
     for (column, values) in lookups {

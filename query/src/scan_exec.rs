@@ -44,14 +44,28 @@ impl ScanExec {
         Self::with_snapshot(input, stats, Arc::new(snapshot))
     }
 
-    fn with_snapshot(input: Arc<dyn ExecutionPlan>, stats: ScanStats, snapshot: Arc<Snapshot>) -> Self {
+    fn with_snapshot(
+        input: Arc<dyn ExecutionPlan>,
+        stats: ScanStats,
+        snapshot: Arc<Snapshot>,
+    ) -> Self {
         let metrics = ExecutionPlanMetricsSet::new();
-        let count = |name: &'static str, v: usize| MetricBuilder::new(&metrics).global_counter(name).add(v);
+        let count =
+            |name: &'static str, v: usize| MetricBuilder::new(&metrics).global_counter(name).add(v);
         count("segments_total", stats.segments_total);
-        count("segments_pruned", stats.segments_total - stats.segments_scanned);
+        count(
+            "segments_pruned",
+            stats.segments_total - stats.segments_scanned,
+        );
         count("row_groups_total", stats.row_groups_total);
-        count("row_groups_skipped", stats.row_groups_total - stats.row_groups_scanned);
-        count("rows_selected_by_index", stats.rows_selected_by_index as usize);
+        count(
+            "row_groups_skipped",
+            stats.row_groups_total - stats.row_groups_scanned,
+        );
+        count(
+            "rows_selected_by_index",
+            stats.rows_selected_by_index as usize,
+        );
         count("memtable_rows", stats.memtable_rows);
         Self {
             input,
@@ -118,16 +132,27 @@ impl ExecutionPlan for ScanExec {
         Ok(TreeNodeRecursion::Continue)
     }
 
-    fn with_new_children(self: Arc<Self>, mut children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         let input = children.pop().expect("one child");
-        Ok(Arc::new(Self::with_snapshot(input, self.stats, self._snapshot.clone())))
+        Ok(Arc::new(Self::with_snapshot(
+            input,
+            self.stats,
+            self._snapshot.clone(),
+        )))
     }
 
     fn maintains_input_order(&self) -> Vec<bool> {
         vec![true]
     }
 
-    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
         self.input.execute(partition, context)
     }
 

@@ -11,7 +11,12 @@ const T0: i64 = 1_800_000_000_000_000_000;
 fn event(i: u64, ns: &str, pod: &str, exe: &str, dst: Option<&str>) -> Event {
     Event {
         ts: T0 + (i as i64) * 1_000_000_000,
-        kind: if dst.is_some() { "network_connect" } else { "process_exec" }.into(),
+        kind: if dst.is_some() {
+            "network_connect"
+        } else {
+            "process_exec"
+        }
+        .into(),
         source: "test".into(),
         event_id: Some(i as i64),
         namespace: Some(ns.into()),
@@ -27,7 +32,10 @@ fn options() -> StoreOptions {
     StoreOptions {
         background: false,
         memtable_max_rows: usize::MAX / 4,
-        segment: SegmentOptions { row_group_rows: 64, zstd_level: 1 },
+        segment: SegmentOptions {
+            row_group_rows: 64,
+            zstd_level: 1,
+        },
         ..Default::default()
     }
 }
@@ -56,13 +64,21 @@ fn fixture(dir: &std::path::Path) -> Store {
                 let ns = if j % 5 == 0 { "billing" } else { "frontend" };
                 let pod = pods[((j * 13 + hour) % 4) as usize];
                 let dst = (j % 3 == 0).then(|| format!("10.1.{}.{}", j % 4, j % 9));
-                event(i, ns, &format!("{ns}-{pod}"), exes[(j % 3) as usize], dst.as_deref())
+                event(
+                    i,
+                    ns,
+                    &format!("{ns}-{pod}"),
+                    exes[(j % 3) as usize],
+                    dst.as_deref(),
+                )
             })
             .collect();
         store.append(batch_of(&events)).unwrap();
         store.flush().unwrap();
     }
-    let mem: Vec<Event> = (0..50).map(|j| event(5 * 3600 + j, "billing", "billing-api-1", "/bin/sh", None)).collect();
+    let mem: Vec<Event> = (0..50)
+        .map(|j| event(5 * 3600 + j, "billing", "billing-api-1", "/bin/sh", None))
+        .collect();
     store.append(batch_of(&mem)).unwrap();
     store
 }
@@ -82,10 +98,17 @@ async fn pod_lookup_skips_segments_and_row_groups_and_matches_full_scan() {
     // 25 of 500 rows per segment, contiguous by the sort order: at most 2 of 8 row groups each.
     assert!(stats.row_groups_scanned <= 2 * 4, "{stats:?}");
     assert_eq!(stats.rows_selected_by_index, 100);
-    assert_eq!(full_stats.unwrap().row_groups_scanned, stats.row_groups_total);
+    assert_eq!(
+        full_stats.unwrap().row_groups_scanned,
+        stats.row_groups_total
+    );
 
     // A time range outside every segment reads only the memtable.
-    let (_, stats) = run(&indexed, "SELECT * FROM events WHERE ts > TIMESTAMP '2030-01-01T00:00:00Z'").await;
+    let (_, stats) = run(
+        &indexed,
+        "SELECT * FROM events WHERE ts > TIMESTAMP '2030-01-01T00:00:00Z'",
+    )
+    .await;
     assert_eq!(stats.unwrap().segments_scanned, 0);
     // A pod no segment lists prunes every segment by the manifest summaries.
     let (rows, stats) = run(&full, "SELECT * FROM events WHERE pod = 'nope'").await;
@@ -100,7 +123,11 @@ async fn memtable_rows_are_answered_with_segment_rows() {
     let ctx = session(&store, IndexUse::On).await.unwrap();
     let (rows, _) = run(&ctx, "SELECT count(*) FROM events").await;
     assert!(text(&rows).contains("| 2050 "), "{}", text(&rows));
-    let (rows, _) = run(&ctx, "SELECT count(*) FROM process_events WHERE binary_name = 'tcpdump'").await;
+    let (rows, _) = run(
+        &ctx,
+        "SELECT count(*) FROM process_events WHERE binary_name = 'tcpdump'",
+    )
+    .await;
     assert!(text(&rows).contains("| 664 "), "{}", text(&rows));
 }
 
@@ -109,7 +136,11 @@ async fn explain_analyze_shows_what_was_skipped() {
     let dir = tempfile::tempdir().unwrap();
     let store = fixture(dir.path());
     let ctx = session(&store, IndexUse::On).await.unwrap();
-    let (rows, _) = run(&ctx, "EXPLAIN ANALYZE SELECT * FROM events WHERE pod = 'billing-db-0'").await;
+    let (rows, _) = run(
+        &ctx,
+        "EXPLAIN ANALYZE SELECT * FROM events WHERE pod = 'billing-db-0'",
+    )
+    .await;
     let plan = text(&rows);
     assert!(plan.contains("KtrailScanExec: segments=4/4"), "{plan}");
     assert!(plan.contains("row_groups_skipped="), "{plan}");
@@ -117,22 +148,41 @@ async fn explain_analyze_shows_what_was_skipped() {
 
 const NAMESPACES: &[&str] = &["billing", "frontend", "kube-system"];
 const PODS: &[&str] = &["a", "b", "c", "d", "e"];
-const EXES: &[&str] = &["/bin/sh", "/usr/bin/curl", "/usr/sbin/tcpdump", "/usr/bin/python3"];
+const EXES: &[&str] = &[
+    "/bin/sh",
+    "/usr/bin/curl",
+    "/usr/sbin/tcpdump",
+    "/usr/bin/python3",
+];
 const IPS: &[&str] = &["10.0.0.1", "10.0.0.2", "1.2.3.4", "8.8.8.8"];
 
 fn arb_event() -> impl Strategy<Value = (u32, usize, usize, usize, Option<usize>)> {
-    (0u32..4 * 3600, 0..NAMESPACES.len(), 0..PODS.len(), 0..EXES.len(), prop::option::of(0..IPS.len()))
+    (
+        0u32..4 * 3600,
+        0..NAMESPACES.len(),
+        0..PODS.len(),
+        0..EXES.len(),
+        prop::option::of(0..IPS.len()),
+    )
 }
 
 fn arb_predicate() -> impl Strategy<Value = String> {
     let ns = prop::sample::select(NAMESPACES).prop_map(|v| format!("namespace = '{v}'"));
     let pod = prop::sample::select(PODS).prop_map(|v| format!("pod = '{v}'"));
     let pods = prop::sample::subsequence(PODS, 1..3).prop_map(|v| {
-        format!("pod IN ({})", v.iter().map(|p| format!("'{p}'")).collect::<Vec<_>>().join(","))
+        format!(
+            "pod IN ({})",
+            v.iter()
+                .map(|p| format!("'{p}'"))
+                .collect::<Vec<_>>()
+                .join(",")
+        )
     });
-    let bin = prop::sample::select(EXES).prop_map(|v| format!("binary_name = '{}'", v.rsplit('/').next().unwrap()));
+    let bin = prop::sample::select(EXES)
+        .prop_map(|v| format!("binary_name = '{}'", v.rsplit('/').next().unwrap()));
     let ip = prop::sample::select(IPS).prop_map(|v| format!("dst_ip = '{v}'"));
-    let time = (0i64..4 * 3600).prop_map(|s| format!("ts >= to_timestamp_nanos({})", T0 + s * 1_000_000_000));
+    let time = (0i64..4 * 3600)
+        .prop_map(|s| format!("ts >= to_timestamp_nanos({})", T0 + s * 1_000_000_000));
     let leaf = prop_oneof![ns, pod, pods, bin, ip, time];
     leaf.prop_recursive(2, 6, 2, |inner| {
         prop_oneof![

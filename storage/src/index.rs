@@ -211,7 +211,12 @@ mod tests {
             ev("b", Some("p1"), "/bin/sh"),
         ]);
         let idx = SegmentIndex::build(&b);
-        let rows = |c, v: &[&str]| idx.lookup(c, v.iter().copied()).unwrap().iter().collect::<Vec<_>>();
+        let rows = |c, v: &[&str]| {
+            idx.lookup(c, v.iter().copied())
+                .unwrap()
+                .iter()
+                .collect::<Vec<_>>()
+        };
         assert_eq!(rows("pod", &["p1"]), vec![0, 1, 3]);
         assert_eq!(rows("namespace", &["b", "a"]), vec![0, 1, 2, 3]);
         assert_eq!(rows("binary_name", &["sh"]), vec![0, 2, 3]);
@@ -221,15 +226,24 @@ mod tests {
 
     #[test]
     fn every_flipped_byte_is_reported_as_corruption() {
-        let b = batch_of(&[ev("a", Some("p1"), "/bin/sh"), ev("b", Some("p2"), "/bin/ls")]);
+        let b = batch_of(&[
+            ev("a", Some("p1"), "/bin/sh"),
+            ev("b", Some("p2"), "/bin/ls"),
+        ]);
         let bytes = SegmentIndex::build(&b).to_bytes();
         let path = Path::new("seg.idx");
-        assert_eq!(SegmentIndex::from_bytes(path, &bytes).unwrap(), SegmentIndex::build(&b));
+        assert_eq!(
+            SegmentIndex::from_bytes(path, &bytes).unwrap(),
+            SegmentIndex::build(&b)
+        );
         for i in 0..bytes.len() {
             let mut damaged = bytes.clone();
             damaged[i] ^= 0x40;
             let err = SegmentIndex::from_bytes(path, &damaged).unwrap_err();
-            assert!(matches!(err, StorageError::Corruption { .. }), "byte {i}: {err}");
+            assert!(
+                matches!(err, StorageError::Corruption { .. }),
+                "byte {i}: {err}"
+            );
         }
         let err = SegmentIndex::from_bytes(path, &bytes[..bytes.len() / 2]).unwrap_err();
         assert!(err.to_string().contains("seg.idx"));

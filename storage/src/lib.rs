@@ -94,7 +94,11 @@ impl Snapshot {
     /// Rows in the snapshot.
     pub fn rows(&self) -> u64 {
         self.segments.iter().map(|s| s.meta.rows).sum::<u64>()
-            + self.memtable.iter().map(|b| b.num_rows() as u64).sum::<u64>()
+            + self
+                .memtable
+                .iter()
+                .map(|b| b.num_rows() as u64)
+                .sum::<u64>()
     }
 }
 
@@ -135,7 +139,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("dir", &self.inner.dir).finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("dir", &self.inner.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -189,20 +195,27 @@ impl Store {
         });
         let mut report = OpenReport::default();
         for s in &manifest.segments {
-            for (rel, size) in [(&s.path, Some(s.bytes)), (&s.index_path, Some(s.index_bytes))] {
+            for (rel, size) in [
+                (&s.path, Some(s.bytes)),
+                (&s.index_path, Some(s.index_bytes)),
+            ] {
                 let p = dir.join(rel);
-                let len = fs::metadata(&p).map(|m| m.len()).map_err(|e| {
-                    StorageError::Corruption {
-                        path: p.clone(),
-                        offset: 0,
-                        reason: format!("listed in the manifest but unreadable: {e}"),
-                    }
-                })?;
+                let len =
+                    fs::metadata(&p)
+                        .map(|m| m.len())
+                        .map_err(|e| StorageError::Corruption {
+                            path: p.clone(),
+                            offset: 0,
+                            reason: format!("listed in the manifest but unreadable: {e}"),
+                        })?;
                 if size.is_some_and(|s| s != len) {
                     return Err(StorageError::Corruption {
                         path: p,
                         offset: len,
-                        reason: format!("size {len} differs from the manifest's {}", size.unwrap_or(0)),
+                        reason: format!(
+                            "size {len} differs from the manifest's {}",
+                            size.unwrap_or(0)
+                        ),
                     });
                 }
             }
@@ -231,15 +244,21 @@ impl Store {
         let flushed_seq = state.read().manifest.flushed_seq;
         let wal_dir = dir.join("wal");
         let mut replayed = Vec::new();
-        let (wal, wal_report) = Wal::open(&wal_dir, flushed_seq, options.wal.clone(), sink, |seq, payload| {
-            let batch = decode_payload(payload).map_err(|reason| StorageError::Corruption {
-                path: wal_dir.clone(),
-                offset: 0,
-                reason: format!("WAL record {seq}: {reason}"),
-            })?;
-            replayed.push((seq, batch));
-            Ok(())
-        })?;
+        let (wal, wal_report) = Wal::open(
+            &wal_dir,
+            flushed_seq,
+            options.wal.clone(),
+            sink,
+            |seq, payload| {
+                let batch = decode_payload(payload).map_err(|reason| StorageError::Corruption {
+                    path: wal_dir.clone(),
+                    offset: 0,
+                    reason: format!("WAL record {seq}: {reason}"),
+                })?;
+                replayed.push((seq, batch));
+                Ok(())
+            },
+        )?;
         {
             let mut st = state.write();
             for (seq, batch) in replayed {
@@ -426,7 +445,10 @@ impl Inner {
             set.extend(segment::event_ids(&s)?);
         }
         for b in memtable {
-            let ids = b.column_by_name(model::col::EVENT_ID).expect("schema").as_primitive::<Int64Type>();
+            let ids = b
+                .column_by_name(model::col::EVENT_ID)
+                .expect("schema")
+                .as_primitive::<Int64Type>();
             let ts = b.column(0).as_primitive::<TimestampNanosecondType>();
             for (id, t) in ids.values().iter().zip(ts.values().iter()) {
                 if segment::hour_of(*t) == hour {
@@ -446,7 +468,13 @@ impl Inner {
             let Some(&(last, _)) = st.memtable.last() else {
                 return Ok(());
             };
-            (st.memtable.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>(), last)
+            (
+                st.memtable
+                    .iter()
+                    .map(|(_, b)| b.clone())
+                    .collect::<Vec<_>>(),
+                last,
+            )
         };
         let sorted = segment::sort_rows(&batches)?;
         let mut manifest = self.state.read().manifest.clone();
@@ -454,7 +482,8 @@ impl Inner {
         for (hour, rows) in segment::split_by_hour(&sorted)? {
             let id = manifest.next_segment_id;
             manifest.next_segment_id += 1;
-            let meta = segment::write_segment(&self.dir, id, hour, 0, &rows, &self.options.segment)?;
+            let meta =
+                segment::write_segment(&self.dir, id, hour, 0, &rows, &self.options.segment)?;
             manifest.segments.push(meta.clone());
             new_segments.push(Arc::new(Segment::new(&self.dir, meta)));
         }
@@ -480,7 +509,10 @@ impl Inner {
             let mut by_hour: HashMap<i64, Vec<Arc<Segment>>> = HashMap::new();
             for s in &st.segments {
                 if s.meta.rows < self.options.compaction_small_rows {
-                    by_hour.entry(segment::hour_of(s.meta.min_ts)).or_default().push(s.clone());
+                    by_hour
+                        .entry(segment::hour_of(s.meta.min_ts))
+                        .or_default()
+                        .push(s.clone());
                 }
             }
             by_hour
@@ -500,7 +532,8 @@ impl Inner {
             let mut manifest = self.state.read().manifest.clone();
             let id = manifest.next_segment_id;
             manifest.next_segment_id += 1;
-            let meta = segment::write_segment(&self.dir, id, hour, level, &sorted, &self.options.segment)?;
+            let meta =
+                segment::write_segment(&self.dir, id, hour, level, &sorted, &self.options.segment)?;
             let old: HashSet<u64> = group.iter().map(|s| s.meta.id).collect();
             manifest.segments.retain(|s| !old.contains(&s.id));
             manifest.segments.push(meta.clone());
@@ -554,7 +587,12 @@ fn check_schema(batch: &RecordBatch) -> Result<()> {
     if batch.schema().fields() != expected.fields() {
         return Err(StorageError::SchemaMismatch(format!(
             "got columns {:?}",
-            batch.schema().fields().iter().map(|f| f.name()).collect::<Vec<_>>()
+            batch
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.name())
+                .collect::<Vec<_>>()
         )));
     }
     Ok(())

@@ -104,7 +104,10 @@ impl Manifest {
             return Err(corrupt(nl + 1, "manifest checksum mismatch".into()));
         }
         let m: Manifest = serde_json::from_slice(body).map_err(|e| {
-            corrupt(nl + 1, format!("line {} column {}: {e}", e.line(), e.column()))
+            corrupt(
+                nl + 1,
+                format!("line {} column {}: {e}", e.line(), e.column()),
+            )
         })?;
         Ok(Some(m))
     }

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use datafusion::arrow::compute::{SortColumn, SortOptions, concat_batches, lexsort_to_indices, take_record_batch};
+use datafusion::arrow::compute::{
+    SortColumn, SortOptions, concat_batches, lexsort_to_indices, take_record_batch,
+};
 use datafusion::arrow::datatypes::TimestampNanosecondType;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -59,7 +61,11 @@ pub fn hour_of(ts: i64) -> i64 {
 /// `segments/dt=YYYY-MM-DD/hour=HH`: Hive-style partitions, readable by DuckDB and Spark.
 pub fn partition_dir(hour: i64) -> String {
     let dt = chrono::DateTime::from_timestamp(hour * 3600, 0).expect("hour in range");
-    format!("segments/dt={}/hour={}", dt.format("%Y-%m-%d"), dt.format("%H"))
+    format!(
+        "segments/dt={}/hour={}",
+        dt.format("%Y-%m-%d"),
+        dt.format("%H")
+    )
 }
 
 /// Concatenates `batches` and sorts the rows by [`SORT_COLUMNS`].
@@ -94,7 +100,10 @@ pub fn split_by_hour(batch: &RecordBatch) -> Result<Vec<(i64, RecordBatch)>> {
     for h in hours {
         let mask: datafusion::arrow::array::BooleanArray =
             ts.values().iter().map(|t| Some(hour_of(*t) == h)).collect();
-        out.push((h, datafusion::arrow::compute::filter_record_batch(batch, &mask)?));
+        out.push((
+            h,
+            datafusion::arrow::compute::filter_record_batch(batch, &mask)?,
+        ));
     }
     Ok(out)
 }
@@ -252,7 +261,8 @@ impl Segment {
     /// Reads the whole segment (compaction, deduplication, verification).
     pub fn read_all(&self, projection: Option<&[&str]>) -> Result<Vec<RecordBatch>> {
         let file = File::open(&self.path).at(&self.path)?;
-        let mut builder = ParquetRecordBatchReaderBuilder::try_new(file)?.with_batch_size(64 * 1024);
+        let mut builder =
+            ParquetRecordBatchReaderBuilder::try_new(file)?.with_batch_size(64 * 1024);
         if let Some(cols) = projection {
             let schema = builder.parquet_schema();
             let indices: Vec<usize> = cols
@@ -309,7 +319,9 @@ impl Drop for Segment {
 pub fn event_ids(segment: &Segment) -> Result<Vec<i64>> {
     let mut ids = Vec::with_capacity(segment.meta.rows as usize);
     for b in segment.read_all(Some(&["event_id"]))? {
-        let col = b.column(0).as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+        let col = b
+            .column(0)
+            .as_primitive::<datafusion::arrow::datatypes::Int64Type>();
         debug_assert_eq!(col.null_count(), 0);
         ids.extend_from_slice(col.values());
     }

@@ -5,7 +5,12 @@ use model::{Event, batch_of};
 pub(crate) fn event(i: u64, ns: &str, pod: &str) -> Event {
     Event {
         ts: 1_800_000_000_000_000_000 + (i as i64) * 1_000_000_000,
-        kind: if i % 3 == 0 { "network_connect" } else { "process_exec" }.into(),
+        kind: if i % 3 == 0 {
+            "network_connect"
+        } else {
+            "process_exec"
+        }
+        .into(),
         source: "test".into(),
         event_id: Some(i as i64),
         namespace: Some(ns.into()),
@@ -43,7 +48,13 @@ fn appended_events_are_visible_at_once_and_after_reopen() {
     let (store, _) = Store::open(dir.path(), opts()).unwrap();
     let events: Vec<Event> = (0..100).map(|i| event(i, "billing", "api-1")).collect();
     let out = store.append(batch_of(&events)).unwrap();
-    assert_eq!(out, AppendOutcome { accepted: 100, duplicates: 0 });
+    assert_eq!(
+        out,
+        AppendOutcome {
+            accepted: 100,
+            duplicates: 0
+        }
+    );
     assert_eq!(store.snapshot().rows(), 100);
     drop(store); // no close: the WAL must carry the events
     let (store, report) = Store::open(dir.path(), opts()).unwrap();
@@ -58,13 +69,25 @@ fn duplicates_are_dropped_in_memory_in_segments_and_across_reopen() {
     let events: Vec<Event> = (0..50).map(|i| event(i, "ns", "p")).collect();
     store.append(batch_of(&events)).unwrap();
     let again = store.append(batch_of(&events[..10])).unwrap();
-    assert_eq!(again, AppendOutcome { accepted: 0, duplicates: 10 });
+    assert_eq!(
+        again,
+        AppendOutcome {
+            accepted: 0,
+            duplicates: 10
+        }
+    );
     store.flush().unwrap();
     drop(store);
     let (store, _) = Store::open(dir.path(), opts()).unwrap();
     let more: Vec<Event> = (40..60).map(|i| event(i, "ns", "p")).collect();
     let out = store.append(batch_of(&more)).unwrap();
-    assert_eq!(out, AppendOutcome { accepted: 10, duplicates: 10 });
+    assert_eq!(
+        out,
+        AppendOutcome {
+            accepted: 10,
+            duplicates: 10
+        }
+    );
     assert_eq!(ids_in(&store.snapshot()), (0..60).collect::<Vec<_>>());
 }
 
@@ -79,7 +102,10 @@ fn flush_writes_hive_partitioned_segments_and_trims_the_wal() {
     let m = store.manifest();
     assert_eq!(m.segments.len(), 2);
     assert_eq!(m.rows(), 720);
-    assert_eq!(m.segments[0].path, "segments/dt=2027-01-15/hour=08/0000000000000001.parquet");
+    assert_eq!(
+        m.segments[0].path,
+        "segments/dt=2027-01-15/hour=08/0000000000000001.parquet"
+    );
     assert!(m.segments.iter().all(|s| s.min_ts <= s.max_ts));
     assert!(store.snapshot().memtable.is_empty());
     let wal_files = fs::read_dir(dir.path().join("wal")).unwrap().count();
@@ -95,7 +121,10 @@ fn flush_writes_hive_partitioned_segments_and_trims_the_wal() {
 fn index_row_numbers_equal_parquet_row_numbers() {
     let dir = tempfile::tempdir().unwrap();
     let options = StoreOptions {
-        segment: SegmentOptions { row_group_rows: 100, zstd_level: 1 },
+        segment: SegmentOptions {
+            row_group_rows: 100,
+            zstd_level: 1,
+        },
         ..opts()
     };
     let (store, _) = Store::open(dir.path(), options).unwrap();
@@ -129,10 +158,15 @@ fn index_row_numbers_equal_parquet_row_numbers() {
 #[test]
 fn compaction_merges_small_segments_of_an_hour() {
     let dir = tempfile::tempdir().unwrap();
-    let options = StoreOptions { compaction_min_segments: 3, ..opts() };
+    let options = StoreOptions {
+        compaction_min_segments: 3,
+        ..opts()
+    };
     let (store, _) = Store::open(dir.path(), options.clone()).unwrap();
     for chunk in 0..4u64 {
-        let events: Vec<Event> = (chunk * 100..chunk * 100 + 100).map(|i| event(i, "ns", "p")).collect();
+        let events: Vec<Event> = (chunk * 100..chunk * 100 + 100)
+            .map(|i| event(i, "ns", "p"))
+            .collect();
         store.append(batch_of(&events)).unwrap();
         store.flush().unwrap();
     }
@@ -142,10 +176,16 @@ fn compaction_merges_small_segments_of_an_hour() {
     let m = store.manifest();
     assert_eq!(m.segments.len(), 1);
     assert_eq!(m.segments[0].level, 1);
-    assert!(before.segments.iter().all(|s| s.path.exists()), "readers keep their files");
+    assert!(
+        before.segments.iter().all(|s| s.path.exists()),
+        "readers keep their files"
+    );
     let old_paths: Vec<PathBuf> = before.segments.iter().map(|s| s.path.clone()).collect();
     drop(before);
-    assert!(old_paths.iter().all(|p| !p.exists()), "retired files go with the last reader");
+    assert!(
+        old_paths.iter().all(|p| !p.exists()),
+        "retired files go with the last reader"
+    );
     assert_eq!(ids_in(&store.snapshot()), (0..400).collect::<Vec<_>>());
     drop(store);
     let (store, _) = Store::open(dir.path(), options).unwrap();
@@ -184,7 +224,11 @@ fn a_second_process_cannot_open_the_same_store() {
 fn damaged_segment_bytes_fail_verification() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = Store::open(dir.path(), opts()).unwrap();
-    store.append(batch_of(&(0..10).map(|i| event(i, "n", "p")).collect::<Vec<_>>())).unwrap();
+    store
+        .append(batch_of(
+            &(0..10).map(|i| event(i, "n", "p")).collect::<Vec<_>>(),
+        ))
+        .unwrap();
     store.flush().unwrap();
     let path = store.snapshot().segments[0].path.clone();
     let mut bytes = fs::read(&path).unwrap();

@@ -202,7 +202,10 @@ impl<T: Send + 'static> Wal<T> {
         let mut removed = 0;
         // A closed file's records end where the next file (closed or active) begins.
         while let Some(first) = files.closed.first() {
-            let end = files.closed.get(1).map_or(files.active_first_seq, |f| f.first_seq);
+            let end = files
+                .closed
+                .get(1)
+                .map_or(files.active_first_seq, |f| f.first_seq);
             if end - 1 > flushed_seq {
                 break;
             }
@@ -462,7 +465,10 @@ fn replay_file(
     if header_seq != f.first_seq {
         return Err(corrupt(
             8,
-            format!("header says first seq {header_seq}, name says {}", f.first_seq),
+            format!(
+                "header says first seq {header_seq}, name says {}",
+                f.first_seq
+            ),
         ));
     }
     if let Some(e) = *expected {
@@ -517,10 +523,16 @@ mod tests {
 
     fn open(dir: &Path, after: u64) -> Result<(Wal<()>, ReplayReport, Vec<(u64, Vec<u8>)>)> {
         let mut seen = Vec::new();
-        let (wal, report) = Wal::open(dir, after, WalOptions::default(), Arc::new(|_, ()| {}), |s, p| {
-            seen.push((s, p.to_vec()));
-            Ok(())
-        })?;
+        let (wal, report) = Wal::open(
+            dir,
+            after,
+            WalOptions::default(),
+            Arc::new(|_, ()| {}),
+            |s, p| {
+                seen.push((s, p.to_vec()));
+                Ok(())
+            },
+        )?;
         Ok((wal, report, seen))
     }
 
@@ -559,7 +571,12 @@ mod tests {
         let path = only_file(dir.path());
         let full = fs::metadata(&path).unwrap().len();
         // Cut in the middle of the last frame, as a crash during write leaves it.
-        OpenOptions::new().write(true).open(&path).unwrap().set_len(full - 300).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(full - 300)
+            .unwrap();
         let (wal, report, seen) = open(dir.path(), 0).unwrap();
         assert_eq!(seen.len(), 4);
         let (p, offset, dropped) = report.torn_tail.clone().unwrap();
@@ -588,9 +605,13 @@ mod tests {
         let second_frame = FILE_HEADER as usize + FRAME_HEADER + 1000;
         bytes[second_frame + FRAME_HEADER + 10] ^= 0xff;
         fs::write(&path, &bytes).unwrap();
-        let err = open(dir.path(), 0).err().expect("corruption must fail the open");
+        let err = open(dir.path(), 0)
+            .err()
+            .expect("corruption must fail the open");
         match err {
-            StorageError::Corruption { path: p, offset, .. } => {
+            StorageError::Corruption {
+                path: p, offset, ..
+            } => {
                 assert_eq!(p, path);
                 assert_eq!(offset, second_frame as u64);
             }
@@ -660,11 +681,16 @@ mod tests {
             .map(|t| {
                 let wal = wal.clone();
                 std::thread::spawn(move || {
-                    (0..50).map(|i| wal.append(vec![t, i], ()).unwrap()).collect::<Vec<_>>()
+                    (0..50)
+                        .map(|i| wal.append(vec![t, i], ()).unwrap())
+                        .collect::<Vec<_>>()
                 })
             })
             .collect();
-        let mut seqs: Vec<u64> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        let mut seqs: Vec<u64> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
         seqs.sort();
         assert_eq!(seqs, (1..=400).collect::<Vec<_>>());
         assert_eq!(sunk.load(Ordering::SeqCst), 400);

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::Int64Type;
+use ktrail_storage::{self as storage, Store, StoreOptions};
 use model::{Event, batch_of};
 use rand::{Rng, SeedableRng};
-use ktrail_storage::{self as storage, Store, StoreOptions};
 
 const DIR_ENV: &str = "KTRAIL_CRASH_CHILD_DIR";
 const BASE_ENV: &str = "KTRAIL_CRASH_ID_BASE";
@@ -32,7 +32,9 @@ fn child_options() -> StoreOptions {
 #[test]
 #[ignore = "runs only as the child of the crash tests"]
 fn crash_child() {
-    let Ok(dir) = std::env::var(DIR_ENV) else { return };
+    let Ok(dir) = std::env::var(DIR_ENV) else {
+        return;
+    };
     let base: i64 = std::env::var(BASE_ENV).unwrap().parse().unwrap();
     let (store, _) = Store::open(&dir, child_options()).unwrap();
     let out = std::sync::Arc::new(std::sync::Mutex::new(std::io::stdout()));
@@ -87,7 +89,12 @@ fn stored_ids(dir: &std::path::Path) -> Vec<i64> {
         ids.extend(storage::segment::event_ids(s).unwrap());
     }
     for b in &snap.memtable {
-        ids.extend_from_slice(b.column_by_name("event_id").unwrap().as_primitive::<Int64Type>().values());
+        ids.extend_from_slice(
+            b.column_by_name("event_id")
+                .unwrap()
+                .as_primitive::<Int64Type>()
+                .values(),
+        );
     }
     ids
 }
@@ -99,7 +106,13 @@ fn run_kills(kills: u32, seed: u64) {
     let mut acked: Vec<(i64, i64)> = Vec::new();
     for k in 0..kills {
         let mut child = Command::new(&exe)
-            .args(["--exact", "crash_child", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "crash_child",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(DIR_ENV, dir.path())
             .env(BASE_ENV, (i64::from(k) * 1_000_000_000).to_string())
             .stdout(Stdio::piped())
@@ -125,10 +138,17 @@ fn run_kills(kills: u32, seed: u64) {
 
         let ids = stored_ids(dir.path());
         let unique: BTreeSet<i64> = ids.iter().copied().collect();
-        assert_eq!(unique.len(), ids.len(), "kill {k}: an event is stored twice");
+        assert_eq!(
+            unique.len(),
+            ids.len(),
+            "kill {k}: an event is stored twice"
+        );
         for &(a, b) in &acked {
             for id in a..b {
-                assert!(unique.contains(&id), "kill {k}: acknowledged event {id} lost");
+                assert!(
+                    unique.contains(&id),
+                    "kill {k}: acknowledged event {id} lost"
+                );
             }
         }
     }
