@@ -154,7 +154,14 @@ fn run_kills(kills: u32, seed: u64) {
     }
     let total: i64 = acked.iter().map(|(a, b)| b - a).sum();
     assert!(total > 0, "the child never acknowledged anything");
-    eprintln!("{kills} kills, {total} acknowledged events, all present");
+    let manifest = storage::Manifest::load(dir.path()).unwrap().unwrap();
+    let compacted = manifest.segments.iter().filter(|s| s.level > 0).count();
+    assert!(!manifest.segments.is_empty(), "the children never flushed");
+    eprintln!(
+        "{kills} kills, {total} acknowledged events, all present; {} segments ({compacted} compacted), {} flushed WAL records",
+        manifest.segments.len(),
+        manifest.flushed_seq
+    );
 }
 
 #[test]
