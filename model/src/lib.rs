@@ -531,7 +531,7 @@ mod tests {
         let line = br#"{"ts":"2026-11-26T10:00:00.123456789Z","kind":"process_exec","source":"grpc","exe":"/usr/bin/curl","source_ips":["10.0.0.1","10.0.0.2"]}"#;
         let ev = Event::from_native_json(line).unwrap();
         assert_eq!(ev.ts % 1_000_000_000, 123_456_789);
-        let batch = batch_of(&[ev.clone()]);
+        let batch = batch_of(std::slice::from_ref(&ev));
         assert_eq!(batch.num_rows(), 1);
         let bn = batch
             .column_by_name("binary_name")

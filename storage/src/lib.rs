@@ -15,6 +15,7 @@ pub mod manifest;
 pub mod segment;
 pub mod wal;
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::Cursor;
@@ -417,11 +418,10 @@ impl Inner {
         let mut out = Vec::with_capacity(batch.num_rows());
         for (id, t) in ids.values().iter().zip(ts.values().iter()) {
             let hour = segment::hour_of(*t);
-            if !dedup.hours.contains_key(&hour) {
-                let set = self.stored_ids(hour)?;
-                dedup.hours.insert(hour, set);
-            }
-            let set = dedup.hours.get_mut(&hour).expect("loaded");
+            let set = match dedup.hours.entry(hour) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => e.insert(self.stored_ids(hour)?),
+            };
             out.push(Some(set.insert(*id)));
         }
         Ok(BooleanArray::from(out))

@@ -301,10 +301,11 @@ impl<T> Writer<T> {
             }
         }
         self.commit(&mut buf, &mut pending);
-        if self.file_len >= self.options.max_file_bytes && self.poisoned.is_none() {
-            if let Err(e) = self.rotate() {
-                self.poisoned = Some(e.to_string());
-            }
+        if self.file_len >= self.options.max_file_bytes
+            && self.poisoned.is_none()
+            && let Err(e) = self.rotate()
+        {
+            self.poisoned = Some(e.to_string());
         }
     }
 
@@ -406,13 +407,13 @@ fn list_files(dir: &Path) -> Result<Vec<WalFile>> {
     for entry in fs::read_dir(dir).at(dir)? {
         let entry = entry.at(dir)?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(stem) = name.strip_suffix(".wal") {
-            if let Ok(first_seq) = stem.parse::<u64>() {
-                files.push(WalFile {
-                    first_seq,
-                    path: entry.path(),
-                });
-            }
+        if let Some(stem) = name.strip_suffix(".wal")
+            && let Ok(first_seq) = stem.parse::<u64>()
+        {
+            files.push(WalFile {
+                first_seq,
+                path: entry.path(),
+            });
         }
     }
     files.sort_by_key(|f| f.first_seq);
@@ -471,13 +472,13 @@ fn replay_file(
             ),
         ));
     }
-    if let Some(e) = *expected {
-        if f.first_seq != e {
-            return Err(corrupt(
-                8,
-                format!("sequence gap: file starts at {}, expected {e}", f.first_seq),
-            ));
-        }
+    if let Some(e) = *expected
+        && f.first_seq != e
+    {
+        return Err(corrupt(
+            8,
+            format!("sequence gap: file starts at {}, expected {e}", f.first_seq),
+        ));
     }
     let mut off = FILE_HEADER;
     let mut seq_expected = f.first_seq;
