@@ -97,7 +97,7 @@ mod ktrail_storage_bench {
             let node = format!("node-{}", p % 16);
             let pid = (self.next() % 60_000) as i64;
             let exec_id = format!("{node}:{ts}:{pid}");
-            let network = self.next() % 3 == 0;
+            let network = self.next().is_multiple_of(3);
             let exe = EXES[(self.next() % EXES.len() as u64) as usize];
             let mut ev = Event {
                 ts,
@@ -121,7 +121,7 @@ mod ktrail_storage_bench {
                 ..Default::default()
             };
             if network {
-                let dst = if self.next() % 10 == 0 {
+                let dst = if self.next().is_multiple_of(10) {
                     format!(
                         "{}.{}.{}.{}",
                         self.next() % 223 + 1,

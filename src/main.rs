@@ -175,11 +175,11 @@ fn ingest_cmd(
                 continue;
             }
         };
-        if let Some(fp) = &fingerprint {
-            if store.has_fingerprint(fp) {
-                skipped_inputs += 1;
-                continue;
-            }
+        if let Some(fp) = &fingerprint
+            && store.has_fingerprint(fp)
+        {
+            skipped_inputs += 1;
+            continue;
         }
         let mut sink = |batch| {
             let out = store.append(batch).map_err(|e| e.to_string())?;

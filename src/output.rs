@@ -41,16 +41,16 @@ pub fn write(
                     w.write(b)?;
                 }
             }
-            if rows == 0 {
-                if let Some(b) = batches.first() {
-                    let names: Vec<&str> = b
-                        .schema_ref()
-                        .fields()
-                        .iter()
-                        .map(|f| f.name().as_str())
-                        .collect();
-                    writeln!(out, "{}", names.join(","))?;
-                }
+            if rows == 0
+                && let Some(b) = batches.first()
+            {
+                let names: Vec<&str> = b
+                    .schema_ref()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect();
+                writeln!(out, "{}", names.join(","))?;
             }
         }
         OutputFormat::Json => {

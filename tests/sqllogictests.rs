@@ -52,7 +52,11 @@ fn rows(batches: &[RecordBatch]) -> Result<Vec<Vec<String>>, DataFusionError> {
                     .iter()
                     .map(|f| {
                         let v = f.value(row).to_string();
-                        if v.is_empty() { "(empty)".to_string() } else { v }
+                        if v.is_empty() {
+                            "(empty)".to_string()
+                        } else {
+                            v
+                        }
                     })
                     .collect(),
             );

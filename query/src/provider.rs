@@ -156,7 +156,7 @@ impl TableProvider for EventsTable {
         }
         if stats.memtable_rows > 0 || inputs.is_empty() {
             let mem = MemorySourceConfig::try_new(
-                &[snapshot.memtable.clone()],
+                std::slice::from_ref(&snapshot.memtable),
                 schema.clone(),
                 projection.cloned(),
             )?

@@ -557,7 +557,8 @@ impl Inner {
                 if *stop {
                     return;
                 }
-                let tick = (self.options.memtable_max_age / 2).clamp(Duration::from_millis(10), Duration::from_millis(500));
+                let tick = (self.options.memtable_max_age / 2)
+                    .clamp(Duration::from_millis(10), Duration::from_millis(500));
                 self.wake.wait_for(&mut stop, tick);
                 if *stop {
                     return;

@@ -5,7 +5,7 @@ use model::{Event, batch_of};
 pub(crate) fn event(i: u64, ns: &str, pod: &str) -> Event {
     Event {
         ts: 1_800_000_000_000_000_000 + (i as i64) * 1_000_000_000,
-        kind: if i % 3 == 0 {
+        kind: if i.is_multiple_of(3) {
             "network_connect"
         } else {
             "process_exec"
@@ -17,7 +17,9 @@ pub(crate) fn event(i: u64, ns: &str, pod: &str) -> Event {
         pod: Some(pod.into()),
         container_id: Some(format!("c{}", i % 7)),
         exe: Some(["/bin/sh", "/usr/bin/curl", "/usr/sbin/tcpdump"][(i % 3) as usize].into()),
-        dst_ip: (i % 3 == 0).then(|| format!("10.0.{}.{}", i % 5, i % 11)),
+        dst_ip: i
+            .is_multiple_of(3)
+            .then(|| format!("10.0.{}.{}", i % 5, i % 11)),
         ..Default::default()
     }
 }

@@ -522,7 +522,9 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU64, Ordering};
 
-    fn open(dir: &Path, after: u64) -> Result<(Wal<()>, ReplayReport, Vec<(u64, Vec<u8>)>)> {
+    type Replayed = Vec<(u64, Vec<u8>)>;
+
+    fn open(dir: &Path, after: u64) -> Result<(Wal<()>, ReplayReport, Replayed)> {
         let mut seen = Vec::new();
         let (wal, report) = Wal::open(
             dir,
