@@ -1,4 +1,4 @@
-//! Criterion benches of the storage spine: durable WAL append (group commit), segment write,
+//! Criterion benches of the storage spine: durable WAL append, segment write,
 //! and a one-pod lookup with and without the sidecar index.
 //!
 //! `cargo bench --bench store` (the lookup store holds `KTRAIL_BENCH_EVENTS` events, default
@@ -10,12 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use datafusion::arrow::array::RecordBatch;
 use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
 use ktrail_storage_bench::{Generator, events};
 use model::batch_of;
 use query::IndexUse;
-use storage::{SegmentOptions, Store, StoreOptions, segment};
+use storage::{SegmentOptions, Store, StoreOptions, segment, wal};
 
 mod ktrail_storage_bench {
     //! A seeded synthetic cluster: Zipf-ish pod activity, process and network events with
@@ -167,21 +166,15 @@ mod ktrail_storage_bench {
     }
 }
 
-fn quiet_options() -> StoreOptions {
-    StoreOptions {
-        background: false,
-        memtable_max_rows: usize::MAX / 4,
-        ..Default::default()
-    }
-}
-
 fn wal_append(c: &mut Criterion) {
+    // The durable path of `Store::append` minus deduplication: encode the batch (Arrow IPC +
+    // zstd), frame it, write, fdatasync. One appender, so every batch pays a whole sync.
     let mut group = c.benchmark_group("wal_append");
     group
         .measurement_time(Duration::from_secs(10))
         .sample_size(20);
     let mut g = Generator::new(1, 2_000);
-    for rows in [1_024usize, 8_192] {
+    for rows in [1_024usize, 8_192, 65_536] {
         let batch = batch_of(&events(&mut g, 0, rows));
         group.throughput(Throughput::Elements(rows as u64));
         group.bench_with_input(
@@ -189,27 +182,20 @@ fn wal_append(c: &mut Criterion) {
             &batch,
             |b, batch| {
                 let dir = tempfile::tempdir().unwrap();
-                let (store, _) = Store::open(dir.path(), quiet_options()).unwrap();
-                let mut next = 0i64;
+                let sink: wal::DurableSink<()> = Arc::new(|_, ()| {});
+                let (log, _) =
+                    wal::Wal::open(dir.path(), 0, wal::WalOptions::default(), sink, |_, _| {
+                        Ok(())
+                    })
+                    .unwrap();
                 b.iter(|| {
-                    // Fresh ids each time so nothing is deduplicated away.
-                    let batch = with_ids(batch, next);
-                    next += batch.num_rows() as i64;
-                    black_box(store.append(batch).unwrap());
+                    let payload = wal::encode_batch(batch, 1).unwrap();
+                    black_box(log.append(payload, ()).unwrap());
                 });
             },
         );
     }
     group.finish();
-}
-
-fn with_ids(batch: &RecordBatch, start: i64) -> RecordBatch {
-    let ids = datafusion::arrow::array::Int64Array::from_iter_values(
-        start..start + batch.num_rows() as i64,
-    );
-    let mut cols = batch.columns().to_vec();
-    cols[3] = Arc::new(ids);
-    RecordBatch::try_new(batch.schema(), cols).unwrap()
 }
 
 fn segment_write(c: &mut Criterion) {

@@ -18,7 +18,6 @@ pub mod wal;
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
-use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -27,8 +26,6 @@ use std::time::{Duration, Instant};
 use datafusion::arrow::array::{AsArray, BooleanArray, RecordBatch};
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::{Int64Type, TimestampNanosecondType};
-use datafusion::arrow::ipc::reader::StreamReader;
-use datafusion::arrow::ipc::writer::StreamWriter;
 use parking_lot::{Condvar, Mutex, RwLock};
 
 pub use error::{Result, StorageError};
@@ -251,11 +248,12 @@ impl Store {
             options.wal.clone(),
             sink,
             |seq, payload| {
-                let batch = decode_payload(payload).map_err(|reason| StorageError::Corruption {
-                    path: wal_dir.clone(),
-                    offset: 0,
-                    reason: format!("WAL record {seq}: {reason}"),
-                })?;
+                let batch =
+                    wal::decode_batch(payload).map_err(|reason| StorageError::Corruption {
+                        path: wal_dir.clone(),
+                        offset: 0,
+                        reason: format!("WAL record {seq}: {reason}"),
+                    })?;
                 replayed.push((seq, batch));
                 Ok(())
             },
@@ -319,7 +317,7 @@ impl Store {
         };
         let accepted = batch.num_rows();
         if accepted > 0 {
-            let payload = encode_payload(&batch, self.inner.options.wal_zstd_level)?;
+            let payload = wal::encode_batch(&batch, self.inner.options.wal_zstd_level)?;
             self.inner.wal.append(payload, batch)?;
             self.after_append();
         }
@@ -598,53 +596,6 @@ fn check_schema(batch: &RecordBatch) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// WAL payload: one codec byte (0 plain, 1 zstd) + an Arrow IPC stream of one batch.
-fn encode_payload(batch: &RecordBatch, zstd_level: i32) -> Result<Vec<u8>> {
-    let mut ipc = Vec::with_capacity(batch.get_array_memory_size() / 2 + 1024);
-    {
-        let mut w = StreamWriter::try_new(&mut ipc, &batch.schema())?;
-        w.write(batch)?;
-        w.finish()?;
-    }
-    if zstd_level == 0 {
-        let mut out = Vec::with_capacity(ipc.len() + 1);
-        out.push(0);
-        out.extend_from_slice(&ipc);
-        return Ok(out);
-    }
-    let mut out = vec![1u8];
-    let compressed = zstd::bulk::compress(&ipc, zstd_level).map_err(|e| StorageError::Io {
-        path: PathBuf::from("<wal payload>"),
-        source: e,
-    })?;
-    out.extend_from_slice(&(ipc.len() as u64).to_le_bytes());
-    out.extend_from_slice(&compressed);
-    Ok(out)
-}
-
-fn decode_payload(payload: &[u8]) -> std::result::Result<RecordBatch, String> {
-    let ipc: Vec<u8>;
-    let bytes: &[u8] = match payload.first() {
-        Some(0) => &payload[1..],
-        Some(1) if payload.len() >= 9 => {
-            let n = u64::from_le_bytes(payload[1..9].try_into().expect("8")) as usize;
-            ipc = zstd::bulk::decompress(&payload[9..], n).map_err(|e| e.to_string())?;
-            &ipc
-        }
-        _ => return Err("unknown WAL payload codec".into()),
-    };
-    let mut reader = StreamReader::try_new(Cursor::new(bytes), None).map_err(|e| e.to_string())?;
-    let batch = reader
-        .next()
-        .ok_or("WAL record holds no batch")?
-        .map_err(|e| e.to_string())?;
-    let expected = model::events_schema();
-    if batch.schema().fields() != expected.fields() {
-        return Err("WAL record has a different schema version".into());
-    }
-    RecordBatch::try_new(expected, batch.columns().to_vec()).map_err(|e| e.to_string())
 }
 
 /// Deletes files under `segments/` that the manifest does not list (crash leftovers).

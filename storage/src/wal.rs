@@ -12,7 +12,11 @@
 //! next one (group commit).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Cursor, Read, Seek, SeekFrom, Write};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::ipc::writer::StreamWriter;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
@@ -515,6 +519,53 @@ fn replay_file(
     }
     *expected = Some(seq_expected);
     Ok(FileOutcome::Complete)
+}
+
+/// WAL payload: one codec byte (0 plain, 1 zstd) + an Arrow IPC stream of one batch.
+pub fn encode_batch(batch: &RecordBatch, zstd_level: i32) -> Result<Vec<u8>> {
+    let mut ipc = Vec::with_capacity(batch.get_array_memory_size() / 2 + 1024);
+    {
+        let mut w = StreamWriter::try_new(&mut ipc, &batch.schema())?;
+        w.write(batch)?;
+        w.finish()?;
+    }
+    if zstd_level == 0 {
+        let mut out = Vec::with_capacity(ipc.len() + 1);
+        out.push(0);
+        out.extend_from_slice(&ipc);
+        return Ok(out);
+    }
+    let mut out = vec![1u8];
+    let compressed = zstd::bulk::compress(&ipc, zstd_level).map_err(|e| StorageError::Io {
+        path: PathBuf::from("<wal payload>"),
+        source: e,
+    })?;
+    out.extend_from_slice(&(ipc.len() as u64).to_le_bytes());
+    out.extend_from_slice(&compressed);
+    Ok(out)
+}
+
+pub fn decode_batch(payload: &[u8]) -> std::result::Result<RecordBatch, String> {
+    let ipc: Vec<u8>;
+    let bytes: &[u8] = match payload.first() {
+        Some(0) => &payload[1..],
+        Some(1) if payload.len() >= 9 => {
+            let n = u64::from_le_bytes(payload[1..9].try_into().expect("8")) as usize;
+            ipc = zstd::bulk::decompress(&payload[9..], n).map_err(|e| e.to_string())?;
+            &ipc
+        }
+        _ => return Err("unknown WAL payload codec".into()),
+    };
+    let mut reader = StreamReader::try_new(Cursor::new(bytes), None).map_err(|e| e.to_string())?;
+    let batch = reader
+        .next()
+        .ok_or("WAL record holds no batch")?
+        .map_err(|e| e.to_string())?;
+    let expected = model::events_schema();
+    if batch.schema().fields() != expected.fields() {
+        return Err("WAL record has a different schema version".into());
+    }
+    RecordBatch::try_new(expected, batch.columns().to_vec()).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
