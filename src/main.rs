@@ -205,10 +205,12 @@ fn ingest_cmd(
         }
     }
     store.close()?;
-    let mut summary = format!(
-        "{}: accepted {accepted}, rejected {rejected}, duplicates {duplicates}",
-        format.name()
-    );
+    // Native NDJSON is the only format this build reads, so `auto` found only native records.
+    let label = match format {
+        Format::Auto => Format::Native.name(),
+        f => f.name(),
+    };
+    let mut summary = format!("{label}: accepted {accepted}, rejected {rejected}, duplicates {duplicates}");
     if skipped_inputs > 0 {
         summary.push_str(&format!(
             " ({skipped_inputs} input(s) already ingested, skipped)"

@@ -30,7 +30,7 @@ fn ingest_then_query_the_bundled_incident() {
     let o = ktrail(&data, &["ingest", QUICKSTART]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains("auto: accepted 605, rejected 0, duplicates 0"),
+        stderr(&o).contains("native: accepted 605, rejected 0, duplicates 0"),
         "{}",
         stderr(&o)
     );
@@ -180,4 +180,39 @@ fn explain_analyze_reports_skipped_segments_and_row_groups() {
     assert!(text.contains("segments_pruned="), "{text}");
     let o = ktrail(&data, &["verify"]);
     assert!(stdout(&o).contains("segment(s) verified"), "{}", stdout(&o));
+}
+
+#[test]
+fn a_damaged_index_fails_the_query_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    assert!(ktrail(&data, &["ingest", QUICKSTART]).status.success());
+    let idx = walk(&data.join("segments"))
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "idx"))
+        .expect("an index file");
+    let mut bytes = std::fs::read(&idx).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&idx, bytes).unwrap();
+    let o = ktrail(&data, &["sql", "SELECT count(*) FROM events WHERE pod = 'ledger-0'"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("corruption in") && err.contains(&idx.display().to_string()), "{err}");
+    let o = ktrail(&data, &["verify"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("SHA-256"), "{}", stderr(&o));
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
