@@ -90,7 +90,7 @@ mod ktrail_storage_bench {
             ((n.powf(u)) as usize - 1).min(self.pods.len() - 1)
         }
 
-        pub fn event(&mut self, id: i64, ts: i64) -> Event {
+        pub fn event(&mut self, ts: i64) -> Event {
             let p = self.pod();
             let (ns, pod, cid) = self.pods[p].clone();
             let node = format!("node-{}", p % 16);
@@ -107,7 +107,6 @@ mod ktrail_storage_bench {
                 }
                 .into(),
                 source: "tetragon".into(),
-                event_id: Some(id),
                 node: Some(node.clone()),
                 namespace: Some(ns.clone()),
                 pod: Some(pod.clone()),
@@ -151,6 +150,11 @@ mod ktrail_storage_bench {
                 node,
                 ts
             ));
+            // As ingest derives it: a hash of the original record (8 incompressible bytes);
+            ev.event_id = Some(model::event_id_of(
+                "tetragon",
+                ev.raw.as_deref().unwrap_or("").as_bytes(),
+            ));
             ev
         }
     }
@@ -160,7 +164,7 @@ mod ktrail_storage_bench {
         (0..n as i64)
             .map(|i| {
                 let id = start_id + i;
-                g.event(id, 1_800_000_000_000_000_000 + id * 1_000_000)
+                g.event(1_800_000_000_000_000_000 + id * 1_000_000)
             })
             .collect()
     }

@@ -210,7 +210,8 @@ fn ingest_cmd(
         Format::Auto => Format::Native.name(),
         f => f.name(),
     };
-    let mut summary = format!("{label}: accepted {accepted}, rejected {rejected}, duplicates {duplicates}");
+    let mut summary =
+        format!("{label}: accepted {accepted}, rejected {rejected}, duplicates {duplicates}");
     if skipped_inputs > 0 {
         summary.push_str(&format!(
             " ({skipped_inputs} input(s) already ingested, skipped)"

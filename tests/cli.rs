@@ -195,10 +195,16 @@ fn a_damaged_index_fails_the_query_naming_the_file() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x55;
     std::fs::write(&idx, bytes).unwrap();
-    let o = ktrail(&data, &["sql", "SELECT count(*) FROM events WHERE pod = 'ledger-0'"]);
+    let o = ktrail(
+        &data,
+        &["sql", "SELECT count(*) FROM events WHERE pod = 'ledger-0'"],
+    );
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
-    assert!(err.contains("corruption in") && err.contains(&idx.display().to_string()), "{err}");
+    assert!(
+        err.contains("corruption in") && err.contains(&idx.display().to_string()),
+        "{err}"
+    );
     let o = ktrail(&data, &["verify"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("SHA-256"), "{}", stderr(&o));
