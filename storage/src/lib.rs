@@ -397,10 +397,11 @@ impl Store {
         Ok(())
     }
 
-    /// Flushes the memtable and stops the background thread.
+    /// Stops the background thread, flushes the memtable and compacts what became small.
     pub fn close(self) -> Result<()> {
         drop(self.background);
-        self.inner.flush()
+        self.inner.flush()?;
+        self.inner.compact().map(|_| ())
     }
 }
 
