@@ -192,32 +192,7 @@ impl Store {
             ..Default::default()
         });
         let mut report = OpenReport::default();
-        for s in &manifest.segments {
-            for (rel, size) in [
-                (&s.path, Some(s.bytes)),
-                (&s.index_path, Some(s.index_bytes)),
-            ] {
-                let p = dir.join(rel);
-                let len =
-                    fs::metadata(&p)
-                        .map(|m| m.len())
-                        .map_err(|e| StorageError::Corruption {
-                            path: p.clone(),
-                            offset: 0,
-                            reason: format!("listed in the manifest but unreadable: {e}"),
-                        })?;
-                if size.is_some_and(|s| s != len) {
-                    return Err(StorageError::Corruption {
-                        path: p,
-                        offset: len,
-                        reason: format!(
-                            "size {len} differs from the manifest's {}",
-                            size.unwrap_or(0)
-                        ),
-                    });
-                }
-            }
-        }
+        check_listed_files(&dir, &manifest)?;
         remove_orphans(&dir, &manifest, &mut report.removed_orphans)?;
 
         let segments: Vec<Arc<Segment>> = manifest
@@ -595,6 +570,31 @@ fn check_schema(batch: &RecordBatch) -> Result<()> {
                 .map(|f| f.name())
                 .collect::<Vec<_>>()
         )));
+    }
+    Ok(())
+}
+
+/// Every file the manifest lists must exist with the listed size; anything else is corruption
+/// (checksums are checked by `verify`, which reads everything).
+fn check_listed_files(dir: &Path, manifest: &Manifest) -> Result<()> {
+    for s in &manifest.segments {
+        for (rel, size) in [(&s.path, s.bytes), (&s.index_path, s.index_bytes)] {
+            let p = dir.join(rel);
+            let len = fs::metadata(&p)
+                .map(|m| m.len())
+                .map_err(|e| StorageError::Corruption {
+                    path: p.clone(),
+                    offset: 0,
+                    reason: format!("listed in the manifest but unreadable: {e}"),
+                })?;
+            if len != size {
+                return Err(StorageError::Corruption {
+                    path: p,
+                    offset: len.min(size),
+                    reason: format!("size {len} differs from the manifest's {size}"),
+                });
+            }
+        }
     }
     Ok(())
 }
