@@ -164,7 +164,9 @@ fn ingest_cmd(
 ) -> Result<ExitCode, CliError> {
     let inputs = ingest::expand_inputs(paths)?;
     let store = open_store(data, true)?;
-    let (mut accepted, mut duplicates, mut rejected, mut skipped_inputs) = (0u64, 0u64, 0u64, 0u64);
+    // Per format read: (accepted, rejected, duplicates).
+    let mut totals: std::collections::BTreeMap<&'static str, (u64, u64, u64)> = Default::default();
+    let mut skipped_inputs = 0u64;
     let mut failed = false;
     for input in &inputs {
         let fingerprint = match input.fingerprint() {
@@ -181,18 +183,24 @@ fn ingest_cmd(
             skipped_inputs += 1;
             continue;
         }
-        let mut sink = |batch| {
+        let mut appended: Vec<(&'static str, storage::AppendOutcome)> = Vec::new();
+        let mut sink = |fmt: Format, batch| {
             let out = store.append(batch).map_err(|e| e.to_string())?;
-            accepted += out.accepted as u64;
-            duplicates += out.duplicates as u64;
+            appended.push((fmt.name(), out));
             Ok(())
         };
-        let mut reject = |r: ingest::Rejection| {
-            rejected += 1;
-            eprintln!("{r}");
-        };
-        match ingest::read_input(input, format, batch_rows.max(1), &mut sink, &mut reject) {
-            Ok(_) => {
+        let mut reject = |r: ingest::Rejection| eprintln!("{r}");
+        let result = ingest::read_input(input, format, batch_rows.max(1), &mut sink, &mut reject);
+        for (name, out) in appended {
+            let t = totals.entry(name).or_default();
+            t.0 += out.accepted as u64;
+            t.2 += out.duplicates as u64;
+        }
+        match result {
+            Ok(summary) => {
+                for (name, counts) in summary {
+                    totals.entry(name).or_default().1 += counts.rejected;
+                }
                 if let Some(fp) = &fingerprint {
                     store.record_fingerprint(fp)?;
                 }
@@ -205,19 +213,15 @@ fn ingest_cmd(
         }
     }
     store.close()?;
-    // Native NDJSON is the only format this build reads, so `auto` found only native records.
-    let label = match format {
-        Format::Auto => Format::Native.name(),
-        f => f.name(),
-    };
-    let mut summary =
-        format!("{label}: accepted {accepted}, rejected {rejected}, duplicates {duplicates}");
-    if skipped_inputs > 0 {
-        summary.push_str(&format!(
-            " ({skipped_inputs} input(s) already ingested, skipped)"
-        ));
+    if totals.is_empty() {
+        totals.insert(format.name(), (0, 0, 0));
     }
-    eprintln!("{summary}");
+    for (name, (accepted, rejected, duplicates)) in &totals {
+        eprintln!("{name}: accepted {accepted}, rejected {rejected}, duplicates {duplicates}");
+    }
+    if skipped_inputs > 0 {
+        eprintln!("{skipped_inputs} input(s) already ingested, skipped");
+    }
     Ok(if failed {
         ExitCode::FAILURE
     } else {

@@ -107,7 +107,11 @@ fn reingest_adds_nothing_and_rejections_name_file_and_line() {
     let err = stderr(&o);
     assert!(err.contains(&format!("{}:2: ", input.display())), "{err}");
     assert!(
-        err.contains("accepted 2, rejected 1, duplicates 0"),
+        err.contains("native: accepted 2, rejected 0, duplicates 0"),
+        "{err}"
+    );
+    assert!(
+        err.contains("auto: accepted 0, rejected 1, duplicates 0"),
         "{err}"
     );
 
@@ -221,4 +225,51 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/samples");
+
+#[test]
+fn real_audit_logs_ingest_with_only_the_malformed_record_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    let audit = format!("{SAMPLES}/k8s-audit");
+    let o = ktrail(&data, &["ingest", &audit]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    let rejections: Vec<&str> = err.lines().filter(|l| l.contains(".json:")).collect();
+    assert_eq!(rejections.len(), 1, "{err}");
+    assert!(
+        rejections[0].contains("fal_01_003.json:1: unrecognised record"),
+        "{err}"
+    );
+    assert!(err.contains("k8s-audit: accepted "), "{err}");
+
+    let o = ktrail(
+        &data,
+        &[
+            "sql",
+            "--format",
+            "csv",
+            "SELECT k8s_user, verb, namespace, pod, request_uri FROM k8s_audit WHERE subresource = 'exec'",
+        ],
+    );
+    assert_eq!(
+        stdout(&o),
+        "k8s_user,verb,namespace,pod,request_uri\nminikube-user,create,default,nginx-deployment-7998647bdf-phvq7,/api/v1/namespaces/default/pods/nginx-deployment-7998647bdf-phvq7/exec?command=bash&container=nginx1&container=nginx1&stdin=true&stdout=true&tty=true\n"
+    );
+    // The same event again, posted as a webhook EventList would carry it: nothing is added.
+    let copy = dir.path().join("again.json");
+    let event = std::fs::read_to_string(format!("{audit}/exec_pod.json")).unwrap();
+    std::fs::write(
+        &copy,
+        format!("{{\"kind\":\"EventList\",\"items\":[{}]}}", event.trim()),
+    )
+    .unwrap();
+    let o = ktrail(&data, &["ingest", copy.to_str().unwrap()]);
+    assert!(
+        stderr(&o).contains("k8s-audit: accepted 0, rejected 0, duplicates 1"),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -79,7 +79,7 @@ async fn sqllogictests() {
         &input,
         ingest::Format::Native,
         100,
-        &mut |batch| store.append(batch).map(|_| ()).map_err(|e| e.to_string()),
+        &mut |_, batch| store.append(batch).map(|_| ()).map_err(|e| e.to_string()),
         &mut |r| panic!("quickstart rejected: {r}"),
     )
     .unwrap();

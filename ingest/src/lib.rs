@@ -2,11 +2,14 @@
 //!
 //! This crate knows formats, not storage: it turns inputs (files, directories, stdin, `.gz` /
 //! `.zst`) into record batches and per-record rejections (`PATH:LINE: reason`). Today it reads
-//! ktrail's native NDJSON (one `events`-shaped JSON object per line); the producers' formats
-//! (Kubernetes audit, Falco, Tetragon, Kubernetes objects) plug in behind [`Format`].
+//! ktrail's native NDJSON (one `events`-shaped JSON object per line), Kubernetes audit events
+//! and Falco alerts; Tetragon and Kubernetes objects plug in behind [`Format`] next.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
+
+mod falco;
+pub mod k8s_audit;
 use std::path::{Path, PathBuf};
 
 use model::{Event, EventBatchBuilder, RecordBatch};
@@ -167,117 +170,303 @@ fn walk(dir: &Path, out: &mut Vec<Input>) -> Result<(), IngestError> {
     Ok(())
 }
 
-/// Counts of one input (or of a whole run, summed).
+/// Counts of one format in one input (or of a whole run, summed).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
+    /// Records read (a webhook `EventList` is one record of many events).
     pub records: u64,
-    pub parsed: u64,
+    /// Events produced from the records that parsed.
+    pub events: u64,
     pub rejected: u64,
 }
 
-/// Reads `input` in `format`, handing batches of up to `batch_rows` events to `sink` and each
+/// Counts per format name (`native`, `k8s-audit`, `falco`, ...; unrecognised records count
+/// under the requested format).
+pub type Summary = std::collections::BTreeMap<&'static str, Counts>;
+
+/// Reads `input` in `format`, handing batches of up to `batch_rows` events of one format to `sink` and each
 /// bad record to `reject`. A read error ends the input (the batches before it were handed on).
+///
+/// Inputs are JSON lines; an input whose first line is not a complete JSON value (a
+/// pretty-printed document, a `kubectl get -o json` list) is read as a sequence of JSON
+/// documents instead, each rejection naming the line its document starts on.
 pub fn read_input(
     input: &Input,
     format: Format,
     batch_rows: usize,
-    sink: &mut dyn FnMut(RecordBatch) -> Result<(), String>,
+    sink: &mut dyn FnMut(Format, RecordBatch) -> Result<(), String>,
     reject: &mut dyn FnMut(Rejection),
-) -> Result<Counts, IngestError> {
-    match format {
-        Format::Auto | Format::Native => {}
-        other => return Err(IngestError::UnsupportedFormat(other.name().into())),
+) -> Result<Summary, IngestError> {
+    if matches!(format, Format::Tetragon | Format::K8sObjects) {
+        return Err(IngestError::UnsupportedFormat(format.name().into()));
     }
     let name = input.display();
+    let io = |e: io::Error| IngestError::Io {
+        path: name.clone(),
+        source: e,
+    };
     let mut reader = input.open()?;
-    let mut builder = EventBatchBuilder::with_capacity(batch_rows);
-    let mut counts = Counts::default();
+    let mut state = Batcher {
+        name: name.clone(),
+        format,
+        batch_rows,
+        builder: EventBatchBuilder::with_capacity(batch_rows),
+        events: Vec::new(),
+        summary: Summary::new(),
+        batch_format: format,
+        sink,
+        reject,
+    };
     let mut line_no = 0u64;
     let mut buf = Vec::with_capacity(4096);
-    let flush = |builder: &mut EventBatchBuilder,
-                 sink: &mut dyn FnMut(RecordBatch) -> Result<(), String>| {
-        if builder.is_empty() {
-            return Ok(());
-        }
-        sink(builder.finish()).map_err(|reason| IngestError::Io {
-            path: name.clone(),
-            source: io::Error::other(reason),
-        })
-    };
     loop {
         buf.clear();
         let n = (&mut reader)
             .take(MAX_LINE_BYTES as u64 + 1)
             .read_until(b'\n', &mut buf)
-            .map_err(|e| IngestError::Io {
-                path: name.clone(),
-                source: e,
-            })?;
+            .map_err(io)?;
         if n == 0 {
             break;
         }
         line_no += 1;
         if buf.len() > MAX_LINE_BYTES && buf.last() != Some(&b'\n') {
-            // Skip the rest of the oversized line without buffering it.
-            let mut skipped = 0usize;
-            loop {
-                let chunk = reader.fill_buf().map_err(|e| IngestError::Io {
-                    path: name.clone(),
-                    source: e,
-                })?;
-                if chunk.is_empty() {
-                    break;
-                }
-                match chunk.iter().position(|&b| b == b'\n') {
-                    Some(i) => {
-                        reader.consume(i + 1);
-                        skipped += i + 1;
-                        break;
-                    }
-                    None => {
-                        let l = chunk.len();
-                        reader.consume(l);
-                        skipped += l;
-                    }
-                }
-            }
-            counts.records += 1;
-            counts.rejected += 1;
-            reject(Rejection {
-                path: name.clone(),
-                line: line_no,
-                reason: format!(
+            let skipped = skip_line(&mut reader).map_err(io)?;
+            state.rejected(
+                format,
+                line_no,
+                format!(
                     "line longer than {MAX_LINE_BYTES} bytes ({} bytes)",
                     buf.len() + skipped
                 ),
-            });
+            );
             continue;
         }
         let line = trim(&buf);
         if line.is_empty() {
             continue;
         }
-        counts.records += 1;
-        match parse_native(line) {
-            Ok(ev) => {
-                builder.push(&ev);
-                counts.parsed += 1;
-                if builder.len() >= batch_rows {
-                    flush(&mut builder, sink)?;
+        if state.summary.is_empty() && is_incomplete_json(line) {
+            // A multi-line document: read the rest and split it into JSON values.
+            let mut doc = buf.clone();
+            (&mut reader)
+                .take(MAX_DOCUMENT_BYTES as u64)
+                .read_to_end(&mut doc)
+                .map_err(io)?;
+            read_documents(&doc, line_no, &mut state)?;
+            break;
+        }
+        state.record(line_no, line)?;
+    }
+    state.flush()?;
+    Ok(state.summary)
+}
+
+/// Turns records into batches for one input.
+struct Batcher<'a> {
+    name: String,
+    format: Format,
+    batch_rows: usize,
+    builder: EventBatchBuilder,
+    events: Vec<Event>,
+    summary: Summary,
+    /// Format of the rows in `builder` (a batch holds one format, so counts stay per format).
+    batch_format: Format,
+    sink: &'a mut dyn FnMut(Format, RecordBatch) -> Result<(), String>,
+    reject: &'a mut dyn FnMut(Rejection),
+}
+
+impl Batcher<'_> {
+    fn record(&mut self, line: u64, record: &[u8]) -> Result<(), IngestError> {
+        let (fmt, result) = parse_record(self.format, record, &mut self.events);
+        match result {
+            Ok(()) => {
+                if fmt != self.batch_format {
+                    self.flush()?;
+                    self.batch_format = fmt;
                 }
+                let c = self.summary.entry(fmt.name()).or_default();
+                c.records += 1;
+                c.events += self.events.len() as u64;
+                let events = std::mem::take(&mut self.events);
+                for ev in &events {
+                    self.builder.push(ev);
+                    if self.builder.len() >= self.batch_rows {
+                        self.flush()?;
+                    }
+                }
+                self.events = events;
+                self.events.clear();
             }
             Err(reason) => {
-                counts.rejected += 1;
-                reject(Rejection {
-                    path: name.clone(),
-                    line: line_no,
-                    reason,
-                });
+                self.events.clear();
+                self.rejected(fmt, line, reason);
+            }
+        }
+        Ok(())
+    }
+
+    fn rejected(&mut self, format: Format, line: u64, reason: String) {
+        let c = self.summary.entry(format.name()).or_default();
+        c.records += 1;
+        c.rejected += 1;
+        (self.reject)(Rejection {
+            path: self.name.clone(),
+            line,
+            reason,
+        });
+    }
+
+    fn flush(&mut self) -> Result<(), IngestError> {
+        if self.builder.is_empty() {
+            return Ok(());
+        }
+        (self.sink)(self.batch_format, self.builder.finish()).map_err(|reason| IngestError::Io {
+            path: self.name.clone(),
+            source: io::Error::other(reason),
+        })
+    }
+}
+
+/// Largest multi-line JSON input read as documents.
+pub const MAX_DOCUMENT_BYTES: usize = 1 << 30;
+
+fn is_incomplete_json(line: &[u8]) -> bool {
+    matches!(
+        serde_json::from_slice::<serde::de::IgnoredAny>(line),
+        Err(e) if e.is_eof()
+    )
+}
+
+/// Splits a buffer into consecutive JSON values, reporting each with the line it starts on
+/// (`first_line` is the buffer's first line). Stops at the first value that does not parse:
+/// after broken JSON there is no reliable place to resume.
+fn read_documents(
+    doc: &[u8],
+    first_line: u64,
+    batcher: &mut Batcher<'_>,
+) -> Result<(), IngestError> {
+    let mut stream = serde_json::Deserializer::from_slice(doc).into_iter::<serde::de::IgnoredAny>();
+    let mut start = 0usize;
+    let mut line = first_line;
+    loop {
+        // Skip whitespace to find where the next value starts (for its line number).
+        while start < doc.len() && doc[start].is_ascii_whitespace() {
+            if doc[start] == b'\n' {
+                line += 1;
+            }
+            start += 1;
+        }
+        match stream.next() {
+            None => return Ok(()),
+            Some(Ok(_)) => {
+                let end = stream.byte_offset();
+                batcher.record(line, &doc[start..end])?;
+                line += doc[start..end].iter().filter(|&&b| b == b'\n').count() as u64;
+                start = end;
+            }
+            // Broken JSON: reject it (the parse names the position) and stop this input.
+            Some(Err(_)) => return batcher.record(line, &doc[start..]),
+        }
+    }
+}
+
+/// Skips the rest of an oversized line without buffering it; returns the bytes skipped.
+fn skip_line(reader: &mut dyn BufRead) -> io::Result<usize> {
+    let mut skipped = 0usize;
+    loop {
+        let chunk = reader.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok(skipped);
+        }
+        match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                reader.consume(i + 1);
+                return Ok(skipped + i + 1);
+            }
+            None => {
+                let l = chunk.len();
+                reader.consume(l);
+                skipped += l;
             }
         }
     }
-    flush(&mut builder, sink)?;
-    Ok(counts)
+}
+
+/// Parses one record in `format` (recognising it under `Auto`) into `out`; returns the format
+/// it was read as.
+fn parse_record(
+    format: Format,
+    record: &[u8],
+    out: &mut Vec<Event>,
+) -> (Format, Result<(), String>) {
+    let format = match format {
+        Format::Auto => match detect(record) {
+            Some(f) => f,
+            None => {
+                return (Format::Auto, Err(unrecognised(record)));
+            }
+        },
+        f => f,
+    };
+    if std::str::from_utf8(record).is_err() {
+        return (format, Err("invalid UTF-8".into()));
+    }
+    let result = match format {
+        Format::Native => Event::from_native_json(record)
+            .map(|ev| out.push(ev))
+            .map_err(|e| e.to_string()),
+        Format::K8sAudit => k8s_audit::parse(record, out),
+        Format::Falco => falco::parse(record, out),
+        Format::Tetragon | Format::K8sObjects => Err(format!(
+            "{} records are not supported by this build yet",
+            format.name()
+        )),
+        Format::Auto => unreachable!("resolved above"),
+    };
+    (format, result)
+}
+
+fn unrecognised(record: &[u8]) -> String {
+    match serde_json::from_slice::<serde::de::IgnoredAny>(record) {
+        Err(e) => format!("invalid JSON: {e}"),
+        Ok(_) => "unrecognised record: not a Kubernetes audit event, Falco alert, Tetragon event, Kubernetes object list or native ktrail event".into(),
+    }
+}
+
+/// Recognises a record's producer by its top-level keys (cheap byte search; nested JSON in a
+/// string value is escaped, so its keys do not match).
+fn detect(record: &[u8]) -> Option<Format> {
+    let has = |key: &str| memchr::memmem::find(record, key.as_bytes()).is_some();
+    if has("\"ts\":") && has("\"source\":") {
+        Some(Format::Native)
+    } else if has("\"auditID\":") || has("\"kind\":\"EventList\"") {
+        Some(Format::K8sAudit)
+    } else if has("\"output_fields\":")
+        || (has("\"rule\":") && has("\"priority\":") && has("\"time\":"))
+    {
+        Some(Format::Falco)
+    } else if [
+        "process_exec",
+        "process_exit",
+        "process_kprobe",
+        "process_tracepoint",
+        "process_connect",
+        "process_close",
+        "process_listen",
+    ]
+    .iter()
+    .any(|k| {
+        record
+            .trim_ascii_start()
+            .starts_with(format!("{{\"{k}\":").as_bytes())
+    }) || has("\"node_name\":") && has("\"process\":")
+    {
+        Some(Format::Tetragon)
+    } else if has("\"kind\":\"List\"") || has("\"kind\":\"PodList\"") || has("\"kind\":\"Pod\"") {
+        Some(Format::K8sObjects)
+    } else {
+        None
+    }
 }
 
 fn trim(b: &[u8]) -> &[u8] {
@@ -292,36 +481,38 @@ fn trim(b: &[u8]) -> &[u8] {
     &b[start..end]
 }
 
-fn parse_native(line: &[u8]) -> Result<Event, String> {
-    if std::str::from_utf8(line).is_err() {
-        return Err("invalid UTF-8".into());
-    }
-    Event::from_native_json(line).map_err(|e| e.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::path::Path;
 
-    fn read(content: &[u8], name: &str) -> (Vec<RecordBatch>, Vec<Rejection>, Counts) {
+    fn read(content: &[u8], name: &str) -> (Vec<RecordBatch>, Vec<Rejection>, Summary) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(name);
         std::fs::write(&path, content).unwrap();
+        read_path(&path, Format::Auto)
+    }
+
+    fn read_path(path: &Path, format: Format) -> (Vec<RecordBatch>, Vec<Rejection>, Summary) {
         let mut batches = Vec::new();
         let mut rejections = Vec::new();
-        let counts = read_input(
-            &Input::File(path),
-            Format::Auto,
+        let summary = read_input(
+            &Input::File(path.to_path_buf()),
+            format,
             2,
-            &mut |b| {
+            &mut |_, b| {
                 batches.push(b);
                 Ok(())
             },
             &mut |r| rejections.push(r),
         )
         .unwrap();
-        (batches, rejections, counts)
+        (batches, rejections, summary)
+    }
+
+    fn rows(batches: &[RecordBatch]) -> usize {
+        batches.iter().map(|b| b.num_rows()).sum()
     }
 
     #[test]
@@ -335,25 +526,173 @@ mod tests {
             .unwrap();
         }
         content.extend_from_slice(b"{broken\n\n{\"kind\": 0}\n\xff\xfe\n");
-        let (batches, rejections, counts) = read(&content, "events.ndjson");
-        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 5);
+        let (batches, rejections, summary) = read(&content, "events.ndjson");
+        assert_eq!(rows(&batches), 5);
         assert_eq!(batches.len(), 3, "batches of at most 2 rows");
         assert_eq!(
-            counts,
+            summary["native"],
             Counts {
-                records: 8,
-                parsed: 5,
-                rejected: 3
+                records: 5,
+                events: 5,
+                rejected: 0
             }
         );
+        assert_eq!(summary["auto"].rejected, 3);
         let lines: Vec<u64> = rejections.iter().map(|r| r.line).collect();
         assert_eq!(lines, vec![6, 8, 9]);
         assert!(
-            rejections[0].to_string().contains("events.ndjson:6: "),
+            rejections[0]
+                .to_string()
+                .contains("events.ndjson:6: invalid JSON"),
             "{}",
             rejections[0]
         );
-        assert!(rejections[2].reason.contains("UTF-8"));
+        assert!(
+            rejections[1].reason.contains("unrecognised record"),
+            "{}",
+            rejections[1]
+        );
+    }
+
+    const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/samples");
+
+    #[test]
+    fn every_audit_sample_ingests_and_the_malformed_one_is_refused() {
+        let dir = Path::new(SAMPLES).join("k8s-audit");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect();
+        files.extend(
+            std::fs::read_dir(dir.join("psp-traces"))
+                .unwrap()
+                .map(|e| e.unwrap().path()),
+        );
+        assert!(files.len() >= 70, "{} sample files", files.len());
+        let mut events = 0;
+        for f in &files {
+            let (batches, rejections, summary) = read_path(f, Format::Auto);
+            if f.ends_with("fal_01_003.json") {
+                assert_eq!(rejections.len(), 1);
+                assert!(
+                    rejections[0].reason.contains("unrecognised record"),
+                    "{}",
+                    rejections[0]
+                );
+                let (_, rejections, _) = read_path(f, Format::K8sAudit);
+                assert_eq!(
+                    rejections[0].reason,
+                    "`kind` is 0, expected \"Event\" or \"EventList\""
+                );
+                continue;
+            }
+            assert!(rejections.is_empty(), "{}: {rejections:?}", f.display());
+            assert_eq!(summary["k8s-audit"].rejected, 0);
+            events += rows(&batches);
+        }
+        assert!(events >= 70);
+    }
+
+    #[test]
+    fn audit_exec_lands_in_its_columns() {
+        let path = Path::new(SAMPLES).join("k8s-audit/exec_pod.json");
+        let (batches, _, _) = read_path(&path, Format::Auto);
+        let b = &batches[0];
+        let col = |c: &str| datafusion_display(b, c);
+        assert_eq!(col("kind"), "k8s_audit");
+        assert_eq!(col("k8s_user"), "minikube-user");
+        assert_eq!(col("k8s_groups"), "[system:masters, system:authenticated]");
+        assert_eq!(col("source_ip"), "192.168.99.1");
+        assert_eq!(col("verb"), "create");
+        assert_eq!(col("resource"), "pods");
+        assert_eq!(col("subresource"), "exec");
+        assert_eq!(col("namespace"), "default");
+        assert_eq!(col("pod"), "nginx-deployment-7998647bdf-phvq7");
+        assert_eq!(col("response_code"), "101");
+        assert_eq!(col("stage"), "ResponseStarted");
+        assert_eq!(col("ts"), "2018-10-26T13:38:34.867116Z");
+        let uri = col("request_uri");
+        assert_eq!(k8s_audit::query_values(&uri, "command"), vec!["bash"]);
+        assert_eq!(
+            k8s_audit::query_values(&uri, "container"),
+            vec!["nginx1", "nginx1"]
+        );
+    }
+
+    fn datafusion_display(b: &RecordBatch, column: &str) -> String {
+        model::arrow::util::display::array_value_to_string(b.column_by_name(column).unwrap(), 0)
+            .unwrap()
+    }
+
+    #[test]
+    fn webhook_event_lists_and_log_lines_are_the_same_events() {
+        let line = std::fs::read(Path::new(SAMPLES).join("k8s-audit/exec_pod.json")).unwrap();
+        let item = std::str::from_utf8(&line).unwrap().trim();
+        let list = format!(
+            "{{\"kind\":\"EventList\",\"apiVersion\":\"audit.k8s.io/v1\",\"items\":[{item},{item}]}}"
+        );
+        let (from_list, rejections, summary) = read(list.as_bytes(), "list.json");
+        assert!(rejections.is_empty());
+        assert_eq!(
+            summary["k8s-audit"],
+            Counts {
+                records: 1,
+                events: 2,
+                rejected: 0
+            }
+        );
+        let (from_line, _, _) = read(&line, "line.json");
+        assert_eq!(
+            datafusion_display(&from_list[0], "event_id"),
+            datafusion_display(&from_line[0], "event_id")
+        );
+    }
+
+    #[test]
+    fn falco_alerts_map_output_fields_and_keep_nanoseconds() {
+        let alert = r#"{"hostname":"node-1","output":"10:00:00.123456789: Notice Unexpected connection (command=curl -s http://198.51.100.23 container_id=3ad7b26ded6d)","priority":"Notice","rule":"Unexpected outbound connection destination","source":"syscall","tags":["network","mitre_exfiltration"],"time":"2026-11-26T10:00:00.123456789Z","output_fields":{"container.id":"3ad7b26ded6d","container.image.repository":"docker.io/library/alpine","container.image.tag":"3.20","evt.time":1795687200123456789,"fd.sip":"198.51.100.23","fd.sport":80,"fd.cip":"10.244.1.33","fd.cport":41822,"fd.l4proto":"tcp","k8s.ns.name":"billing","k8s.pod.name":"invoice-api-7d9f-abc12","proc.cmdline":"curl -s http://198.51.100.23","proc.exepath":"/usr/bin/curl","proc.pid":4250,"user.uid":0}}"#;
+        let old = r#"{"output":"old","priority":"Warning","rule":"Terminal shell in container","time":"2019-01-01T00:00:00.000000001Z","output_fields":{"proc.cmdline":"bash","container.id":"host"}}"#;
+        let (batches, rejections, summary) =
+            read(format!("{alert}\n{old}\n").as_bytes(), "falco.jsonl");
+        assert!(rejections.is_empty(), "{rejections:?}");
+        assert_eq!(summary["falco"].events, 2);
+        let b = &batches[0];
+        assert_eq!(
+            datafusion_display(b, "ts"),
+            "2026-11-26T10:00:00.123456789Z"
+        );
+        assert_eq!(datafusion_display(b, "exe"), "/usr/bin/curl");
+        assert_eq!(datafusion_display(b, "binary_name"), "curl");
+        assert_eq!(datafusion_display(b, "args"), "-s http://198.51.100.23");
+        assert_eq!(datafusion_display(b, "dst_ip"), "198.51.100.23");
+        assert_eq!(datafusion_display(b, "dst_port"), "80");
+        assert_eq!(
+            datafusion_display(b, "image"),
+            "docker.io/library/alpine:3.20"
+        );
+        assert_eq!(datafusion_display(b, "namespace"), "billing");
+        assert_eq!(
+            datafusion_display(b, "tags"),
+            "[network, mitre_exfiltration]"
+        );
+        assert_eq!(datafusion_display(&batches[0], "node"), "node-1");
+        assert_eq!(datafusion_display(&batches[0], "uid"), "0");
+        assert_eq!(
+            datafusion_display(&batches[0], "rule"),
+            "Unexpected outbound connection destination"
+        );
+        // Old envelope: no hostname/source/tags; a host event has no container id.
+        assert_eq!(datafusion_display(&batches[0], "kind"), "falco_alert");
+    }
+
+    #[test]
+    fn pretty_printed_documents_are_read_whole() {
+        let doc = "{\n  \"ts\": 1,\n  \"kind\": \"other\",\n  \"source\": \"x\"\n}\n{\n  \"ts\": 2,\n  \"kind\": \"other\",\n  \"source\": \"x\"\n}\n{\n  \"ts\": 3,\n";
+        let (batches, rejections, _) = read(doc.as_bytes(), "doc.json");
+        assert_eq!(rows(&batches), 2);
+        assert_eq!(rejections.len(), 1);
+        assert_eq!(rejections[0].line, 11);
     }
 
     #[test]

@@ -14,6 +14,8 @@ use datafusion::arrow::compute::kernels::cast_utils::string_to_timestamp_nanos;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde::{Deserialize, Deserializer};
 
+/// DataFusion's arrow, for crates that need arrow but not DataFusion (one arrow in the build).
+pub use datafusion::arrow;
 /// The batch type of events (DataFusion's arrow), for crates that only build events.
 pub use datafusion::arrow::array::RecordBatch;
 
