@@ -273,3 +273,31 @@ fn real_audit_logs_ingest_with_only_the_malformed_record_refused() {
         stderr(&o)
     );
 }
+
+#[test]
+fn tetragon_exports_are_answered_by_sql() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    let lines = format!("{SAMPLES}/tetragon/testdata_events.jsonl");
+    let doc = format!("{SAMPLES}/tetragon/docs_filename-access_process_kprobe.json");
+    let o = ktrail(&data, &["ingest", "--format", "tetragon", &lines, &doc]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("tetragon: accepted 4, rejected 0, duplicates 0"),
+        "{}",
+        stderr(&o)
+    );
+    let o = ktrail(
+        &data,
+        &[
+            "sql",
+            "--format",
+            "csv",
+            "SELECT kind, pod, binary_name FROM events ORDER BY ts",
+        ],
+    );
+    assert_eq!(
+        stdout(&o),
+        "kind,pod,binary_name\nprocess_exec,tiefighter,netserver\nprocess_exec,deathstar-6f87496b94-qdlh8,starwars-docker\nprocess_exec,deathstar-6f87496b94-gjf74,starwars-docker\nfile_access,file-access,vi\n"
+    );
+}

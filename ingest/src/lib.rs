@@ -2,14 +2,16 @@
 //!
 //! This crate knows formats, not storage: it turns inputs (files, directories, stdin, `.gz` /
 //! `.zst`) into record batches and per-record rejections (`PATH:LINE: reason`). Today it reads
-//! ktrail's native NDJSON (one `events`-shaped JSON object per line), Kubernetes audit events
-//! and Falco alerts; Tetragon and Kubernetes objects plug in behind [`Format`] next.
+//! ktrail's native NDJSON (one `events`-shaped JSON object per line), Kubernetes audit events,
+//! Falco alerts and Tetragon's JSON export; Kubernetes object inventories plug in behind
+//! [`Format`] next.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 
 mod falco;
 pub mod k8s_audit;
+pub mod tetragon;
 use std::path::{Path, PathBuf};
 
 use model::{Event, EventBatchBuilder, RecordBatch};
@@ -197,7 +199,7 @@ pub fn read_input(
     sink: &mut dyn FnMut(Format, RecordBatch) -> Result<(), String>,
     reject: &mut dyn FnMut(Rejection),
 ) -> Result<Summary, IngestError> {
-    if matches!(format, Format::Tetragon | Format::K8sObjects) {
+    if format == Format::K8sObjects {
         return Err(IngestError::UnsupportedFormat(format.name().into()));
     }
     let name = input.display();
@@ -417,7 +419,8 @@ fn parse_record(
             .map_err(|e| e.to_string()),
         Format::K8sAudit => k8s_audit::parse(record, out),
         Format::Falco => falco::parse(record, out),
-        Format::Tetragon | Format::K8sObjects => Err(format!(
+        Format::Tetragon => tetragon::parse(record, out),
+        Format::K8sObjects => Err(format!(
             "{} records are not supported by this build yet",
             format.name()
         )),
@@ -684,6 +687,103 @@ mod tests {
         );
         // Old envelope: no hostname/source/tags; a host event has no container id.
         assert_eq!(datafusion_display(&batches[0], "kind"), "falco_alert");
+    }
+
+    #[test]
+    fn tetragon_samples_ingest_with_lineage_and_pod_identity() {
+        let (batches, rejections, summary) = read_path(
+            &Path::new(SAMPLES).join("tetragon/testdata_events.jsonl"),
+            Format::Auto,
+        );
+        assert!(rejections.is_empty(), "{rejections:?}");
+        assert_eq!(summary["tetragon"].events, 3);
+        let b = &batches[0];
+        assert_eq!(datafusion_display(b, "kind"), "process_exec");
+        assert_eq!(datafusion_display(b, "exe"), "/usr/bin/netserver");
+        assert_eq!(datafusion_display(b, "args"), "-D");
+        assert_eq!(datafusion_display(b, "namespace"), "default");
+        assert_eq!(datafusion_display(b, "pod"), "tiefighter");
+        assert_eq!(
+            datafusion_display(b, "container_id"),
+            "19a02291e106ce6227b684197be232ea57c4e1a5ab2604a12608c325d701c7f4"
+        );
+        assert_eq!(
+            datafusion_display(b, "parent_exe"),
+            "/usr/bin/containerd-shim-runc-v2"
+        );
+        // This line has no top-level `time`: the process start time stands in.
+        assert_eq!(
+            datafusion_display(b, "ts"),
+            "2022-10-18T03:16:18.273546829Z"
+        );
+        assert!(!datafusion_display(b, "exec_id").is_empty());
+        assert!(!datafusion_display(b, "parent_exec_id").is_empty());
+
+        // The docs' kprobe sample is a pretty-printed document.
+        let (batches, rejections, _) = read_path(
+            &Path::new(SAMPLES).join("tetragon/docs_filename-access_process_kprobe.json"),
+            Format::Auto,
+        );
+        assert!(rejections.is_empty(), "{rejections:?}");
+        assert_eq!(datafusion_display(&batches[0], "kind"), "file_access");
+        assert_eq!(datafusion_display(&batches[0], "exe"), "/bin/vi");
+        assert_eq!(
+            datafusion_display(&batches[0], "workload_name"),
+            "file-access"
+        );
+    }
+
+    #[test]
+    fn tetragon_network_kprobes_and_unknown_events() {
+        let lines = [
+            r#"{"process_kprobe":{"process":{"exec_id":"a","pid":7,"binary":"/usr/bin/curl","pod":{"namespace":"billing","name":"api","container":{"id":"containerd://c1"}}},"parent":{"exec_id":"p","pid":6,"binary":"/bin/sh"},"function_name":"tcp_connect","args":[{"sock_arg":{"family":"AF_INET","type":"SOCK_STREAM","protocol":"IPPROTO_TCP","saddr":"10.244.1.33","daddr":"198.51.100.23","sport":41822,"dport":80}}],"action":"KPROBE_ACTION_POST"},"node_name":"node-a","time":"2026-11-26T10:00:00.000000001Z"}"#,
+            r#"{"process_kprobe":{"process":{"exec_id":"b","pid":9,"binary":"/usr/sbin/nginx"},"function_name":"inet_csk_accept","args":[{"sock_arg":{"protocol":"IPPROTO_TCP","saddr":"10.244.1.5","daddr":"10.244.2.9","sport":80,"dport":51000}}]},"node_name":"node-a","time":"2026-11-26T10:00:01Z"}"#,
+            r#"{"process_connect":{"process":{"exec_id":"c","binary":"/bin/nc"},"source_ip":"10.0.0.1","source_port":1234,"destination_ip":"10.0.0.2","destination_port":443},"node_name":"n","time":"2026-11-26T10:00:02Z"}"#,
+            r#"{"process_loader":{"process":{"exec_id":"d"}},"node_name":"n","time":"2026-11-26T10:00:03Z"}"#,
+        ];
+        let (batches, rejections, _) = read(lines.join("\n").as_bytes(), "tetragon.jsonl");
+        assert!(rejections.is_empty(), "{rejections:?}");
+        let all = model::arrow::compute::concat_batches(&model::events_schema(), &batches).unwrap();
+        let col = |c: &str, row: usize| {
+            model::arrow::util::display::array_value_to_string(all.column_by_name(c).unwrap(), row)
+                .unwrap()
+        };
+        assert_eq!(
+            (col("kind", 0), col("dst_ip", 0), col("dst_port", 0)),
+            (
+                "network_connect".into(),
+                "198.51.100.23".into(),
+                "80".into()
+            )
+        );
+        assert_eq!(
+            (
+                col("protocol", 0),
+                col("container_id", 0),
+                col("parent_exe", 0)
+            ),
+            ("TCP".into(), "c1".into(), "/bin/sh".into())
+        );
+        assert_eq!(
+            (
+                col("kind", 1),
+                col("src_ip", 1),
+                col("dst_ip", 1),
+                col("dst_port", 1)
+            ),
+            (
+                "network_accept".into(),
+                "10.244.2.9".into(),
+                "10.244.1.5".into(),
+                "80".into()
+            )
+        );
+        assert_eq!(
+            (col("kind", 2), col("dst_ip", 2)),
+            ("network_connect".into(), "10.0.0.2".into())
+        );
+        assert_eq!(col("kind", 3), "other");
+        assert!(col("raw", 3).contains("process_loader"));
     }
 
     #[test]
