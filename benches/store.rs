@@ -170,35 +170,57 @@ mod ktrail_storage_bench {
     }
 }
 
+fn open_wal(dir: &std::path::Path) -> wal::Wal<()> {
+    let sink: wal::DurableSink<()> = Arc::new(|_, ()| {});
+    let (log, _) = wal::Wal::open(dir, 0, wal::WalOptions::default(), sink, |_, _| Ok(())).unwrap();
+    log
+}
+
 fn wal_append(c: &mut Criterion) {
-    // The durable path of `Store::append` minus deduplication: encode the batch (Arrow IPC +
-    // zstd), frame it, write, fdatasync. One appender, so every batch pays a whole sync.
+    // The durable path of `Store::append` minus deduplication: encode the batch (Arrow IPC,
+    // zstd at the given level, 0 = none), frame it, write, fdatasync. One appender: every batch
+    // pays a whole sync.
     let mut group = c.benchmark_group("wal_append");
     group
         .measurement_time(Duration::from_secs(10))
         .sample_size(20);
     let mut g = Generator::new(1, 2_000);
-    for rows in [1_024usize, 8_192, 65_536] {
+    for (rows, level) in [
+        (1_024usize, 1),
+        (8_192, 1),
+        (65_536, 1),
+        (8_192, 0),
+        (8_192, -3),
+    ] {
         let batch = batch_of(&events(&mut g, 0, rows));
         group.throughput(Throughput::Elements(rows as u64));
-        group.bench_with_input(
-            BenchmarkId::new("durable_batch", rows),
-            &batch,
-            |b, batch| {
-                let dir = tempfile::tempdir().unwrap();
-                let sink: wal::DurableSink<()> = Arc::new(|_, ()| {});
-                let (log, _) =
-                    wal::Wal::open(dir.path(), 0, wal::WalOptions::default(), sink, |_, _| {
-                        Ok(())
-                    })
-                    .unwrap();
-                b.iter(|| {
-                    let payload = wal::encode_batch(batch, 1).unwrap();
-                    black_box(log.append(payload, ()).unwrap());
-                });
-            },
-        );
+        let id = BenchmarkId::new(format!("durable_batch_zstd{level}"), rows);
+        group.bench_with_input(id, &batch, |b, batch| {
+            let dir = tempfile::tempdir().unwrap();
+            let log = open_wal(dir.path());
+            b.iter(|| {
+                let payload = wal::encode_batch(batch, level).unwrap();
+                black_box(log.append(payload, ()).unwrap());
+            });
+        });
     }
+    // Group commit: 8 appenders at once share fdatasyncs.
+    let batch = batch_of(&events(&mut g, 0, 1_024));
+    group.throughput(Throughput::Elements(8 * 1_024));
+    group.bench_function("group_commit_8_writers_x_1024", |b| {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open_wal(dir.path());
+        b.iter(|| {
+            std::thread::scope(|s| {
+                for _ in 0..8 {
+                    s.spawn(|| {
+                        let payload = wal::encode_batch(&batch, 1).unwrap();
+                        log.append(payload, ()).unwrap();
+                    });
+                }
+            });
+        });
+    });
     group.finish();
 }
 
@@ -248,14 +270,23 @@ fn pod_lookup(c: &mut Criterion) {
     let mut g = Generator::new(3, 5_000);
     let chunk = 100_000;
     let mut start = 0;
+    let mut appending = Duration::ZERO;
     while start < n {
         let k = chunk.min(n - start);
-        store
-            .append(batch_of(&events(&mut g, start as i64, k)))
-            .unwrap();
+        let batch = batch_of(&events(&mut g, start as i64, k));
+        let t = std::time::Instant::now();
+        store.append(batch).unwrap();
+        appending += t.elapsed();
         start += k;
     }
+    let t = std::time::Instant::now();
     store.flush().unwrap();
+    appending += t.elapsed();
+    eprintln!(
+        "durable ingest of {n} built events (dedup + WAL + flushes into segments): {:.2} s, {:.0} events/s",
+        appending.as_secs_f64(),
+        n as f64 / appending.as_secs_f64()
+    );
     report_bytes(&store, n);
     // A pod of middling activity.
     let target = g.pods[g.pods.len() / 50].1.clone();
@@ -292,12 +323,14 @@ fn pod_lookup(c: &mut Criterion) {
 fn report_bytes(store: &Store, n: usize) {
     let snap = store.snapshot();
     let (mut total, mut raw, mut event_id) = (0u64, 0u64, 0u64);
+    let mut per_column: std::collections::BTreeMap<String, u64> = Default::default();
     for s in &snap.segments {
         total += s.meta.bytes;
         let reader = SerializedFileReader::new(std::fs::File::open(&s.path).unwrap()).unwrap();
         for rg in reader.metadata().row_groups() {
             for col in rg.columns() {
                 let size = col.compressed_size() as u64;
+                *per_column.entry(col.column_path().string()).or_default() += size;
                 match col.column_path().string().as_str() {
                     "raw" => raw += size,
                     "event_id" => event_id += size,
@@ -316,6 +349,14 @@ fn report_bytes(store: &Store, n: usize) {
         per(raw),
         per(snap.segments.iter().map(|s| s.meta.index_bytes).sum()),
     );
+    let mut columns: Vec<(String, u64)> = per_column.into_iter().collect();
+    columns.sort_by_key(|(_, b)| std::cmp::Reverse(*b));
+    let top: Vec<String> = columns
+        .iter()
+        .take(12)
+        .map(|(c, b)| format!("{c} {:.2}", per(*b)))
+        .collect();
+    eprintln!("bytes/event by column: {}", top.join(", "));
 }
 
 criterion_group!(benches, wal_append, segment_write, pod_lookup);
