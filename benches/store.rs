@@ -308,6 +308,18 @@ fn pod_lookup(c: &mut Criterion) {
             .map(|b| b.num_rows())
             .sum();
         eprintln!("pod_lookup/{name}: {rows} rows for pod {target} over {n} events");
+        if std::env::var_os("KTRAIL_BENCH_EXPLAIN").is_some() {
+            let explain = rt.block_on(async {
+                // Warm once, then show where the time of a warm run goes.
+                ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+                let plan = ctx.sql(&format!("EXPLAIN ANALYZE {sql}")).await.unwrap();
+                plan.collect().await.unwrap()
+            });
+            eprintln!(
+                "{}",
+                datafusion::arrow::util::pretty::pretty_format_batches(&explain).unwrap()
+            );
+        }
         group.bench_function(BenchmarkId::new(name, n), |b| {
             b.iter(|| {
                 rt.block_on(async {
