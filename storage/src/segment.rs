@@ -9,10 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use datafusion::arrow::compute::{
-    SortColumn, SortOptions, concat_batches, lexsort_to_indices, take_record_batch,
-};
+use datafusion::arrow::compute::{SortOptions, concat_batches, take_record_batch};
 use datafusion::arrow::datatypes::TimestampNanosecondType;
+use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::basic::{Compression, Encoding, ZstdLevel};
@@ -72,17 +71,34 @@ pub fn partition_dir(hour: i64) -> String {
 pub fn sort_rows(batches: &[RecordBatch]) -> Result<RecordBatch> {
     let schema = model::events_schema();
     let batch = concat_batches(&schema, batches)?;
-    let columns: Vec<SortColumn> = SORT_COLUMNS
+    // Arrow's row format turns the four-column comparison into one memcmp per pair: several
+    // times faster than a lexicographic sort over string columns.
+    let fields = SORT_COLUMNS
         .iter()
-        .map(|c| SortColumn {
-            values: batch.column_by_name(c).expect("sort column").clone(),
-            options: Some(SortOptions {
-                descending: false,
-                nulls_first: true,
-            }),
+        .map(|c| {
+            let f = schema.field_with_name(c).expect("sort column");
+            SortField::new_with_options(
+                f.data_type().clone(),
+                SortOptions {
+                    descending: false,
+                    nulls_first: true,
+                },
+            )
         })
         .collect();
-    let indices = lexsort_to_indices(&columns, None)?;
+    let converter = RowConverter::new(fields)?;
+    let columns: Vec<_> = SORT_COLUMNS
+        .iter()
+        .map(|c| batch.column_by_name(c).expect("sort column").clone())
+        .collect();
+    let rows = converter.convert_columns(&columns)?;
+    let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
+    order.sort_unstable_by(|&a, &b| {
+        rows.row(a as usize)
+            .cmp(&rows.row(b as usize))
+            .then(a.cmp(&b))
+    });
+    let indices = datafusion::arrow::array::UInt32Array::from(order);
     Ok(take_record_batch(&batch, &indices)?)
 }
 

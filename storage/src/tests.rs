@@ -239,3 +239,47 @@ fn damaged_segment_bytes_fail_verification() {
     let err = store.verify().unwrap_err();
     assert!(err.to_string().contains("SHA-256"), "{err}");
 }
+
+#[test]
+fn segments_are_sorted_by_namespace_pod_container_ts_nulls_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), opts()).unwrap();
+    let mut events: Vec<Event> = (0..500)
+        .map(|i| {
+            event(
+                i * 7 % 500,
+                ["b", "a", "c"][(i % 3) as usize],
+                ["p2", "p1"][(i % 2) as usize],
+            )
+        })
+        .collect();
+    for e in events.iter_mut().step_by(11) {
+        e.pod = None;
+    }
+    store.append(batch_of(&events)).unwrap();
+    store.flush().unwrap();
+    let batches = store.snapshot().segments[0].read_all(None).unwrap();
+    let all =
+        datafusion::arrow::compute::concat_batches(&model::events_schema(), &batches).unwrap();
+    let text = |c: &str, i: usize| {
+        let a = all.column_by_name(c).unwrap().as_string::<i32>();
+        a.is_valid(i).then(|| a.value(i).to_string())
+    };
+    let ts = all.column(0).as_primitive::<TimestampNanosecondType>();
+    let key = |i: usize| {
+        (
+            text("namespace", i),
+            text("pod", i),
+            text("container_id", i),
+            ts.value(i),
+        )
+    };
+    for i in 1..all.num_rows() {
+        assert!(
+            key(i - 1) <= key(i),
+            "row {i}: {:?} > {:?}",
+            key(i - 1),
+            key(i)
+        );
+    }
+}
