@@ -30,6 +30,8 @@ use crate::manifest::SegmentMeta;
 pub const SORT_COLUMNS: &[&str] = &["namespace", "pod", "container_id", "ts"];
 /// Equality columns with many distinct values get Parquet bloom filters.
 pub const BLOOM_COLUMNS: &[&str] = &["dst_ip", "container_id", "exec_id", "audit_id"];
+/// Rows per data page (best effort).
+const PAGE_ROWS: usize = 8 * 1024;
 /// Above this many distinct pods a segment's summary does not list them.
 const MAX_LISTED_PODS: usize = 4096;
 const NANOS_PER_HOUR: i64 = 3_600_000_000_000;
@@ -228,6 +230,9 @@ fn writer_properties(options: &SegmentOptions) -> WriterProperties {
         ))
         .set_max_row_group_row_count(Some(options.row_group_rows))
         .set_statistics_enabled(EnabledStatistics::Page)
+        // Small pages: a row selection of one pod decodes a few thousand rows per column, not
+        // a whole 1 MiB page.
+        .set_data_page_row_count_limit(PAGE_ROWS)
         .set_sorting_columns(Some(sorting))
         .set_key_value_metadata(Some(vec![KeyValue::new(
             "ktrail.schema_version".to_string(),
