@@ -287,6 +287,13 @@ fn pod_lookup(c: &mut Criterion) {
         appending.as_secs_f64(),
         n as f64 / appending.as_secs_f64()
     );
+    // What the background thread does after flushes: merge each hour's segments.
+    let t = std::time::Instant::now();
+    let merged = store.compact().unwrap();
+    eprintln!(
+        "compaction merged {merged} segments in {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
     report_bytes(&store, n);
     // A pod of middling activity.
     let target = g.pods[g.pods.len() / 50].1.clone();
