@@ -141,7 +141,9 @@ impl TableProvider for EventsTable {
             let mut source = ParquetSource::new(schema.clone())
                 .with_parquet_file_reader_factory(Arc::new(reader))
                 .with_enable_page_index(true)
-                .with_bloom_filter_on_read(true);
+                // Bloom filters only exist on a few columns; reading them for any other
+                // predicate costs time and proves nothing.
+                .with_bloom_filter_on_read(uses_bloom_columns(predicate.as_ref()));
             if let Some(p) = &predicate {
                 source = source.with_predicate(p.clone());
             }
@@ -166,6 +168,15 @@ impl TableProvider for EventsTable {
         let union = UnionExec::try_new(inputs)?;
         Ok(Arc::new(ScanExec::new(union, stats, snapshot)))
     }
+}
+
+/// True when the predicate references a column the segments carry bloom filters for.
+fn uses_bloom_columns(predicate: Option<&Arc<dyn PhysicalExpr>>) -> bool {
+    predicate.is_some_and(|p| {
+        datafusion::physical_expr::utils::collect_columns(p)
+            .iter()
+            .any(|c| storage::segment::BLOOM_COLUMNS.contains(&c.name()))
+    })
 }
 
 /// Splits files over partitions round-robin, keeping each file whole.
