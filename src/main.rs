@@ -42,6 +42,10 @@ enum Command {
         /// Events per batch written to the store.
         #[arg(long, default_value_t = 8192)]
         batch_rows: usize,
+        /// Where rejected records are kept, one JSON object per line (path, line, reason,
+        /// record); default `DATA/dead-letter.jsonl`.
+        #[arg(long)]
+        dead_letter: Option<PathBuf>,
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
@@ -111,8 +115,12 @@ fn main() -> ExitCode {
         Command::Ingest {
             format,
             batch_rows,
+            dead_letter,
             paths,
-        } => ingest_cmd(&cli.data, format.into(), batch_rows, &paths),
+        } => {
+            let dead_letter = dead_letter.unwrap_or_else(|| cli.data.join("dead-letter.jsonl"));
+            ingest_cmd(&cli.data, format.into(), batch_rows, &dead_letter, &paths)
+        }
         Command::Sql {
             format,
             no_index,
@@ -160,10 +168,12 @@ fn ingest_cmd(
     data: &PathBuf,
     format: Format,
     batch_rows: usize,
+    dead_letter: &std::path::Path,
     paths: &[PathBuf],
 ) -> Result<ExitCode, CliError> {
     let inputs = ingest::expand_inputs(paths)?;
     let store = open_store(data, true)?;
+    let mut dead = DeadLetter::new(dead_letter);
     // Per format read: (accepted, rejected, duplicates).
     let mut totals: std::collections::BTreeMap<&'static str, (u64, u64, u64)> = Default::default();
     let mut skipped_inputs = 0u64;
@@ -189,7 +199,10 @@ fn ingest_cmd(
             appended.push((fmt.name(), out));
             Ok(())
         };
-        let mut reject = |r: ingest::Rejection| eprintln!("{r}");
+        let mut reject = |r: ingest::Rejection| {
+            eprintln!("{r}");
+            dead.keep(&r);
+        };
         let result = ingest::read_input(input, format, batch_rows.max(1), &mut sink, &mut reject);
         for (name, out) in appended {
             let t = totals.entry(name).or_default();
@@ -221,6 +234,14 @@ fn ingest_cmd(
     }
     if skipped_inputs > 0 {
         eprintln!("{skipped_inputs} input(s) already ingested, skipped");
+    }
+    dead.finish()?;
+    if dead.kept > 0 {
+        eprintln!(
+            "{} rejected record(s) kept in {}",
+            dead.kept,
+            dead_letter.display()
+        );
     }
     Ok(if failed {
         ExitCode::FAILURE
@@ -261,6 +282,64 @@ async fn run_statement(
     let plan = ctx.state().statement_to_plan(statement).await?;
     let df = ctx.execute_logical_plan(plan).await?;
     Ok(df.collect().await?)
+}
+
+/// The dead-letter file, opened (for append) at the first rejection.
+struct DeadLetter<'a> {
+    path: &'a std::path::Path,
+    file: Option<std::io::BufWriter<std::fs::File>>,
+    kept: u64,
+    error: Option<std::io::Error>,
+}
+
+impl<'a> DeadLetter<'a> {
+    fn new(path: &'a std::path::Path) -> Self {
+        Self {
+            path,
+            file: None,
+            kept: 0,
+            error: None,
+        }
+    }
+
+    fn keep(&mut self, r: &ingest::Rejection) {
+        use std::io::Write;
+        if self.error.is_some() {
+            return;
+        }
+        if self.file.is_none() {
+            match std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.path)
+            {
+                Ok(f) => self.file = Some(std::io::BufWriter::new(f)),
+                Err(e) => {
+                    self.error = Some(e);
+                    return;
+                }
+            }
+        }
+        let file = self.file.as_mut().expect("opened above");
+        match writeln!(file, "{}", r.to_dead_letter()) {
+            Ok(()) => self.kept += 1,
+            Err(e) => self.error = Some(e),
+        }
+    }
+
+    fn finish(&mut self) -> Result<(), CliError> {
+        let mut result = match self.error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        };
+        if let Some(mut f) = self.file.take() {
+            use std::io::Write;
+            result = result
+                .and_then(|()| f.flush())
+                .and_then(|()| f.get_ref().sync_data());
+        }
+        result.map_err(|e| CliError::Other(format!("{}: {e}", self.path.display())))
+    }
 }
 
 fn verify_cmd(data: &PathBuf) -> Result<ExitCode, CliError> {

@@ -115,6 +115,13 @@ fn reingest_adds_nothing_and_rejections_name_file_and_line() {
         "{err}"
     );
 
+    assert!(err.contains("1 rejected record(s) kept in"), "{err}");
+    let dead = std::fs::read_to_string(data.join("dead-letter.jsonl")).unwrap();
+    let kept: serde_json::Value = serde_json::from_str(dead.trim()).unwrap();
+    assert_eq!(kept["line"], 2);
+    assert_eq!(kept["record"], "{broken");
+    assert_eq!(kept["path"], input.display().to_string());
+
     // Same bytes again: skipped by fingerprint.
     let o = ktrail(&data, &["ingest", input.to_str().unwrap()]);
     assert!(stderr(&o).contains("already ingested"), "{}", stderr(&o));

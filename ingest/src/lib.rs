@@ -75,6 +75,21 @@ pub struct Rejection {
     pub path: String,
     pub line: u64,
     pub reason: String,
+    /// The rejected record as read (lossy UTF-8); `None` for a line too long to keep.
+    pub record: Option<String>,
+}
+
+impl Rejection {
+    /// One dead-letter line: `{"path", "line", "reason", "record"}` as JSON.
+    pub fn to_dead_letter(&self) -> String {
+        serde_json::json!({
+            "path": self.path,
+            "line": self.line,
+            "reason": self.reason,
+            "record": self.record,
+        })
+        .to_string()
+    }
 }
 
 impl std::fmt::Display for Rejection {
@@ -240,6 +255,7 @@ pub fn read_input(
                     "line longer than {MAX_LINE_BYTES} bytes ({} bytes)",
                     buf.len() + skipped
                 ),
+                None,
             );
             continue;
         }
@@ -301,13 +317,13 @@ impl Batcher<'_> {
             }
             Err(reason) => {
                 self.events.clear();
-                self.rejected(fmt, line, reason);
+                self.rejected(fmt, line, reason, Some(record));
             }
         }
         Ok(())
     }
 
-    fn rejected(&mut self, format: Format, line: u64, reason: String) {
+    fn rejected(&mut self, format: Format, line: u64, reason: String, record: Option<&[u8]>) {
         let c = self.summary.entry(format.name()).or_default();
         c.records += 1;
         c.rejected += 1;
@@ -315,6 +331,7 @@ impl Batcher<'_> {
             path: self.name.clone(),
             line,
             reason,
+            record: record.map(|r| String::from_utf8_lossy(r).into_owned()),
         });
     }
 
