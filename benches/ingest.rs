@@ -15,9 +15,9 @@ const LINES: usize = 50_000;
 
 const FALCO: &str = r#"{"hostname":"node-1","output":"10:00:00.123456789: Notice Unexpected connection (command=curl -s http://198.51.100.23 container_id=3ad7b26ded6d)","priority":"Notice","rule":"Unexpected outbound connection destination","source":"syscall","tags":["network","mitre_exfiltration"],"time":"2026-11-26T10:00:00.123456789Z","output_fields":{"container.id":"3ad7b26ded6d","container.image.repository":"docker.io/library/alpine","evt.time":1795687200123456789,"fd.sip":"198.51.100.23","fd.sport":80,"k8s.ns.name":"billing","k8s.pod.name":"invoice-api-7d9f-abc12","proc.cmdline":"curl -s http://198.51.100.23","proc.exepath":"/usr/bin/curl","proc.pid":4250,"user.uid":0}}"#;
 
-fn first_line(path: &str) -> String {
+fn nth_line(path: &str, n: usize) -> String {
     let text = std::fs::read_to_string(Path::new(SAMPLES).join(path)).unwrap();
-    text.lines().next().unwrap().to_string()
+    text.lines().nth(n).unwrap().to_string()
 }
 
 /// Writes `LINES` copies of `line`, each with a distinct timestamp second.
@@ -43,7 +43,7 @@ fn parse(c: &mut Criterion) {
             input_file(
                 dir.path(),
                 "audit.jsonl",
-                &first_line("k8s-audit/exec_pod.json"),
+                &nth_line("k8s-audit/exec_pod.json", 0),
                 "\"requestReceivedTimestamp\":\"",
             ),
         ),
@@ -56,12 +56,7 @@ fn parse(c: &mut Criterion) {
             input_file(
                 dir.path(),
                 "tetragon.jsonl",
-                &std::fs::read_to_string(Path::new(SAMPLES).join("tetragon/testdata_events.jsonl"))
-                    .unwrap()
-                    .lines()
-                    .nth(1)
-                    .unwrap()
-                    .to_string(),
+                &nth_line("tetragon/testdata_events.jsonl", 1),
                 "\"time\":\"",
             ),
         ),
