@@ -5,7 +5,7 @@ mod output;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::DFParser;
 use ingest::Format;
@@ -36,9 +36,10 @@ enum Command {
     /// Ingest records from files, directories (recursive) or `-` (stdin); `.gz`/`.zst` by
     /// extension. Bad records are reported as PATH:LINE: reason; the rest goes on.
     Ingest {
-        /// Input format; `auto` recognises each record.
-        #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
-        format: FormatArg,
+        /// Input format: auto (recognises each record), native, k8s-audit, falco, tetragon,
+        /// k8s-objects.
+        #[arg(long, default_value = "auto", value_parser = parse_format)]
+        format: Format,
         /// Events per batch written to the store.
         #[arg(long, default_value_t = 8192)]
         batch_rows: usize,
@@ -64,27 +65,12 @@ enum Command {
     Compact,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum FormatArg {
-    Auto,
-    Native,
-    K8sAudit,
-    Falco,
-    Tetragon,
-    K8sObjects,
-}
-
-impl From<FormatArg> for Format {
-    fn from(f: FormatArg) -> Self {
-        match f {
-            FormatArg::Auto => Format::Auto,
-            FormatArg::Native => Format::Native,
-            FormatArg::K8sAudit => Format::K8sAudit,
-            FormatArg::Falco => Format::Falco,
-            FormatArg::Tetragon => Format::Tetragon,
-            FormatArg::K8sObjects => Format::K8sObjects,
-        }
-    }
+/// `--format` values: the names `ingest::Format` defines.
+fn parse_format(name: &str) -> Result<Format, String> {
+    Format::from_name(name).ok_or_else(|| {
+        let names: Vec<&str> = Format::ALL.iter().map(|f| f.name()).collect();
+        format!("possible values: {}", names.join(", "))
+    })
 }
 
 /// A failure that ends the command: one line on stderr, exit code 1.
@@ -119,7 +105,7 @@ fn main() -> ExitCode {
             paths,
         } => {
             let dead_letter = dead_letter.unwrap_or_else(|| cli.data.join("dead-letter.jsonl"));
-            ingest_cmd(&cli.data, format.into(), batch_rows, &dead_letter, &paths)
+            ingest_cmd(&cli.data, format, batch_rows, &dead_letter, &paths)
         }
         Command::Sql {
             format,

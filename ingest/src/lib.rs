@@ -56,6 +56,21 @@ pub enum Format {
 }
 
 impl Format {
+    /// Every format, in the order the command line lists them.
+    pub const ALL: [Format; 6] = [
+        Format::Auto,
+        Format::Native,
+        Format::K8sAudit,
+        Format::Falco,
+        Format::Tetragon,
+        Format::K8sObjects,
+    ];
+
+    /// The format of a command-line name (`auto`, `k8s-audit`, ...).
+    pub fn from_name(name: &str) -> Option<Format> {
+        Self::ALL.into_iter().find(|f| f.name() == name)
+    }
+
     /// The name used on the command line and in summaries.
     pub fn name(self) -> &'static str {
         match self {
