@@ -128,6 +128,20 @@ fn to_event(a: AuditEvent, raw: String) -> Result<Event, String> {
         subresource: None,
     });
     let is_pod = object.resource.as_deref() == Some("pods");
+    // `kubectl exec` / `attach`: the command (argv, `command=` repeats) and container are
+    // query parameters; the request's auditID names the session.
+    let is_session = is_pod
+        && matches!(object.subresource.as_deref(), Some("exec" | "attach"))
+        && matches!(a.verb.as_deref(), Some("create" | "get"));
+    let uri = a.request_uri.as_deref().unwrap_or_default();
+    let (exe, args, container_name) = if is_session {
+        let argv = query_values(uri, "command");
+        let exe = argv.first().cloned();
+        let args = (argv.len() > 1).then(|| argv[1..].join(" "));
+        (exe, args, query_values(uri, "container").into_iter().next())
+    } else {
+        (None, None, None)
+    };
     let user = a.user.unwrap_or(UserInfo {
         username: None,
         groups: None,
@@ -148,6 +162,10 @@ fn to_event(a: AuditEvent, raw: String) -> Result<Event, String> {
         },
         pod: if is_pod { object.name.clone() } else { None },
         pod_uid: if is_pod { object.uid.clone() } else { None },
+        exe,
+        args,
+        container_name,
+        session_id: is_session.then(|| a.audit_id.clone()),
         k8s_user: user.username,
         impersonated_user: a.impersonated_user.and_then(|u| u.username),
         k8s_groups: user.groups,

@@ -3,14 +3,15 @@
 //! This crate knows formats, not storage: it turns inputs (files, directories, stdin, `.gz` /
 //! `.zst`) into record batches and per-record rejections (`PATH:LINE: reason`). Today it reads
 //! ktrail's native NDJSON (one `events`-shaped JSON object per line), Kubernetes audit events,
-//! Falco alerts and Tetragon's JSON export; Kubernetes object inventories plug in behind
-//! [`Format`] next.
+//! Falco alerts, Tetragon's JSON export and Kubernetes object inventories
+//! (`kubectl get -o json`).
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 
 mod falco;
 pub mod k8s_audit;
+pub mod k8s_objects;
 pub mod tetragon;
 use std::path::{Path, PathBuf};
 
@@ -118,6 +119,11 @@ impl std::fmt::Display for Rejection {
 pub enum Input {
     Stdin,
     File(PathBuf),
+    /// Bytes already in memory (an HTTP request body), named for rejections.
+    Memory {
+        name: String,
+        data: std::sync::Arc<[u8]>,
+    },
 }
 
 impl Input {
@@ -126,14 +132,22 @@ impl Input {
         match self {
             Input::Stdin => "-".into(),
             Input::File(p) => p.display().to_string(),
+            Input::Memory { name, .. } => name.clone(),
         }
     }
 
     /// SHA-256 of the input's bytes as stored (compressed bytes for compressed files); `None`
     /// for stdin, which cannot be read twice.
     pub fn fingerprint(&self) -> Result<Option<String>, IngestError> {
-        let Input::File(p) = self else {
-            return Ok(None);
+        let p = match self {
+            Input::Stdin => return Ok(None),
+            Input::Memory { data, .. } => {
+                return Ok(Some(format!(
+                    "sha256:{}",
+                    hex::encode(Sha256::digest(data))
+                )));
+            }
+            Input::File(p) => p,
         };
         let mut f = File::open(p).map_err(|e| io_err(p, e))?;
         let mut h = Sha256::new();
@@ -145,6 +159,7 @@ impl Input {
     pub fn open(&self) -> Result<Box<dyn BufRead>, IngestError> {
         let p = match self {
             Input::Stdin => return Ok(Box::new(BufReader::with_capacity(1 << 20, io::stdin()))),
+            Input::Memory { data, .. } => return Ok(Box::new(io::Cursor::new(data.clone()))),
             Input::File(p) => p,
         };
         let f = File::open(p).map_err(|e| io_err(p, e))?;
@@ -229,9 +244,6 @@ pub fn read_input(
     sink: &mut dyn FnMut(Format, RecordBatch) -> Result<(), String>,
     reject: &mut dyn FnMut(Rejection),
 ) -> Result<Summary, IngestError> {
-    if format == Format::K8sObjects {
-        return Err(IngestError::UnsupportedFormat(format.name().into()));
-    }
     let name = input.display();
     let io = |e: io::Error| IngestError::Io {
         path: name.clone(),
@@ -246,6 +258,7 @@ pub fn read_input(
         events: Vec::new(),
         summary: Summary::new(),
         batch_format: format,
+        observed_at: now_ns(),
         sink,
         reject,
     };
@@ -304,13 +317,15 @@ struct Batcher<'a> {
     summary: Summary,
     /// Format of the rows in `builder` (a batch holds one format, so counts stay per format).
     batch_format: Format,
+    /// When this input was read: the time of inventory snapshots, which carry none.
+    observed_at: i64,
     sink: &'a mut dyn FnMut(Format, RecordBatch) -> Result<(), String>,
     reject: &'a mut dyn FnMut(Rejection),
 }
 
 impl Batcher<'_> {
     fn record(&mut self, line: u64, record: &[u8]) -> Result<(), IngestError> {
-        let (fmt, result) = parse_record(self.format, record, &mut self.events);
+        let (fmt, result) = parse_record(self.format, record, self.observed_at, &mut self.events);
         match result {
             Ok(()) => {
                 if fmt != self.batch_format {
@@ -431,6 +446,7 @@ fn skip_line(reader: &mut dyn BufRead) -> io::Result<usize> {
 fn parse_record(
     format: Format,
     record: &[u8],
+    observed_at: i64,
     out: &mut Vec<Event>,
 ) -> (Format, Result<(), String>) {
     let format = match format {
@@ -452,10 +468,7 @@ fn parse_record(
         Format::K8sAudit => k8s_audit::parse(record, out),
         Format::Falco => falco::parse(record, out),
         Format::Tetragon => tetragon::parse(record, out),
-        Format::K8sObjects => Err(format!(
-            "{} records are not supported by this build yet",
-            format.name()
-        )),
+        Format::K8sObjects => k8s_objects::parse(record, observed_at, out),
         Format::Auto => unreachable!("resolved above"),
     };
     (format, result)
@@ -497,11 +510,21 @@ fn detect(record: &[u8]) -> Option<Format> {
     }) || has("\"node_name\":") && has("\"process\":")
     {
         Some(Format::Tetragon)
-    } else if has("\"kind\":\"List\"") || has("\"kind\":\"PodList\"") || has("\"kind\":\"Pod\"") {
+    } else if has("\"apiVersion\"")
+        && (has("\"items\"") || has("\"metadata\""))
+        && (has("\"kind\":") || has("\"kind\" :"))
+    {
+        // `kubectl get -o json` output is pretty-printed (`"kind": "List"`).
         Some(Format::K8sObjects)
     } else {
         None
     }
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
 }
 
 fn trim(b: &[u8]) -> &[u8] {

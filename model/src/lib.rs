@@ -54,6 +54,7 @@ pub const KINDS: &[&str] = &[
     "file_access",
     "k8s_audit",
     "falco_alert",
+    "k8s_object",
     "other",
 ];
 

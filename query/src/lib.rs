@@ -6,11 +6,17 @@
 //! skipping is only ever done on proof that no row can match.
 
 mod error;
+pub mod functions;
 mod provider;
 mod scan_exec;
+pub mod sessions;
+pub mod views;
 
 use std::sync::Arc;
 
+use datafusion::arrow::array::{RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::datasource::MemTable;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -19,23 +25,6 @@ use storage::Store;
 pub use error::QueryError;
 pub use provider::{EventsTable, IndexUse};
 pub use scan_exec::{ScanExec, ScanStats};
-
-/// Views over `events` (contract names). Each is a plain filter, so pruning applies through it.
-pub const VIEWS: &[(&str, &str)] = &[
-    (
-        "process_events",
-        "SELECT * FROM events WHERE kind IN ('process_exec', 'process_exit')",
-    ),
-    (
-        "network_events",
-        "SELECT * FROM events WHERE kind IN ('network_connect', 'network_accept', 'network_listen', 'network_close')",
-    ),
-    ("k8s_audit", "SELECT * FROM events WHERE kind = 'k8s_audit'"),
-    (
-        "falco_alerts",
-        "SELECT * FROM events WHERE kind = 'falco_alert'",
-    ),
-];
 
 /// A DataFusion session over `store`, with `events` and the views registered.
 pub async fn session(store: &Store, index: IndexUse) -> Result<SessionContext, QueryError> {
@@ -48,13 +37,40 @@ pub async fn session(store: &Store, index: IndexUse) -> Result<SessionContext, Q
         .with_runtime_env(runtime)
         .with_default_features()
         .build();
-    let ctx = SessionContext::new_with_state(state);
+    let mut ctx = SessionContext::new_with_state(state);
+    datafusion_functions_json::register_all(&mut ctx)?;
+    let networks: Vec<(String, String)> = storage::networks::load(store.dir())?
+        .into_iter()
+        .map(|n| (n.cidr, n.label))
+        .collect();
+    for udf in functions::udfs(&networks) {
+        ctx.register_udf(udf);
+    }
     ctx.register_table("events", Arc::new(EventsTable::new(store.clone(), index)))?;
-    for (name, sql) in VIEWS {
+    ctx.register_table("known_networks", known_networks(&networks)?)?;
+    ctx.register_table("exec_sessions", Arc::new(sessions::ExecSessionsTable))?;
+    for (name, sql) in views::BASE_VIEWS.iter().chain(views::CORRELATION_VIEWS) {
         let view = ctx.sql(sql).await?.into_view();
         ctx.register_table(*name, view)?;
     }
     Ok(ctx)
+}
+
+/// The allow-list as a table (`cidr`, `label`), read when the session opens.
+fn known_networks(nets: &[(String, String)]) -> Result<Arc<MemTable>, QueryError> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("cidr", DataType::Utf8, false),
+        Field::new("label", DataType::Utf8, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from_iter_values(nets.iter().map(|n| &n.0))),
+            Arc::new(StringArray::from_iter_values(nets.iter().map(|n| &n.1))),
+        ],
+    )
+    .map_err(datafusion::error::DataFusionError::from)?;
+    Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
 }
 
 #[cfg(test)]

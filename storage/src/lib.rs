@@ -12,6 +12,7 @@ mod error;
 pub mod fsutil;
 pub mod index;
 pub mod manifest;
+pub mod networks;
 pub mod segment;
 pub mod wal;
 

@@ -1,0 +1,139 @@
+//! The contract's views over `events`, as SQL, registered in order (later views use earlier
+//! ones). Correlation that only needs a join is done here, at query time, so it is complete
+//! whatever order the producers' data arrived in.
+
+/// Plain filters over `events`: pruning applies through them.
+pub const BASE_VIEWS: &[(&str, &str)] = &[
+    (
+        "process_events",
+        "SELECT * FROM events WHERE kind IN ('process_exec', 'process_exit')",
+    ),
+    (
+        "network_events",
+        "SELECT * FROM events WHERE kind IN ('network_connect', 'network_accept', 'network_listen', 'network_close')",
+    ),
+    ("k8s_audit", "SELECT * FROM events WHERE kind = 'k8s_audit'"),
+    (
+        "falco_alerts",
+        "SELECT * FROM events WHERE kind = 'falco_alert'",
+    ),
+];
+
+/// Every sighting of a pod: inventory rows, audit requests on it that succeeded, and runtime
+/// events in it. `created` / `deleting` come from the inventory's object metadata.
+const POD_SIGHTINGS: &str = "
+SELECT namespace, pod, pod_uid, node, workload_kind, workload_name, container_id, ts, kind, verb,
+  CASE WHEN kind IN ('k8s_object', 'network_connect') THEN src_ip END AS ip,
+  CASE WHEN kind = 'k8s_object'
+    THEN to_timestamp_nanos(json_get_str(raw, 'metadata', 'creationTimestamp')) END AS created,
+  CASE WHEN kind = 'k8s_object'
+    THEN to_timestamp_nanos(json_get_str(raw, 'metadata', 'deletionTimestamp')) END AS deleting
+FROM events
+WHERE pod IS NOT NULL AND namespace IS NOT NULL
+  AND (kind <> 'k8s_audit' OR (resource = 'pods' AND (response_code IS NULL OR response_code < 400)))
+  AND (kind <> 'k8s_object' OR resource = 'pods')";
+
+/// One row per pod ever seen. `deleted_at`: an audit `delete` after the pod's last sign of life,
+/// else the inventory's `deletionTimestamp`, else the first inventory of its namespace that no
+/// longer lists it. `live`: listed by the latest inventory of its namespace and not deleted.
+const PODS: &str = "
+WITH s AS (SELECT * FROM pod_sightings),
+snap AS (SELECT DISTINCT namespace, ts FROM events WHERE kind = 'k8s_object' AND resource = 'pods'),
+agg AS (
+  SELECT namespace, pod,
+    last_value(pod_uid ORDER BY ts) FILTER (WHERE pod_uid IS NOT NULL) AS pod_uid,
+    last_value(node ORDER BY ts) FILTER (WHERE node IS NOT NULL) AS node,
+    last_value(workload_kind ORDER BY ts) FILTER (WHERE workload_kind IS NOT NULL) AS workload_kind,
+    last_value(workload_name ORDER BY ts) FILTER (WHERE workload_name IS NOT NULL) AS workload_name,
+    last_value(ip ORDER BY ts) FILTER (WHERE ip IS NOT NULL) AS pod_ip,
+    least(min(ts), min(created)) AS first_seen,
+    max(ts) AS last_seen,
+    max(ts) FILTER (WHERE kind = 'k8s_audit' AND verb = 'delete') AS audit_delete,
+    max(ts) FILTER (WHERE (kind = 'k8s_object' AND deleting IS NULL)
+                       OR (kind = 'k8s_audit' AND verb = 'create')) AS last_alive,
+    min(deleting) AS deleting,
+    max(ts) FILTER (WHERE kind = 'k8s_object') AS last_inventory,
+    array_sort(array_agg(DISTINCT container_id) FILTER (WHERE container_id IS NOT NULL)) AS container_ids
+  FROM s GROUP BY namespace, pod
+),
+gone AS (
+  SELECT agg.namespace, agg.pod, min(snap.ts) AS gone_at
+  FROM agg JOIN snap ON snap.namespace = agg.namespace AND snap.ts > agg.last_inventory
+  GROUP BY agg.namespace, agg.pod
+)
+SELECT agg.namespace, agg.pod, pod_uid, node, workload_kind, workload_name, pod_ip,
+  first_seen, last_seen,
+  coalesce(
+    CASE WHEN audit_delete >= coalesce(last_alive, audit_delete) THEN audit_delete END,
+    deleting, gone_at) AS deleted_at,
+  container_ids,
+  (last_inventory IS NOT NULL AND gone_at IS NULL AND deleting IS NULL
+    AND (audit_delete IS NULL OR audit_delete < last_alive)) AS live
+FROM agg LEFT JOIN gone ON gone.namespace = agg.namespace AND gone.pod = agg.pod";
+
+/// Which pod held which IP when: from the pod's first sighting with the IP (or its creation)
+/// until it was deleted; open-ended (`held_until` NULL) while the pod is live; else until its
+/// last sighting. Leases of one IP never overlap: a lease ends where the next one starts
+/// (contradictory sightings resolve to the newer pod), so joining on them never duplicates.
+/// Node addresses are excluded (host-network pods share them).
+const POD_IPS: &str = "
+WITH l AS (
+  SELECT s.namespace, s.pod, s.ip,
+    least(min(s.ts), min(s.created)) AS first_seen,
+    max(s.ts) AS last_seen,
+    CASE WHEN max(p.live) THEN NULL ELSE coalesce(max(p.deleted_at), max(s.ts)) END AS until
+  FROM pod_sightings s JOIN pods p ON p.namespace = s.namespace AND p.pod = s.pod
+  WHERE s.ip IS NOT NULL
+    AND s.ip NOT IN (SELECT src_ip FROM events
+                     WHERE kind = 'k8s_object' AND resource = 'nodes' AND src_ip IS NOT NULL)
+  GROUP BY s.namespace, s.pod, s.ip),
+o AS (
+  SELECT *, lead(first_seen) OVER (PARTITION BY ip ORDER BY first_seen, namespace, pod) AS next_start
+  FROM l)
+SELECT namespace, pod, ip, first_seen, last_seen,
+  CASE
+    WHEN next_start IS NULL THEN until
+    WHEN until IS NULL OR until >= next_start THEN next_start - INTERVAL '1 nanosecond'
+    ELSE until
+  END AS held_until
+FROM o";
+
+/// Outbound connections with their destination classified, time-aware for pods. Every join is
+/// on a key that is unique at the event's time, so filters on the event columns reach the scan.
+const EGRESS: &str = "
+WITH svc AS (
+  SELECT src_ip AS ip, min(namespace || '/' || object_name) AS service
+  FROM events WHERE kind = 'k8s_object' AND resource = 'services' AND src_ip IS NOT NULL
+  GROUP BY src_ip),
+nodes AS (
+  SELECT src_ip AS ip, min(node) AS node
+  FROM events WHERE kind = 'k8s_object' AND resource = 'nodes' AND src_ip IS NOT NULL
+  GROUP BY src_ip),
+c AS (
+  SELECT c.*, l.namespace AS dst_namespace, l.pod AS dst_pod, svc.service AS dst_service,
+    nodes.node AS dst_node, known_network(c.dst_ip) AS dst_label
+  FROM events c
+  LEFT JOIN pod_ips l ON l.ip = c.dst_ip AND c.ts >= l.first_seen
+    AND (l.held_until IS NULL OR c.ts <= l.held_until)
+  LEFT JOIN svc ON svc.ip = c.dst_ip
+  LEFT JOIN nodes ON nodes.ip = c.dst_ip
+  WHERE c.kind = 'network_connect')
+SELECT *,
+  CASE
+    WHEN dst_pod IS NOT NULL THEN 'pod'
+    WHEN dst_service IS NOT NULL THEN 'service'
+    WHEN dst_node IS NOT NULL THEN 'node'
+    WHEN dst_ip IN ('169.254.169.254', 'fd00:ec2::254', '100.100.100.200') THEN 'cloud_metadata'
+    WHEN dst_label IS NOT NULL THEN 'allowlisted'
+    WHEN is_private_ip(dst_ip) THEN 'private'
+    ELSE 'unknown'
+  END AS dst_class
+FROM c";
+
+/// Views built on joins, in registration order.
+pub const CORRELATION_VIEWS: &[(&str, &str)] = &[
+    ("pod_sightings", POD_SIGHTINGS),
+    ("pods", PODS),
+    ("pod_ips", POD_IPS),
+    ("egress", EGRESS),
+];
