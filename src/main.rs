@@ -1,6 +1,8 @@
 //! `ktrail`: the command-line front of the store.
 
+mod dead_letter;
 mod output;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,6 +61,36 @@ enum Command {
         no_index: bool,
         sql: String,
     },
+    /// The ingest and query service. Binds 127.0.0.1 unless an address says otherwise; prints
+    /// `listening <proto> <addr>` per listener when ready; SIGINT/SIGTERM stop it gracefully.
+    Serve {
+        /// HTTP ingest webhooks: ADDR as HOST:PORT, :PORT or PORT (default 127.0.0.1:8480 when
+        /// no listener is given).
+        #[arg(long, value_parser = parse_addr)]
+        http: Option<std::net::SocketAddr>,
+        /// gRPC (Flight SQL and ingest).
+        #[arg(long, value_parser = parse_addr)]
+        grpc: Option<std::net::SocketAddr>,
+        /// Postgres wire protocol.
+        #[arg(long, value_parser = parse_addr)]
+        pg: Option<std::net::SocketAddr>,
+        /// Configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// File holding the bearer token HTTP and gRPC clients must send. Required to listen
+        /// on anything but loopback.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// File holding the Postgres password of user `ktrail`.
+        #[arg(long)]
+        pg_password_file: Option<PathBuf>,
+        /// Largest request body accepted.
+        #[arg(long, default_value_t = 64 << 20)]
+        max_body_bytes: usize,
+        /// Request bodies parsed or stored at once; more are answered 429 + Retry-After.
+        #[arg(long, default_value_t = 8)]
+        max_inflight: usize,
+    },
     /// Recompute every segment's SHA-256 and compare it with the manifest.
     Verify,
     /// Flush the memtable and compact small segments now.
@@ -71,6 +103,16 @@ fn parse_format(name: &str) -> Result<Format, String> {
         let names: Vec<&str> = Format::ALL.iter().map(|f| f.name()).collect();
         format!("possible values: {}", names.join(", "))
     })
+}
+
+/// A listen address: `HOST:PORT`, `:PORT` or `PORT` (the last two on 127.0.0.1).
+fn parse_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    let port_only = s.strip_prefix(':').unwrap_or(s);
+    if let Ok(port) = port_only.parse::<u16>() {
+        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse()
+        .map_err(|_| format!("{s:?} is not HOST:PORT, :PORT or PORT"))
 }
 
 /// A failure that ends the command: one line on stderr, exit code 1.
@@ -112,6 +154,32 @@ fn main() -> ExitCode {
             no_index,
             sql,
         } => runtime().block_on(sql_cmd(&cli.data, format, no_index, &sql)),
+        Command::Serve {
+            http,
+            grpc,
+            pg,
+            config,
+            token_file,
+            pg_password_file,
+            max_body_bytes,
+            max_inflight,
+        } => {
+            if let Some(c) = config {
+                Err(CliError::Other(format!(
+                    "--config {}: configuration files are not supported yet; use the flags",
+                    c.display()
+                )))
+            } else if grpc.is_some() || pg.is_some() || pg_password_file.is_some() {
+                Err(CliError::Other(
+                    "--grpc and --pg listeners are not available in this build yet; --http is"
+                        .into(),
+                ))
+            } else {
+                let http =
+                    http.unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 8480)));
+                serve_cmd(&cli.data, http, token_file, max_body_bytes, max_inflight)
+            }
+        }
         Command::Verify => verify_cmd(&cli.data),
         Command::Compact => compact_cmd(&cli.data),
     };
@@ -159,7 +227,7 @@ fn ingest_cmd(
 ) -> Result<ExitCode, CliError> {
     let inputs = ingest::expand_inputs(paths)?;
     let store = open_store(data, true)?;
-    let mut dead = DeadLetter::new(dead_letter);
+    let mut dead = dead_letter::DeadLetter::new(dead_letter);
     // Per format read: (accepted, rejected, duplicates).
     let mut totals: std::collections::BTreeMap<&'static str, (u64, u64, u64)> = Default::default();
     let mut skipped_inputs = 0u64;
@@ -221,7 +289,7 @@ fn ingest_cmd(
     if skipped_inputs > 0 {
         eprintln!("{skipped_inputs} input(s) already ingested, skipped");
     }
-    dead.finish()?;
+    dead.finish().map_err(CliError::Other)?;
     if dead.kept > 0 {
         eprintln!(
             "{} rejected record(s) kept in {}",
@@ -270,62 +338,37 @@ async fn run_statement(
     Ok(df.collect().await?)
 }
 
-/// The dead-letter file, opened (for append) at the first rejection.
-struct DeadLetter<'a> {
-    path: &'a std::path::Path,
-    file: Option<std::io::BufWriter<std::fs::File>>,
-    kept: u64,
-    error: Option<std::io::Error>,
-}
-
-impl<'a> DeadLetter<'a> {
-    fn new(path: &'a std::path::Path) -> Self {
-        Self {
-            path,
-            file: None,
-            kept: 0,
-            error: None,
-        }
-    }
-
-    fn keep(&mut self, r: &ingest::Rejection) {
-        use std::io::Write;
-        if self.error.is_some() {
-            return;
-        }
-        if self.file.is_none() {
-            match std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.path)
-            {
-                Ok(f) => self.file = Some(std::io::BufWriter::new(f)),
-                Err(e) => {
-                    self.error = Some(e);
-                    return;
-                }
+fn serve_cmd(
+    data: &PathBuf,
+    addr: std::net::SocketAddr,
+    token_file: Option<PathBuf>,
+    max_body_bytes: usize,
+    max_inflight: usize,
+) -> Result<ExitCode, CliError> {
+    let token = match token_file {
+        Some(p) => {
+            let t = std::fs::read_to_string(&p)
+                .map_err(|e| CliError::Other(format!("{}: {e}", p.display())))?;
+            let t = t.trim().to_string();
+            if t.is_empty() {
+                return Err(CliError::Other(format!("{}: empty token", p.display())));
             }
+            Some(t)
         }
-        let file = self.file.as_mut().expect("opened above");
-        match writeln!(file, "{}", r.to_dead_letter()) {
-            Ok(()) => self.kept += 1,
-            Err(e) => self.error = Some(e),
-        }
-    }
-
-    fn finish(&mut self) -> Result<(), CliError> {
-        let mut result = match self.error.take() {
-            Some(e) => Err(e),
-            None => Ok(()),
-        };
-        if let Some(mut f) = self.file.take() {
-            use std::io::Write;
-            result = result
-                .and_then(|()| f.flush())
-                .and_then(|()| f.get_ref().sync_data());
-        }
-        result.map_err(|e| CliError::Other(format!("{}: {e}", self.path.display())))
-    }
+        None => None,
+    };
+    let store = open_store(data, true)?;
+    let options = serve::HttpOptions {
+        addr,
+        token,
+        max_body_bytes,
+        max_inflight,
+        batch_rows: 8192,
+    };
+    runtime()
+        .block_on(serve::run(store, data.clone(), options))
+        .map_err(CliError::Other)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn verify_cmd(data: &PathBuf) -> Result<ExitCode, CliError> {

@@ -1,0 +1,220 @@
+//! `ktrail serve --http`: the ingest webhooks of the contract.
+//!
+//! - `POST /v1/ingest/{k8s-audit,falco,tetragon,k8s-objects}`: the body as the producer sends
+//!   it (an audit `EventList` from the apiserver webhook, one Falco alert or JSON lines from
+//!   `http_output` / falcosidekick, Tetragon JSON lines, a `kubectl get -o json` list).
+//!   200 only once every accepted event is durable (the store's `append` returned); the reply
+//!   counts accepted, rejected and duplicate events and names the first rejections.
+//! - `GET /healthz`.
+//!
+//! Bounded memory: at most `max_inflight` bodies (each at most `max_body_bytes`) are being
+//! parsed or stored at once; a request beyond that is answered 429 with `Retry-After` at once
+//! instead of queueing. Shutdown (SIGINT / SIGTERM) stops accepting, lets the requests in
+//! flight finish (each is acked only after its append), then closes the store (flush).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use ingest::{Format, Input};
+use parking_lot::Mutex;
+use storage::Store;
+use tokio::sync::Semaphore;
+
+use crate::dead_letter::DeadLetter;
+
+/// Limits and credentials of the HTTP listener.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    pub addr: SocketAddr,
+    /// Bearer token every ingest request must carry, when configured.
+    pub token: Option<String>,
+    pub max_body_bytes: usize,
+    pub max_inflight: usize,
+    pub batch_rows: usize,
+}
+
+struct AppState {
+    store: Store,
+    token: Option<String>,
+    permits: Semaphore,
+    batch_rows: usize,
+    dead_letter: Mutex<DeadLetter>,
+}
+
+/// Serves until SIGINT/SIGTERM, then closes the store. Prints `listening http ADDR` when ready.
+pub async fn run(store: Store, data: PathBuf, options: HttpOptions) -> Result<(), String> {
+    if options.token.is_none() && !options.addr.ip().is_loopback() {
+        return Err(format!(
+            "refusing to serve HTTP on {} without --token-file: only loopback may go without a token",
+            options.addr
+        ));
+    }
+    let state = Arc::new(AppState {
+        store,
+        token: options.token.clone(),
+        permits: Semaphore::new(options.max_inflight.max(1)),
+        batch_rows: options.batch_rows.max(1),
+        dead_letter: Mutex::new(DeadLetter::new(&data.join("dead-letter.jsonl"))),
+    });
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/v1/ingest/{format}", post(ingest_handler))
+        .layer(DefaultBodyLimit::max(options.max_body_bytes))
+        .with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind(options.addr)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", options.addr))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    println!("listening http {local}");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())?;
+    // Every handler has returned: no request holds the store any more.
+    let state = Arc::try_unwrap(state).map_err(|_| "requests still running at shutdown")?;
+    state.dead_letter.lock().finish()?;
+    state.store.close().map_err(|e| e.to_string())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
+    let Some(token) = &state.token else {
+        return true;
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    constant_time_eq(given.as_bytes(), token.as_bytes())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn reply(status: StatusCode, body: serde_json::Value) -> Response {
+    let mut r = (status, format!("{body}\n")).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+async fn ingest_handler(
+    State(state): State<Arc<AppState>>,
+    Path(format): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !authorized(&state, &headers) {
+        let mut r = reply(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({"error": "missing or wrong bearer token"}),
+        );
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    let format = match Format::from_name(&format) {
+        Some(f @ (Format::K8sAudit | Format::Falco | Format::Tetragon | Format::K8sObjects)) => f,
+        _ => {
+            return reply(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": format!("no ingest endpoint for {format:?}; use k8s-audit, falco, tetragon or k8s-objects")}),
+            );
+        }
+    };
+    // Backpressure: no queue beyond the permits; the producer retries later.
+    let Ok(permit) = state.permits.try_acquire() else {
+        let mut r = reply(
+            StatusCode::TOO_MANY_REQUESTS,
+            serde_json::json!({"error": "ingest is behind; retry later"}),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return r;
+    };
+    let worker = state.clone();
+    let result = tokio::task::spawn_blocking(move || store_body(&worker, format, body)).await;
+    drop(permit);
+    match result {
+        Ok(Ok(report)) => report,
+        Ok(Err(e)) => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"error": e}),
+        ),
+        Err(e) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            serde_json::json!({"error": e.to_string()}),
+        ),
+    }
+}
+
+/// Parses and stores one body; returns the reply, or an error when the store failed (nothing
+/// after the failure is acknowledged).
+fn store_body(state: &AppState, format: Format, body: Bytes) -> Result<Response, String> {
+    let input = Input::Memory {
+        name: format!("http:{}", format.name()),
+        data: Arc::from(body.as_ref()),
+    };
+    let (mut accepted, mut duplicates) = (0usize, 0usize);
+    let mut rejections = Vec::new();
+    let mut sink = |_: Format, batch| {
+        let out = state.store.append(batch).map_err(|e| e.to_string())?;
+        accepted += out.accepted;
+        duplicates += out.duplicates;
+        Ok(())
+    };
+    let mut reject = |r: ingest::Rejection| rejections.push(r);
+    let summary = ingest::read_input(&input, format, state.batch_rows, &mut sink, &mut reject)
+        .map_err(|e| e.to_string())?;
+    if !rejections.is_empty() {
+        let mut dl = state.dead_letter.lock();
+        for r in &rejections {
+            tracing::warn!("{r}");
+            dl.keep(r);
+        }
+        dl.finish()?;
+    }
+    let records: u64 = summary.values().map(|c| c.records).sum();
+    let status = if records > 0 && rejections.len() as u64 == records {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    let errors: Vec<String> = rejections.iter().take(10).map(|r| r.to_string()).collect();
+    Ok(reply(
+        status,
+        serde_json::json!({
+            "accepted": accepted,
+            "duplicates": duplicates,
+            "rejected": rejections.len(),
+            "errors": errors,
+        }),
+    ))
+}
