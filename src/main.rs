@@ -1,6 +1,7 @@
 //! `ktrail`: the command-line front of the store.
 
 mod dead_letter;
+mod grpc;
 mod output;
 mod serve;
 
@@ -68,7 +69,7 @@ enum Command {
         /// no listener is given).
         #[arg(long, value_parser = parse_addr)]
         http: Option<std::net::SocketAddr>,
-        /// gRPC (Flight SQL and ingest).
+        /// gRPC: the `ktrail.v1.Ingest` stream and `grpc.health.v1` (Flight SQL to come).
         #[arg(long, value_parser = parse_addr)]
         grpc: Option<std::net::SocketAddr>,
         /// Postgres wire protocol.
@@ -169,15 +170,25 @@ fn main() -> ExitCode {
                     "--config {}: configuration files are not supported yet; use the flags",
                     c.display()
                 )))
-            } else if grpc.is_some() || pg.is_some() || pg_password_file.is_some() {
+            } else if pg.is_some() || pg_password_file.is_some() {
                 Err(CliError::Other(
-                    "--grpc and --pg listeners are not available in this build yet; --http is"
+                    "the --pg listener is not available in this build yet; --http and --grpc are"
                         .into(),
                 ))
             } else {
-                let http =
-                    http.unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 8480)));
-                serve_cmd(&cli.data, http, token_file, max_body_bytes, max_inflight)
+                // With no listener named, the HTTP webhooks on loopback.
+                let http = match (http, grpc) {
+                    (None, None) => Some(std::net::SocketAddr::from(([127, 0, 0, 1], 8480))),
+                    (h, _) => h,
+                };
+                serve_cmd(
+                    &cli.data,
+                    http,
+                    grpc,
+                    token_file,
+                    max_body_bytes,
+                    max_inflight,
+                )
             }
         }
         Command::Verify => verify_cmd(&cli.data),
@@ -340,7 +351,8 @@ async fn run_statement(
 
 fn serve_cmd(
     data: &PathBuf,
-    addr: std::net::SocketAddr,
+    http: Option<std::net::SocketAddr>,
+    grpc: Option<std::net::SocketAddr>,
     token_file: Option<PathBuf>,
     max_body_bytes: usize,
     max_inflight: usize,
@@ -358,8 +370,9 @@ fn serve_cmd(
         None => None,
     };
     let store = open_store(data, true)?;
-    let options = serve::HttpOptions {
-        addr,
+    let options = serve::ServeOptions {
+        http,
+        grpc,
         token,
         max_body_bytes,
         max_inflight,

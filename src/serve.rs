@@ -1,4 +1,5 @@
-//! `ktrail serve --http`: the ingest webhooks of the contract.
+//! `ktrail serve`: the listeners over one store. HTTP (`--http`) carries the ingest webhooks of
+//! the contract; gRPC (`--grpc`, [`crate::grpc`]) the native ingest stream and health checks.
 //!
 //! - `POST /v1/ingest/{k8s-audit,falco,tetragon,k8s-objects}`: the body as the producer sends
 //!   it (an audit `EventList` from the apiserver webhook, one Falco alert or JSON lines from
@@ -29,11 +30,12 @@ use tokio::sync::Semaphore;
 
 use crate::dead_letter::DeadLetter;
 
-/// Limits and credentials of the HTTP listener.
+/// Listeners, limits and credentials.
 #[derive(Debug, Clone)]
-pub struct HttpOptions {
-    pub addr: SocketAddr,
-    /// Bearer token every ingest request must carry, when configured.
+pub struct ServeOptions {
+    pub http: Option<SocketAddr>,
+    pub grpc: Option<SocketAddr>,
+    /// Bearer token every HTTP ingest request and gRPC call must carry, when configured.
     pub token: Option<String>,
     pub max_body_bytes: usize,
     pub max_inflight: usize,
@@ -48,41 +50,96 @@ struct AppState {
     dead_letter: Mutex<DeadLetter>,
 }
 
-/// Serves until SIGINT/SIGTERM, then closes the store. Prints `listening http ADDR` when ready.
-pub async fn run(store: Store, data: PathBuf, options: HttpOptions) -> Result<(), String> {
-    if options.token.is_none() && !options.addr.ip().is_loopback() {
-        return Err(format!(
-            "refusing to serve HTTP on {} without --token-file: only loopback may go without a token",
-            options.addr
-        ));
+/// Serves until SIGINT/SIGTERM, then closes the store. Prints `listening <proto> ADDR` per
+/// listener when ready.
+pub async fn run(store: Store, data: PathBuf, options: ServeOptions) -> Result<(), String> {
+    for addr in options.http.iter().chain(&options.grpc) {
+        if options.token.is_none() && !addr.ip().is_loopback() {
+            return Err(format!(
+                "refusing to serve on {addr} without --token-file: only loopback may go without a token"
+            ));
+        }
     }
     let state = Arc::new(AppState {
-        store,
+        store: store.clone(),
         token: options.token.clone(),
         permits: Semaphore::new(options.max_inflight.max(1)),
         batch_rows: options.batch_rows.max(1),
         dead_letter: Mutex::new(DeadLetter::new(&data.join("dead-letter.jsonl"))),
     });
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/v1/ingest/{format}", post(ingest_handler))
-        .layer(DefaultBodyLimit::max(options.max_body_bytes))
-        .with_state(state.clone());
-    let listener = tokio::net::TcpListener::bind(options.addr)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", options.addr))?;
-    let local = listener.local_addr().map_err(|e| e.to_string())?;
-    println!("listening http {local}");
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())?;
-    // Every handler has returned: no request holds the store any more.
-    let state = Arc::try_unwrap(state).map_err(|_| "requests still running at shutdown")?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mut servers = tokio::task::JoinSet::new();
+    if let Some(addr) = options.http {
+        let app = Router::new()
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/v1/ingest/{format}", post(ingest_handler))
+            .layer(DefaultBodyLimit::max(options.max_body_bytes))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        announce("http", listener.local_addr().map_err(|e| e.to_string())?);
+        let stop = stopped(stop_rx.clone());
+        servers.spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+                .map_err(|e| format!("http: {e}"))
+        });
+    }
+    if let Some(addr) = options.grpc {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        announce("grpc", listener.local_addr().map_err(|e| e.to_string())?);
+        let (health_reporter, health) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<proto::v1::ingest_server::IngestServer<crate::grpc::IngestService>>()
+            .await;
+        let ingest = crate::grpc::IngestService::new(store.clone(), options.max_inflight)
+            .into_server(options.token.clone());
+        let stop = stopped(stop_rx.clone());
+        servers.spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(health)
+                .add_service(ingest)
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener),
+                    stop,
+                )
+                .await
+                .map_err(|e| format!("grpc: {e}"))
+        });
+    }
+    // Run until a signal, or until a listener fails.
+    let failure = tokio::select! {
+        _ = shutdown_signal() => None,
+        Some(r) = servers.join_next() => Some(r.map_err(|e| e.to_string()).and_then(|r| r).err()
+            .unwrap_or_else(|| "a listener stopped".into())),
+    };
+    let _ = stop_tx.send(true);
+    // Requests in flight finish (each acked only after its append); then nothing holds the store.
+    while let Some(r) = servers.join_next().await {
+        if let Err(e) = r.map_err(|e| e.to_string()).and_then(|r| r) {
+            tracing::warn!("{e}");
+        }
+    }
     state.dead_letter.lock().finish()?;
-    state.store.close().map_err(|e| e.to_string())
+    drop(state);
+    store.close().map_err(|e| e.to_string())?;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn announce(proto: &str, addr: SocketAddr) {
+    use std::io::Write;
+    println!("listening {proto} {addr}");
+    let _ = std::io::stdout().flush();
 }
 
 async fn shutdown_signal() {
@@ -112,7 +169,8 @@ fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
     constant_time_eq(given.as_bytes(), token.as_bytes())
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Compares secrets in time independent of where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

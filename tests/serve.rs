@@ -256,3 +256,136 @@ fn non_loopback_needs_a_token() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("without --token-file"));
 }
+
+/// The native gRPC stream: proto events and an Arrow IPC batch in one stream, one bad event
+/// named in the ack, bearer auth, health checking.
+#[test]
+fn grpc_ingest_stream_acks_when_durable() {
+    use datafusion::arrow::ipc::writer::StreamWriter;
+    use proto::v1::{EventBatch, Events, event_batch::Payload};
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ktrail"))
+        .arg("--data")
+        .arg(&data)
+        .args(["serve", "--grpc", "127.0.0.1:0", "--token-file"])
+        .arg(&token_file)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening grpc ")
+        .unwrap()
+        .to_string();
+    let server = Server {
+        child,
+        addr: addr.parse().unwrap(),
+    };
+
+    let event = |i: i64, kind: &str| proto::v1::Event {
+        ts_unix_nanos: 1_795_687_200_000_000_000 + i,
+        kind: kind.into(),
+        source: "grpc".into(),
+        namespace: Some("billing".into()),
+        pod: Some("ledger-0".into()),
+        exe: Some("/usr/bin/psql".into()),
+        ..Default::default()
+    };
+    let mut builder = model::EventBatchBuilder::with_capacity(2);
+    for i in 0..2 {
+        builder.push(&model::Event {
+            ts: 1_795_687_300_000_000_000 + i,
+            kind: "network_connect".into(),
+            source: "grpc".into(),
+            event_id: Some(1000 + i),
+            dst_ip: Some("198.51.100.23".into()),
+            ..Default::default()
+        });
+    }
+    let batch = builder.finish();
+    let mut ipc = Vec::new();
+    {
+        let mut w = StreamWriter::try_new(&mut ipc, &batch.schema()).unwrap();
+        w.write(&batch).unwrap();
+        w.finish().unwrap();
+    }
+    let batches = vec![
+        EventBatch {
+            payload: Some(Payload::Events(Events {
+                events: vec![
+                    event(1, "process_exec"),
+                    event(2, "bogus"),
+                    event(3, "process_exit"),
+                ],
+            })),
+        },
+        EventBatch {
+            payload: Some(Payload::ArrowIpc(ipc)),
+        },
+    ];
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let url = format!("http://{addr}");
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "ktrail.v1.Ingest".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            status.status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        );
+
+        let mut client = proto::v1::ingest_client::IngestClient::new(channel);
+        let err = client
+            .ingest(futures::stream::iter(batches.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+
+        let mut req = tonic::Request::new(futures::stream::iter(batches));
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        let ack = client.ingest(req).await.unwrap().into_inner();
+        assert_eq!(
+            (ack.accepted, ack.rejected, ack.duplicates),
+            (4, 1, 0),
+            "{ack:?}"
+        );
+        assert!(ack.errors[0].starts_with("batch 1: event 1: "), "{ack:?}");
+    });
+    server.stop();
+
+    let out = Command::new(env!("CARGO_BIN_EXE_ktrail"))
+        .arg("--data")
+        .arg(&data)
+        .args([
+            "sql",
+            "--format",
+            "csv",
+            "SELECT kind, count(*) AS n FROM events GROUP BY kind ORDER BY kind",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "kind,n\nnetwork_connect,2\nprocess_exec,1\nprocess_exit,1\n"
+    );
+}

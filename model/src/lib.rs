@@ -143,6 +143,38 @@ pub fn events_schema() -> SchemaRef {
     SCHEMA.clone()
 }
 
+/// Checks a batch that arrived already in the `events` schema (Arrow IPC from a client) for
+/// the invariants the schema cannot express: every `kind` is a known kind, every `source` is
+/// set.
+pub fn validate_batch(batch: &RecordBatch) -> Result<(), ModelError> {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::compute::cast;
+    use datafusion::arrow::datatypes::DataType;
+    let strings = |name: &'static str| {
+        let c = batch
+            .column_by_name(name)
+            .ok_or(ModelError::MissingField(name))?;
+        Ok::<_, ModelError>(cast(c, &DataType::Utf8)?)
+    };
+    let kinds = strings(col::KIND)?;
+    for k in kinds.as_string::<i32>().iter() {
+        match k {
+            Some(k) if KINDS.contains(&k) => {}
+            Some(k) => return Err(ModelError::UnknownKind(k.to_string())),
+            None => return Err(ModelError::MissingField("kind")),
+        }
+    }
+    let sources = strings(col::SOURCE)?;
+    if sources
+        .as_string::<i32>()
+        .iter()
+        .any(|s| s.is_none_or(str::is_empty))
+    {
+        return Err(ModelError::MissingField("source"));
+    }
+    Ok(())
+}
+
 /// One event in the native shape: the `events` columns by name. Ingest parsers fill it; the
 /// native NDJSON format deserialises straight into it.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
