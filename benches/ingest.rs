@@ -1,4 +1,9 @@
-//! Parse throughput of each producer format: records → `events` batches, no storage.
+//! Ingest throughput of each producer format, on one thread:
+//! - `ingest_parse/*`: records → `events` batches, no storage;
+//! - `ingest_durable/*`: records → batches → `Store::append` (WAL fsynced: acknowledged);
+//! - `ingest_durable/grpc_arrow_ipc`: the gRPC fast path's work (Arrow IPC decode, validation,
+//!   append) without the network.
+//!
 //! `cargo bench --bench ingest`. Inputs are real sample records (`../shared/samples`, and a
 //! Falco alert in the documented shape), repeated with distinct timestamps.
 
@@ -89,5 +94,117 @@ fn parse(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, parse);
+fn durable(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = [
+        (
+            "k8s_audit",
+            input_file(
+                dir.path(),
+                "audit.jsonl",
+                &nth_line("k8s-audit/exec_pod.json", 0),
+                "\"requestReceivedTimestamp\":\"",
+            ),
+        ),
+        (
+            "falco",
+            input_file(dir.path(), "falco.jsonl", FALCO, "\"time\":\""),
+        ),
+        (
+            "tetragon",
+            input_file(
+                dir.path(),
+                "tetragon.jsonl",
+                &nth_line("tetragon/testdata_events.jsonl", 1),
+                "\"time\":\"",
+            ),
+        ),
+    ];
+    let mut group = c.benchmark_group("ingest_durable");
+    group
+        .measurement_time(Duration::from_secs(10))
+        .sample_size(10);
+    group.throughput(Throughput::Elements(LINES as u64));
+    let options = || storage::StoreOptions {
+        background: false,
+        ..Default::default()
+    };
+    for (name, input) in &inputs {
+        group.bench_function(*name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let store_dir = tempfile::tempdir_in(dir.path()).unwrap();
+                    let (store, _) = storage::Store::open(store_dir.path(), options()).unwrap();
+                    let start = std::time::Instant::now();
+                    ingest::read_input(
+                        input,
+                        Format::Auto,
+                        8192,
+                        &mut |_, batch| store.append(batch).map(|_| ()).map_err(|e| e.to_string()),
+                        &mut |r| panic!("{r}"),
+                    )
+                    .unwrap();
+                    total += start.elapsed();
+                    drop(store);
+                }
+                total
+            });
+        });
+    }
+    // The gRPC fast path: an Arrow IPC stream of 8192-event batches.
+    let mut batches = Vec::new();
+    ingest::read_input(
+        &inputs[2].1,
+        Format::Auto,
+        8192,
+        &mut |_, batch| {
+            batches.push(batch);
+            Ok(())
+        },
+        &mut |r| panic!("{r}"),
+    )
+    .unwrap();
+    let payloads: Vec<Vec<u8>> = batches
+        .iter()
+        .map(|b| {
+            let mut ipc = Vec::new();
+            let mut w =
+                datafusion::arrow::ipc::writer::StreamWriter::try_new(&mut ipc, &b.schema())
+                    .unwrap();
+            w.write(b).unwrap();
+            w.finish().unwrap();
+            drop(w);
+            ipc
+        })
+        .collect();
+    group.bench_function("grpc_arrow_ipc", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let store_dir = tempfile::tempdir_in(dir.path()).unwrap();
+                let (store, _) = storage::Store::open(store_dir.path(), options()).unwrap();
+                let start = std::time::Instant::now();
+                for p in &payloads {
+                    let reader = datafusion::arrow::ipc::reader::StreamReader::try_new(
+                        std::io::Cursor::new(p),
+                        None,
+                    )
+                    .unwrap();
+                    for batch in reader {
+                        let batch = batch.unwrap();
+                        model::validate_batch(&batch).unwrap();
+                        store.append(batch).unwrap();
+                    }
+                }
+                total += start.elapsed();
+                drop(store);
+            }
+            total
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, parse, durable);
 criterion_main!(benches);

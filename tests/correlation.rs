@@ -182,3 +182,89 @@ fn inventory_pods_and_egress() {
     assert_eq!(rows[0]["b"], false);
     assert_eq!(rows[0]["n"], "worker-1");
 }
+
+/// Without Tetragon data, Falco's `Terminal shell in container` alert stands in for the
+/// session's process, with lowered confidence.
+#[test]
+fn exec_sessions_fall_back_to_falco_shell_alerts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    let audit = std::fs::read_to_string(AUDIT).unwrap();
+    let mallory = audit.lines().next().unwrap();
+    let falco = r#"{"hostname":"worker-1","output":"10:00:00.400000000: Notice A shell was spawned in a container with an attached terminal (evt_type=execve user=root process=sh proc_exepath=/bin/sh parent=runc command=sh terminal=34816 container_id=3f1c0c9f7d2e)","priority":"Notice","rule":"Terminal shell in container","source":"syscall","tags":["T1059","container","mitre_execution","shell"],"time":"2026-11-26T10:00:00.400000000Z","output_fields":{"container.id":"3f1c0c9f7d2e","evt.type":"execve","k8s.ns.name":"billing","k8s.pod.name":"invoice-api-7d9f8b6c5-abc12","proc.cmdline":"sh","proc.exepath":"/bin/sh","proc.pname":"runc","proc.tty":34816,"user.uid":0}}"#;
+    let input = dir.path().join("input.jsonl");
+    std::fs::write(&input, format!("{mallory}\n{falco}\n")).unwrap();
+    ingest(&data, &[input.to_str().unwrap()]);
+    let rows = sql_json(
+        &data,
+        "SELECT k8s_user, confidence, processes, root_exec_id FROM exec_sessions",
+    );
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["k8s_user"], "mallory@example.com");
+    assert_eq!(rows[0]["confidence"], 0.5);
+    assert_eq!(strings(&rows[0]["processes"]), ["/bin/sh"]);
+    assert!(rows[0].get("root_exec_id").is_none_or(|v| v.is_null()));
+}
+
+/// A pod the next inventory of its namespace no longer lists is deleted then; an audit
+/// `delete` after a pod's last activity deletes it; leases end there.
+#[test]
+fn deleted_pods_stay_with_their_deletion_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    ingest(&data, &[INVENTORY]);
+    // A later inventory without the CronJob's pod.
+    let mut list: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(INVENTORY).unwrap()).unwrap();
+    list["items"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|i| i["metadata"]["name"] != "ledger-backup-29345760-x7k2p");
+    let later = dir.path().join("later.json");
+    std::fs::write(&later, serde_json::to_string_pretty(&list).unwrap()).unwrap();
+    ingest(&data, &[later.to_str().unwrap()]);
+    // Runtime-only pod deleted through the API after its sessions.
+    ingest(&data, &[TETRAGON]);
+    let delete = r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"0d9c8b7a-6f5e-4d3c-8b2a-190817263544","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/billing/pods/invoice-api-7d9f8b6c5-abc12","verb":"delete","user":{"username":"mallory@example.com","groups":["developers","system:authenticated"]},"sourceIPs":["203.0.113.77"],"userAgent":"kubectl/v1.31.0 (linux/amd64) kubernetes/9edcffc","objectRef":{"resource":"pods","namespace":"billing","name":"invoice-api-7d9f8b6c5-abc12","apiVersion":"v1"},"responseStatus":{"metadata":{},"code":200},"requestReceivedTimestamp":"2026-11-26T10:02:00.000000Z","stageTimestamp":"2026-11-26T10:02:00.050000Z"}"#;
+    let delete_file = dir.path().join("delete.jsonl");
+    std::fs::write(&delete_file, format!("{delete}\n")).unwrap();
+
+    // A second store: runtime + delete only (the inventory would keep the pod live).
+    let runtime = dir.path().join("runtime");
+    ingest(&runtime, &[TETRAGON, delete_file.to_str().unwrap()]);
+    let rows = sql_json(
+        &runtime,
+        "SELECT deleted_at, live FROM pods WHERE pod = 'invoice-api-7d9f8b6c5-abc12'",
+    );
+    assert_eq!(rows[0]["deleted_at"], "2026-11-26T10:02:00Z");
+    assert_eq!(rows[0]["live"], false);
+
+    let rows = sql_json(
+        &data,
+        "SELECT pod, deleted_at IS NOT NULL AS deleted, live FROM pods WHERE namespace = 'billing' ORDER BY pod",
+    );
+    let got: Vec<(String, bool, bool)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["pod"].as_str().unwrap().to_string(),
+                r["deleted"].as_bool().unwrap(),
+                r["live"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("invoice-api-7d9f8b6c5-abc12".to_string(), false, true),
+            ("ledger-0".to_string(), false, true),
+            ("ledger-backup-29345760-x7k2p".to_string(), true, false),
+        ]
+    );
+    // Its IP lease ended when it disappeared.
+    let rows = sql_json(
+        &data,
+        "SELECT held_until IS NOT NULL AS ended FROM pod_ips WHERE ip = '10.244.2.31'",
+    );
+    assert_eq!(rows[0]["ended"], true);
+}

@@ -1,13 +1,16 @@
 //! Falco alerts (`json_output: true`): JSON lines, `http_output` posts, falcosidekick forwards
 //! (with `uuid`), and old envelopes without `source` / `hostname` / `tags`.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
+
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
 
 use model::Event;
 
 #[derive(Deserialize)]
-struct Alert {
+struct Alert<'a> {
     time: String,
     rule: String,
     #[serde(default)]
@@ -20,19 +23,21 @@ struct Alert {
     tags: Option<Vec<String>>,
     #[serde(default)]
     uuid: Option<String>,
-    #[serde(default)]
-    output_fields: Map<String, Value>,
+    /// Read lazily: only the fields that map onto columns are decoded.
+    #[serde(borrow, default)]
+    output_fields: HashMap<Cow<'a, str>, &'a RawValue>,
 }
 
 /// Parses one alert. `output_fields` map onto columns where a column exists; every field stays
 /// in `raw`.
-pub fn parse(original: &[u8], out: &mut Vec<Event>) -> Result<(), String> {
-    let a: Alert = serde_json::from_slice(original).map_err(|e| e.to_string())?;
-    let raw = std::str::from_utf8(original).map_err(|_| "invalid UTF-8".to_string())?;
+pub fn parse(original: &str, out: &mut Vec<Event>) -> Result<(), String> {
+    let a: Alert = serde_json::from_str(original).map_err(|e| e.to_string())?;
+    let raw = original;
     let ts = model::parse_ts(&a.time).map_err(|e| e.to_string())?;
     let f = &a.output_fields;
     let text = |keys: &[&str]| keys.iter().find_map(|k| field_text(f.get(*k)?));
     let int = |keys: &[&str]| keys.iter().find_map(|k| field_int(f.get(*k)?));
+
     let exe = text(&["proc.exepath", "proc.exe"]);
     let args = text(&["proc.args"]).or_else(|| {
         text(&["proc.cmdline"]).map(|c| {
@@ -50,7 +55,7 @@ pub fn parse(original: &[u8], out: &mut Vec<Event>) -> Result<(), String> {
     };
     let event_id = match &a.uuid {
         Some(u) => model::event_id_of("falco", u.as_bytes()),
-        None => model::event_id_of("falco", original),
+        None => model::event_id_of("falco", original.as_bytes()),
     };
     out.push(Event {
         ts,
@@ -86,18 +91,26 @@ pub fn parse(original: &[u8], out: &mut Vec<Event>) -> Result<(), String> {
     Ok(())
 }
 
-fn field_text(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) if !s.is_empty() && s != "<NA>" => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
+/// A field as text: strings (not empty, not Falco's `<NA>`) and numbers.
+fn field_text(v: &RawValue) -> Option<String> {
+    let t = v.get();
+    if t.starts_with('"') {
+        let s: Cow<'_, str> = serde_json::from_str(t).ok()?;
+        (!s.is_empty() && s != "<NA>").then(|| s.into_owned())
+    } else if t.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+        Some(t.to_string())
+    } else {
+        None
     }
 }
 
-fn field_int(v: &Value) -> Option<i64> {
-    match v {
-        Value::Number(n) => n.as_i64(),
-        Value::String(s) => s.parse().ok(),
-        _ => None,
+/// A field as an integer: numbers, and strings that hold one.
+fn field_int(v: &RawValue) -> Option<i64> {
+    let t = v.get();
+    if t.starts_with('"') {
+        let s: Cow<'_, str> = serde_json::from_str(t).ok()?;
+        s.parse().ok()
+    } else {
+        t.parse().ok()
     }
 }

@@ -12,6 +12,8 @@ use serde::Deserialize;
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct AuditEvent {
+    #[serde(default)]
+    kind: Option<serde_json::Value>,
     #[serde(rename = "auditID")]
     audit_id: String,
     stage: String,
@@ -73,14 +75,23 @@ struct ResponseStatus {
 }
 
 #[derive(Deserialize)]
-struct EventList {
-    items: Vec<serde_json::Value>,
+struct EventList<'a> {
+    #[serde(borrow)]
+    items: Vec<&'a serde_json::value::RawValue>,
 }
 
 /// Parses one record: an `Event` or an `EventList`. `original` is the record's bytes, kept in
 /// `raw` (each item of a list gets its own JSON).
-pub fn parse(original: &[u8], out: &mut Vec<Event>) -> Result<(), String> {
-    let head: KindOnly = serde_json::from_slice(original).map_err(|e| e.to_string())?;
+pub fn parse(original: &str, out: &mut Vec<Event>) -> Result<(), String> {
+    // One typed pass for a single `Event` (the log backend's lines); anything else (a list, a
+    // wrong `kind`, a bad field) takes the path below, which names what is wrong.
+    if let Ok(ev) = serde_json::from_str::<AuditEvent>(original)
+        && ev.kind.as_ref().is_none_or(|k| k.as_str() == Some("Event"))
+    {
+        out.push(to_event(ev, original.to_string())?);
+        return Ok(());
+    }
+    let head: KindOnly = serde_json::from_str(original).map_err(|e| e.to_string())?;
     match head.kind.as_ref().map(|k| k.as_str()) {
         None | Some(Some("Event" | "EventList")) => {}
         Some(_) => {
@@ -91,18 +102,16 @@ pub fn parse(original: &[u8], out: &mut Vec<Event>) -> Result<(), String> {
         }
     }
     if head.kind.as_ref().and_then(|k| k.as_str()) == Some("EventList") {
-        let list: EventList = serde_json::from_slice(original).map_err(|e| e.to_string())?;
+        let list: EventList = serde_json::from_str(original).map_err(|e| e.to_string())?;
         for (i, item) in list.items.into_iter().enumerate() {
-            let raw = item.to_string();
             let ev: AuditEvent =
-                serde_json::from_value(item).map_err(|e| format!("items[{i}]: {e}"))?;
-            out.push(to_event(ev, raw)?);
+                serde_json::from_str(item.get()).map_err(|e| format!("items[{i}]: {e}"))?;
+            out.push(to_event(ev, item.get().to_string())?);
         }
         return Ok(());
     }
-    let ev: AuditEvent = serde_json::from_slice(original).map_err(|e| e.to_string())?;
-    let raw = String::from_utf8(original.to_vec()).map_err(|_| "invalid UTF-8".to_string())?;
-    out.push(to_event(ev, raw)?);
+    let ev: AuditEvent = serde_json::from_str(original).map_err(|e| e.to_string())?;
+    out.push(to_event(ev, original.to_string())?);
     Ok(())
 }
 

@@ -54,8 +54,7 @@ struct HeadMeta {
 }
 
 /// Parses one inventory record observed at `observed_at` (ns since the epoch) into `out`.
-pub fn parse(record: &[u8], observed_at: i64, out: &mut Vec<Event>) -> Result<(), String> {
-    let text = std::str::from_utf8(record).map_err(|_| "invalid UTF-8".to_string())?;
+pub fn parse(text: &str, observed_at: i64, out: &mut Vec<Event>) -> Result<(), String> {
     let envelope: Envelope<'_> =
         serde_json::from_str(text).map_err(|e| format!("not a Kubernetes object: {e}"))?;
     let items: Vec<&RawValue> = match envelope.items {
@@ -323,7 +322,7 @@ mod tests {
     #[test]
     fn pods_services_nodes_list() {
         let mut out = Vec::new();
-        parse(LIST.as_bytes(), 1_000, &mut out).unwrap();
+        parse(LIST, 1_000, &mut out).unwrap();
         let pods: Vec<_> = out
             .iter()
             .filter(|e| e.resource.as_deref() == Some("pods"))
@@ -387,13 +386,13 @@ mod tests {
     fn bad_items_are_named() {
         let mut out = Vec::new();
         let err = parse(
-            br#"{"kind":"List","apiVersion":"v1","items":[{"kind":"Pod","apiVersion":"v1","spec":{"containers":"x"}}]}"#,
+            r#"{"kind":"List","apiVersion":"v1","items":[{"kind":"Pod","apiVersion":"v1","spec":{"containers":"x"}}]}"#,
             0,
             &mut out,
         )
         .unwrap_err();
         assert!(err.starts_with("item 0: Pod:"), "{err}");
-        let err = parse(br#"{"kind": 0}"#, 0, &mut out).unwrap_err();
+        let err = parse(r#"{"kind": 0}"#, 0, &mut out).unwrap_err();
         assert!(err.starts_with("not a Kubernetes object"), "{err}");
     }
 

@@ -32,6 +32,19 @@ struct Process {
     /// Short container id (older exports, or no pod).
     #[serde(default)]
     docker: Option<String>,
+    #[serde(default)]
+    start_time: Option<String>,
+}
+
+/// The parent process: only what ktrail keeps of it (its pod, labels etc. are skipped).
+#[derive(Deserialize, Default)]
+struct Parent {
+    #[serde(default)]
+    exec_id: Option<String>,
+    #[serde(default)]
+    pid: Option<i64>,
+    #[serde(default)]
+    binary: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -64,7 +77,7 @@ struct Image {
     name: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 struct Sock {
     #[serde(default)]
     protocol: Option<String>,
@@ -78,10 +91,174 @@ struct Sock {
     dport: Option<i64>,
 }
 
+/// A line of the event types ktrail maps, read in one typed pass (unknown keys skipped).
+#[derive(Deserialize)]
+struct Line {
+    #[serde(default)]
+    process_exec: Option<Box<Body>>,
+    #[serde(default)]
+    process_exit: Option<Box<Body>>,
+    #[serde(default)]
+    process_kprobe: Option<Box<Body>>,
+    #[serde(default)]
+    process_tracepoint: Option<Box<Body>>,
+    #[serde(default)]
+    process_connect: Option<Box<Body>>,
+    #[serde(default)]
+    process_close: Option<Box<Body>>,
+    #[serde(default)]
+    process_listen: Option<Box<Body>>,
+    #[serde(default)]
+    node_name: Option<String>,
+    #[serde(default)]
+    cluster_name: Option<String>,
+    #[serde(default)]
+    time: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Body {
+    #[serde(default)]
+    process: Option<Box<Process>>,
+    #[serde(default)]
+    parent: Option<Parent>,
+    #[serde(default)]
+    function_name: Option<String>,
+    #[serde(default)]
+    args: Option<Vec<Arg>>,
+    // The older process_connect / process_close / process_listen events.
+    #[serde(default)]
+    source_ip: Option<String>,
+    #[serde(default)]
+    source_port: Option<i64>,
+    #[serde(default)]
+    destination_ip: Option<String>,
+    #[serde(default)]
+    destination_port: Option<i64>,
+    #[serde(default)]
+    protocol: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Arg {
+    #[serde(default)]
+    sock_arg: Option<Sock>,
+    #[serde(default)]
+    skb_arg: Option<Sock>,
+    #[serde(default)]
+    file_arg: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    path_arg: Option<serde::de::IgnoredAny>,
+}
+
 /// Parses one export line.
-pub fn parse(original: &[u8], out: &mut Vec<Event>) -> Result<(), String> {
-    let top: Map<String, Value> = serde_json::from_slice(original).map_err(|e| e.to_string())?;
-    let raw = std::str::from_utf8(original).map_err(|_| "invalid UTF-8".to_string())?;
+///
+/// The common event types are read in one typed pass straight from the bytes; anything that
+/// pass does not take (another event type, a field of an unexpected type) goes through the
+/// general path over a JSON tree, which decides whether it is kept (as `other`) or rejected.
+pub fn parse(original: &str, out: &mut Vec<Event>) -> Result<(), String> {
+    if let Ok(line) = serde_json::from_str::<Line>(original)
+        && let Some(ev) = typed(line, original)?
+    {
+        out.push(ev);
+        return Ok(());
+    }
+    parse_tree(original, out)
+}
+
+fn typed(line: Line, raw: &str) -> Result<Option<Event>, String> {
+    let (kind, body) = match line {
+        Line {
+            process_exec: Some(b),
+            ..
+        } => ("process_exec", b),
+        Line {
+            process_exit: Some(b),
+            ..
+        } => ("process_exit", b),
+        Line {
+            process_kprobe: Some(b),
+            ..
+        } => ("process_kprobe", b),
+        Line {
+            process_tracepoint: Some(b),
+            ..
+        } => ("process_tracepoint", b),
+        Line {
+            process_connect: Some(b),
+            ..
+        } => ("process_connect", b),
+        Line {
+            process_close: Some(b),
+            ..
+        } => ("process_close", b),
+        Line {
+            process_listen: Some(b),
+            ..
+        } => ("process_listen", b),
+        _ => return Ok(None),
+    };
+    let Body {
+        process,
+        parent,
+        function_name,
+        args,
+        source_ip,
+        source_port,
+        destination_ip,
+        destination_port,
+        protocol,
+    } = *body;
+    let process = process.unwrap_or_default();
+    let parent = parent.unwrap_or_default();
+    let Some(time) = line.time.as_deref().or(process.start_time.as_deref()) else {
+        return Ok(None);
+    };
+    let ts = model::parse_ts(time).map_err(|e| e.to_string())?;
+    let process = *process;
+    let mut ev = base_event(ts, process, parent, raw);
+    ev.node = line.node_name;
+    ev.cluster = line.cluster_name;
+    let port = |p: Option<i64>| p.and_then(|p| i32::try_from(p).ok());
+    ev.kind = match kind {
+        "process_exec" | "process_exit" => kind.into(),
+        "process_kprobe" => {
+            let args = args.unwrap_or_default();
+            let sock = args
+                .iter()
+                .find_map(|a| a.sock_arg.as_ref().or(a.skb_arg.as_ref()));
+            match sock {
+                Some(s) => sock_event(function_name.as_deref().unwrap_or(""), s.clone(), &mut ev),
+                None if args
+                    .iter()
+                    .any(|a| a.file_arg.is_some() || a.path_arg.is_some()) =>
+                {
+                    "file_access".into()
+                }
+                None => "other".into(),
+            }
+        }
+        "process_connect" | "process_close" | "process_listen" => {
+            ev.src_ip = source_ip;
+            ev.src_port = port(source_port);
+            ev.dst_ip = destination_ip;
+            ev.dst_port = port(destination_port);
+            ev.protocol = protocol;
+            match kind {
+                "process_connect" => "network_connect",
+                "process_close" => "network_close",
+                _ => "network_listen",
+            }
+            .into()
+        }
+        _ => "other".into(),
+    };
+    Ok(Some(ev))
+}
+
+/// The general path: any `process_*` event, from a JSON tree.
+fn parse_tree(raw: &str, out: &mut Vec<Event>) -> Result<(), String> {
+    let top: Map<String, Value> = serde_json::from_str(raw).map_err(|e| e.to_string())?;
     let (event_type, body) = top
         .iter()
         .find(|(k, v)| k.starts_with("process_") && v.is_object())
@@ -100,13 +277,13 @@ pub fn parse(original: &[u8], out: &mut Vec<Event>) -> Result<(), String> {
         }
         None => Process::default(),
     };
-    let parent: Process = match body.get("parent") {
+    let parent: Parent = match body.get("parent") {
         Some(p) => {
             serde_json::from_value(p.clone()).map_err(|e| format!("{event_type}.parent: {e}"))?
         }
-        None => Process::default(),
+        None => Parent::default(),
     };
-    let mut ev = base_event(ts, &process, &parent, raw);
+    let mut ev = base_event(ts, process, parent, raw);
     ev.node = top
         .get("node_name")
         .and_then(Value::as_str)
@@ -128,11 +305,13 @@ pub fn parse(original: &[u8], out: &mut Vec<Event>) -> Result<(), String> {
     Ok(())
 }
 
-fn base_event(ts: i64, p: &Process, parent: &Process, raw: &str) -> Event {
-    let pod = p.pod.as_ref();
-    let container = pod.and_then(|pod| pod.container.as_ref());
+/// The columns every event type shares, moved out of the parsed process and its parent.
+fn base_event(ts: i64, p: Process, parent: Parent, raw: &str) -> Event {
+    let pod = p.pod.unwrap_or_default();
+    let container = pod.container.unwrap_or_default();
     let container_id = container
-        .and_then(|c| c.id.as_deref())
+        .id
+        .as_deref()
         .or(p.docker.as_deref())
         .map(strip_runtime_prefix);
     Event {
@@ -140,24 +319,22 @@ fn base_event(ts: i64, p: &Process, parent: &Process, raw: &str) -> Event {
         kind: String::new(),
         source: "tetragon".into(),
         event_id: Some(model::event_id_of("tetragon", raw.as_bytes())),
-        namespace: pod.and_then(|p| p.namespace.clone()),
-        pod: pod.and_then(|p| p.name.clone()),
+        namespace: pod.namespace,
+        pod: pod.name,
         container_id,
-        container_name: container.and_then(|c| c.name.clone()),
-        image: container
-            .and_then(|c| c.image.as_ref())
-            .and_then(|i| i.name.clone()),
-        workload_kind: pod.and_then(|p| p.workload_kind.clone()),
-        workload_name: pod.and_then(|p| p.workload.clone()),
+        container_name: container.name,
+        image: container.image.and_then(|i| i.name),
+        workload_kind: pod.workload_kind,
+        workload_name: pod.workload,
         pid: p.pid,
         ppid: parent.pid,
         uid: p.uid,
-        exe: p.binary.clone(),
-        args: p.arguments.clone(),
-        cwd: p.cwd.clone(),
-        exec_id: p.exec_id.clone(),
-        parent_exec_id: p.parent_exec_id.clone().or_else(|| parent.exec_id.clone()),
-        parent_exe: parent.binary.clone(),
+        exe: p.binary,
+        args: p.arguments,
+        cwd: p.cwd,
+        exec_id: p.exec_id,
+        parent_exec_id: p.parent_exec_id.or(parent.exec_id),
+        parent_exe: parent.binary,
         raw: Some(raw.to_string()),
         ..Default::default()
     }
@@ -181,25 +358,7 @@ fn kprobe(body: &Map<String, Value>, ev: &mut Event) -> String {
         serde_json::from_value::<Sock>(s.clone()).ok()
     });
     if let Some(s) = sock {
-        let (kind, accepted) = match function {
-            "tcp_connect" | "tcp_sendmsg" | "udp_sendmsg" => ("network_connect", false),
-            "tcp_close" => ("network_close", false),
-            "inet_csk_accept" => ("network_accept", true),
-            "inet_csk_listen_start" => ("network_listen", false),
-            _ => ("network_connect", false),
-        };
-        let port = |p: Option<i64>| p.and_then(|p| i32::try_from(p).ok());
-        ev.protocol = s
-            .protocol
-            .map(|p| p.trim_start_matches("IPPROTO_").to_string());
-        if accepted {
-            (ev.src_ip, ev.src_port, ev.dst_ip, ev.dst_port) =
-                (s.daddr, port(s.dport), s.saddr, port(s.sport));
-        } else {
-            (ev.src_ip, ev.src_port, ev.dst_ip, ev.dst_port) =
-                (s.saddr, port(s.sport), s.daddr, port(s.dport));
-        }
-        return kind.into();
+        return sock_event(function, s, ev);
     }
     let file = args
         .into_iter()
@@ -210,6 +369,29 @@ fn kprobe(body: &Map<String, Value>, ev: &mut Event) -> String {
     } else {
         "other".into()
     }
+}
+
+/// A kprobe on a socket function: its kind, and the connection's ends (`src` initiated it).
+fn sock_event(function: &str, s: Sock, ev: &mut Event) -> String {
+    let (kind, accepted) = match function {
+        "tcp_connect" | "tcp_sendmsg" | "udp_sendmsg" => ("network_connect", false),
+        "tcp_close" => ("network_close", false),
+        "inet_csk_accept" => ("network_accept", true),
+        "inet_csk_listen_start" => ("network_listen", false),
+        _ => ("network_connect", false),
+    };
+    let port = |p: Option<i64>| p.and_then(|p| i32::try_from(p).ok());
+    ev.protocol = s
+        .protocol
+        .map(|p| p.trim_start_matches("IPPROTO_").to_string());
+    if accepted {
+        (ev.src_ip, ev.src_port, ev.dst_ip, ev.dst_port) =
+            (s.daddr, port(s.dport), s.saddr, port(s.sport));
+    } else {
+        (ev.src_ip, ev.src_port, ev.dst_ip, ev.dst_port) =
+            (s.saddr, port(s.sport), s.daddr, port(s.dport));
+    }
+    kind.into()
 }
 
 fn legacy_connection(body: &Map<String, Value>, ev: &mut Event, kind: &str) -> String {
