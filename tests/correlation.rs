@@ -181,6 +181,15 @@ fn inventory_pods_and_egress() {
     assert_eq!(rows[0]["a"], true);
     assert_eq!(rows[0]["b"], false);
     assert_eq!(rows[0]["n"], "worker-1");
+
+    // An alert that names only the short container id finds its pod and workload.
+    let rows = sql_json(
+        &data,
+        "SELECT namespace, pod, workload_name, node FROM containers WHERE short_id = '3f1c0c9f7d2e'",
+    );
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["pod"], "invoice-api-7d9f8b6c5-abc12");
+    assert_eq!(rows[0]["workload_name"], "invoice-api");
 }
 
 /// Without Tetragon data, Falco's `Terminal shell in container` alert stands in for the

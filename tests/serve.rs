@@ -203,6 +203,24 @@ fn webhooks_store_durably_and_sql_answers_after_shutdown() {
         "{body}"
     );
 
+    // A `kubectl get -o json` inventory.
+    let inventory = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/ingest/tests/data/kubectl_get_pods_services_nodes.json"
+    ))
+    .unwrap();
+    let (status, body) = request(
+        addr,
+        "POST",
+        "/v1/ingest/k8s-objects",
+        Some(TOKEN),
+        &inventory,
+    );
+    assert_eq!(status, 200, "{body}");
+    let reply: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let n_objects = reply["accepted"].as_u64().unwrap();
+    assert!(n_objects >= 10, "{body}");
+
     // Nothing but garbage: 400. Too large: 413. Unknown producer: 404.
     assert_eq!(
         request(addr, "POST", "/v1/ingest/falco", Some(TOKEN), b"not json").0,
@@ -238,7 +256,7 @@ fn webhooks_store_durably_and_sql_answers_after_shutdown() {
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        format!("source,n\nfalco,1\nk8s_audit,{n_audit}\ntetragon,3\n")
+        format!("source,n\nfalco,1\nk8s_audit,{n_audit}\nk8s_objects,{n_objects}\ntetragon,3\n")
     );
     let dead = std::fs::read_to_string(data.join("dead-letter.jsonl")).unwrap();
     assert!(dead.contains("\"path\":\"http:tetragon\""), "{dead}");

@@ -130,9 +130,28 @@ SELECT *,
   END AS dst_class
 FROM c";
 
+/// Container → pod → workload → node, from every source that names a container with its pod:
+/// the correlation table for events that carry only a container id (Falco's `container.id` is
+/// the 12-character short id: join on `short_id`).
+const CONTAINERS: &str = "
+SELECT container_id, substr(container_id, 1, 12) AS short_id,
+  last_value(namespace ORDER BY ts) AS namespace,
+  last_value(pod ORDER BY ts) AS pod,
+  last_value(container_name ORDER BY ts) FILTER (WHERE container_name IS NOT NULL) AS container_name,
+  last_value(image ORDER BY ts) FILTER (WHERE image IS NOT NULL) AS image,
+  last_value(node ORDER BY ts) FILTER (WHERE node IS NOT NULL) AS node,
+  last_value(workload_kind ORDER BY ts) FILTER (WHERE workload_kind IS NOT NULL) AS workload_kind,
+  last_value(workload_name ORDER BY ts) FILTER (WHERE workload_name IS NOT NULL) AS workload_name,
+  min(ts) AS first_seen, max(ts) AS last_seen
+FROM events
+WHERE container_id IS NOT NULL AND namespace IS NOT NULL AND pod IS NOT NULL
+  AND length(container_id) > 12
+GROUP BY container_id";
+
 /// Views built on joins, in registration order.
 pub const CORRELATION_VIEWS: &[(&str, &str)] = &[
     ("pod_sightings", POD_SIGHTINGS),
+    ("containers", CONTAINERS),
     ("pods", PODS),
     ("pod_ips", POD_IPS),
     ("egress", EGRESS),
