@@ -96,6 +96,28 @@ enum Command {
     Verify,
     /// Flush the memtable and compact small segments now.
     Compact,
+    /// The `known_networks` allow-list (destinations `egress` calls `allowlisted`). Local only:
+    /// edits the data directory's `known_networks.json`, also while `serve` runs (sessions
+    /// opened afterwards see the change).
+    Networks {
+        #[command(subcommand)]
+        action: NetworksAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum NetworksAction {
+    /// Add (or relabel) a network.
+    Add {
+        /// IPv4/IPv6 CIDR or single address.
+        cidr: String,
+        /// What it is.
+        label: String,
+    },
+    /// Remove a network.
+    Remove { cidr: String },
+    /// List the networks, one `CIDR<TAB>LABEL` per line.
+    List,
 }
 
 /// `--format` values: the names `ingest::Format` defines.
@@ -193,6 +215,7 @@ fn main() -> ExitCode {
         }
         Command::Verify => verify_cmd(&cli.data),
         Command::Compact => compact_cmd(&cli.data),
+        Command::Networks { action } => networks_cmd(&cli.data, action),
     };
     match result {
         Ok(code) => code,
@@ -381,6 +404,48 @@ fn serve_cmd(
     runtime()
         .block_on(serve::run(store, data.clone(), options))
         .map_err(CliError::Other)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn networks_cmd(data: &std::path::Path, action: NetworksAction) -> Result<ExitCode, CliError> {
+    use storage::networks::{self, KnownNetwork};
+    let mut list = networks::load(data)?;
+    match action {
+        NetworksAction::List => {
+            for n in &list {
+                println!("{}\t{}", n.cidr, n.label);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        NetworksAction::Add { cidr, label } => {
+            let net: ipnet::IpNet = cidr
+                .parse()
+                .or_else(|_| cidr.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| CliError::Other(format!("{cidr:?} is not a CIDR or an IP address")))?;
+            // Stored normalised (`10.1.2.3/8` → `10.0.0.0/8`), so remove finds it again.
+            let cidr = net.trunc().to_string();
+            list.retain(|n| n.cidr != cidr);
+            list.push(KnownNetwork { cidr, label });
+        }
+        NetworksAction::Remove { cidr } => {
+            let normalised = cidr
+                .parse::<ipnet::IpNet>()
+                .map(|n| n.trunc().to_string())
+                .or_else(|_| {
+                    cidr.parse::<std::net::IpAddr>()
+                        .map(|a| ipnet::IpNet::from(a).to_string())
+                })
+                .unwrap_or(cidr.clone());
+            let before = list.len();
+            list.retain(|n| n.cidr != normalised && n.cidr != cidr);
+            if list.len() == before {
+                return Err(CliError::Other(format!("{cidr} is not a known network")));
+            }
+        }
+    }
+    std::fs::create_dir_all(data)
+        .map_err(|e| CliError::Other(format!("{}: {e}", data.display())))?;
+    networks::save(data, &list)?;
     Ok(ExitCode::SUCCESS)
 }
 

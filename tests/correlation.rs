@@ -90,6 +90,28 @@ fn check_sessions(data: &Path) {
     for r in [a, b] {
         assert_eq!(r["confidence"], 0.5, "{r}");
     }
+    // The session's events, each with its session id: the request's audit stages, every
+    // process, exit and connection.
+    let events = sql_json(
+        data,
+        "SELECT kind, exe, dst_ip FROM session_events \
+         WHERE session_id = '9b3c6a1e-0f43-4d7e-a5c2-1d8e7f6a5b4c' ORDER BY ts, kind",
+    );
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "k8s_audit",
+            "k8s_audit",
+            "process_exec",
+            "process_exec",
+            "network_connect",
+            "process_exec",
+            "process_exit",
+            "process_exit"
+        ]
+    );
+    assert_eq!(events[4]["dst_ip"], "198.51.100.23");
     // The container's own process and its database connection belong to no session.
     let all: Vec<String> = rows.iter().flat_map(|r| strings(&r["processes"])).collect();
     assert!(!all.iter().any(|p| p.contains("invoice-api --listen")));
@@ -146,11 +168,25 @@ fn inventory_pods_and_egress() {
     assert_eq!(pods[0]["live"], true);
 
     // Known networks make a destination allow-listed.
-    std::fs::write(
-        data.join("known_networks.json"),
-        r#"[{"cidr": "203.0.113.0/24", "label": "partner"}]"#,
-    )
-    .unwrap();
+    for args in [
+        &["networks", "add", "203.0.113.7/24", "partner"][..],
+        &["networks", "add", "192.0.2.1", "bastion"],
+        &["networks", "remove", "192.0.2.1"],
+    ] {
+        let o = ktrail(&data, args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let o = ktrail(&data, &["networks", "list"]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "203.0.113.0/24\tpartner\n"
+    );
+    assert_eq!(
+        ktrail(&data, &["networks", "add", "not-a-net", "x"])
+            .status
+            .code(),
+        Some(1)
+    );
     let egress = sql_json(
         &data,
         "SELECT dst_ip, dst_class, dst_pod, dst_label FROM egress ORDER BY ts",

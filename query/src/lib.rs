@@ -49,7 +49,11 @@ pub async fn session(store: &Store, index: IndexUse) -> Result<SessionContext, Q
     ctx.register_table("events", Arc::new(EventsTable::new(store.clone(), index)))?;
     ctx.register_table("known_networks", known_networks(&networks)?)?;
     ctx.register_table("exec_sessions", Arc::new(sessions::ExecSessionsTable))?;
-    for (name, sql) in views::BASE_VIEWS.iter().chain(views::CORRELATION_VIEWS) {
+    let all_views = views::BASE_VIEWS
+        .iter()
+        .chain(views::CORRELATION_VIEWS)
+        .chain(views::SESSION_VIEWS);
+    for (name, sql) in all_views {
         let view = ctx.sql(sql).await?.into_view();
         ctx.register_table(*name, view)?;
     }

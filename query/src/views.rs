@@ -148,6 +148,17 @@ WHERE container_id IS NOT NULL AND namespace IS NOT NULL AND pod IS NOT NULL
   AND length(container_id) > 12
 GROUP BY container_id";
 
+/// Every event of every exec session, with its `session_id`: the request's audit rows (and
+/// events stored with a session id), and the processes, exits and connections `exec_sessions`
+/// attributes by lineage (whose stored `session_id` is empty).
+const SESSION_EVENTS: &str = "
+SELECT * EXCLUDE (session_id), session_id FROM events WHERE session_id IS NOT NULL
+UNION ALL
+SELECT e.* EXCLUDE (session_id), u.session_id
+FROM (SELECT session_id, namespace, pod, unnest(exec_ids) AS exec_id FROM exec_sessions) u
+JOIN events e ON e.exec_id = u.exec_id AND e.namespace = u.namespace AND e.pod = u.pod
+WHERE e.session_id IS NULL";
+
 /// Views built on joins, in registration order.
 pub const CORRELATION_VIEWS: &[(&str, &str)] = &[
     ("pod_sightings", POD_SIGHTINGS),
@@ -156,3 +167,6 @@ pub const CORRELATION_VIEWS: &[(&str, &str)] = &[
     ("pod_ips", POD_IPS),
     ("egress", EGRESS),
 ];
+
+/// Views over `exec_sessions` (registered after it).
+pub const SESSION_VIEWS: &[(&str, &str)] = &[("session_events", SESSION_EVENTS)];
