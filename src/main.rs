@@ -15,6 +15,11 @@ use ingest::Format;
 use query::IndexUse;
 use storage::{Store, StoreOptions};
 
+// Ingest allocates (and frees) a string per field of every record; mimalloc measured
+// +10-15 % over the system allocator on that path (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "ktrail",
