@@ -44,13 +44,13 @@ fn input_file(dir: &Path, name: &str, line: &str, ts_key: &str) -> Input {
     Input::File(path)
 }
 
-fn parse(c: &mut Criterion) {
-    let dir = tempfile::tempdir().unwrap();
-    let inputs = [
+/// One input file per producer format, named as the bench functions are.
+fn inputs(dir: &Path) -> [(&'static str, Input); 3] {
+    [
         (
             "k8s_audit",
             input_file(
-                dir.path(),
+                dir,
                 "audit.jsonl",
                 &nth_line("k8s-audit/exec_pod.json", 0),
                 "\"requestReceivedTimestamp\":\"",
@@ -58,18 +58,23 @@ fn parse(c: &mut Criterion) {
         ),
         (
             "falco",
-            input_file(dir.path(), "falco.jsonl", FALCO, "\"time\":\""),
+            input_file(dir, "falco.jsonl", FALCO, "\"time\":\""),
         ),
         (
             "tetragon",
             input_file(
-                dir.path(),
+                dir,
                 "tetragon.jsonl",
                 &nth_line("tetragon/testdata_events.jsonl", 1),
                 "\"time\":\"",
             ),
         ),
-    ];
+    ]
+}
+
+fn parse(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = inputs(dir.path());
     let mut group = c.benchmark_group("ingest_parse");
     group
         .measurement_time(Duration::from_secs(10))
@@ -100,30 +105,7 @@ fn parse(c: &mut Criterion) {
 
 fn durable(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let inputs = [
-        (
-            "k8s_audit",
-            input_file(
-                dir.path(),
-                "audit.jsonl",
-                &nth_line("k8s-audit/exec_pod.json", 0),
-                "\"requestReceivedTimestamp\":\"",
-            ),
-        ),
-        (
-            "falco",
-            input_file(dir.path(), "falco.jsonl", FALCO, "\"time\":\""),
-        ),
-        (
-            "tetragon",
-            input_file(
-                dir.path(),
-                "tetragon.jsonl",
-                &nth_line("tetragon/testdata_events.jsonl", 1),
-                "\"time\":\"",
-            ),
-        ),
-    ];
+    let inputs = inputs(dir.path());
     let mut group = c.benchmark_group("ingest_durable");
     group
         .measurement_time(Duration::from_secs(10))

@@ -1,25 +1,12 @@
 //! End-to-end tests of the `ktrail` binary: ingest and sql as the contract describes them.
 
+mod common;
+
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
-fn ktrail(data: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ktrail"))
-        .arg("--data")
-        .arg(data)
-        .args(args)
-        .output()
-        .expect("run ktrail")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use common::{SAMPLES, ktrail, sql, stderr, stdout};
 
 const QUICKSTART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/quickstart.ndjson");
 
@@ -35,17 +22,11 @@ fn ingest_then_query_the_bundled_incident() {
         stderr(&o)
     );
 
-    let o = ktrail(
+    let text = sql(
         &data,
-        &[
-            "sql",
-            "--format",
-            "csv",
-            "SELECT ts, pod, binary_name, args FROM process_events WHERE binary_name IN ('curl', 'tcpdump') ORDER BY ts",
-        ],
+        "csv",
+        "SELECT ts, pod, binary_name, args FROM process_events WHERE binary_name IN ('curl', 'tcpdump') ORDER BY ts",
     );
-    assert!(o.status.success(), "{}", stderr(&o));
-    let text = stdout(&o);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[0], "ts,pod,binary_name,args");
     assert_eq!(lines.len(), 3, "{text}");
@@ -55,17 +36,13 @@ fn ingest_then_query_the_bundled_incident() {
         "{text}"
     );
 
-    let o = ktrail(
-        &data,
-        &[
-            "sql",
-            "--format",
-            "json",
-            "SELECT k8s_user, source_ip FROM k8s_audit WHERE subresource = 'exec'",
-        ],
-    );
     assert_eq!(
-        stdout(&o).trim(),
+        sql(
+            &data,
+            "json",
+            "SELECT k8s_user, source_ip FROM k8s_audit WHERE subresource = 'exec'"
+        )
+        .trim(),
         r#"[{"k8s_user":"mallory@example.com","source_ip":"203.0.113.7"}]"#
     );
 
@@ -234,8 +211,6 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/samples");
-
 #[test]
 fn real_audit_logs_ingest_with_only_the_malformed_record_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -252,17 +227,12 @@ fn real_audit_logs_ingest_with_only_the_malformed_record_refused() {
     );
     assert!(err.contains("k8s-audit: accepted "), "{err}");
 
-    let o = ktrail(
-        &data,
-        &[
-            "sql",
-            "--format",
-            "csv",
-            "SELECT k8s_user, verb, namespace, pod, request_uri FROM k8s_audit WHERE subresource = 'exec'",
-        ],
-    );
     assert_eq!(
-        stdout(&o),
+        sql(
+            &data,
+            "csv",
+            "SELECT k8s_user, verb, namespace, pod, request_uri FROM k8s_audit WHERE subresource = 'exec'"
+        ),
         "k8s_user,verb,namespace,pod,request_uri\nminikube-user,create,default,nginx-deployment-7998647bdf-phvq7,/api/v1/namespaces/default/pods/nginx-deployment-7998647bdf-phvq7/exec?command=bash&container=nginx1&container=nginx1&stdin=true&stdout=true&tty=true\n"
     );
     // The same event again, posted as a webhook EventList would carry it: nothing is added.
@@ -294,17 +264,12 @@ fn tetragon_exports_are_answered_by_sql() {
         "{}",
         stderr(&o)
     );
-    let o = ktrail(
-        &data,
-        &[
-            "sql",
-            "--format",
-            "csv",
-            "SELECT kind, pod, binary_name FROM events ORDER BY ts",
-        ],
-    );
     assert_eq!(
-        stdout(&o),
+        sql(
+            &data,
+            "csv",
+            "SELECT kind, pod, binary_name FROM events ORDER BY ts"
+        ),
         "kind,pod,binary_name\nprocess_exec,tiefighter,netserver\nprocess_exec,deathstar-6f87496b94-qdlh8,starwars-docker\nprocess_exec,deathstar-6f87496b94-gjf74,starwars-docker\nfile_access,file-access,vi\n"
     );
 }

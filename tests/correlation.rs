@@ -1,23 +1,11 @@
 //! Correlation end to end: inventories, pods, egress and exec sessions from the producers'
 //! real formats, ingested through the `ktrail` binary and answered by `ktrail sql`.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn ktrail(data: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ktrail"))
-        .arg("--data")
-        .arg(data)
-        .args(args)
-        .output()
-        .expect("run ktrail")
-}
-
-fn sql_json(data: &Path, sql: &str) -> Vec<serde_json::Value> {
-    let o = ktrail(data, &["sql", "--format", "json", sql]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    serde_json::from_slice(&o.stdout).expect("json array")
-}
+use common::{ktrail, sql_json};
 
 fn ingest(data: &Path, paths: &[&str]) {
     let mut args = vec!["ingest"];

@@ -2,12 +2,15 @@
 //! `EventList`, Falco `http_output`, Tetragon JSON lines), bearer auth, size limit, graceful
 //! shutdown, and the data answered by `ktrail sql` afterwards.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/samples");
+use common::{SAMPLES, ktrail, sql, stderr};
+
 const TOKEN: &str = "s3cret-token-for-tests";
 
 struct Server {
@@ -16,11 +19,18 @@ struct Server {
 }
 
 impl Server {
-    fn start(data: &Path, token_file: &Path, extra: &[&str]) -> Server {
+    /// `ktrail serve --PROTO 127.0.0.1:0 --token-file FILE EXTRA...`, once it says where it
+    /// listens.
+    fn start(data: &Path, proto: &str, token_file: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ktrail"))
             .arg("--data")
             .arg(data)
-            .args(["serve", "--http", "127.0.0.1:0", "--token-file"])
+            .args([
+                "serve",
+                &format!("--{proto}"),
+                "127.0.0.1:0",
+                "--token-file",
+            ])
             .arg(token_file)
             .args(extra)
             .stdout(Stdio::piped())
@@ -33,7 +43,7 @@ impl Server {
             .unwrap();
         let addr = line
             .trim()
-            .strip_prefix("listening http ")
+            .strip_prefix(&format!("listening {proto} "))
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .parse()
             .unwrap();
@@ -100,7 +110,7 @@ fn webhooks_store_durably_and_sql_answers_after_shutdown() {
     let data = dir.path().join("store");
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    let server = Server::start(&data, &token_file, &["--max-body-bytes", "1048576"]);
+    let server = Server::start(&data, "http", &token_file, &["--max-body-bytes", "1048576"]);
     let addr = server.addr;
 
     assert_eq!(request(addr, "GET", "/healthz", None, b"").0, 200);
@@ -238,24 +248,12 @@ fn webhooks_store_durably_and_sql_answers_after_shutdown() {
 
     server.stop();
 
-    let out = Command::new(env!("CARGO_BIN_EXE_ktrail"))
-        .arg("--data")
-        .arg(&data)
-        .args([
-            "sql",
-            "--format",
-            "csv",
-            "SELECT source, count(*) AS n FROM events GROUP BY source ORDER BY source",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
+        sql(
+            &data,
+            "csv",
+            "SELECT source, count(*) AS n FROM events GROUP BY source ORDER BY source"
+        ),
         format!("source,n\nfalco,1\nk8s_audit,{n_audit}\nk8s_objects,{n_objects}\ntetragon,3\n")
     );
     let dead = std::fs::read_to_string(data.join("dead-letter.jsonl")).unwrap();
@@ -265,14 +263,9 @@ fn webhooks_store_durably_and_sql_answers_after_shutdown() {
 #[test]
 fn non_loopback_needs_a_token() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ktrail"))
-        .arg("--data")
-        .arg(dir.path().join("store"))
-        .args(["serve", "--http", "0.0.0.0:0"])
-        .output()
-        .unwrap();
+    let out = ktrail(&dir.path().join("store"), &["serve", "--http", "0.0.0.0:0"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("without --token-file"));
+    assert!(stderr(&out).contains("without --token-file"));
 }
 
 /// The native gRPC stream: proto events and an Arrow IPC batch in one stream, one bad event
@@ -286,27 +279,8 @@ fn grpc_ingest_stream_acks_when_durable() {
     let data = dir.path().join("store");
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, TOKEN).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ktrail"))
-        .arg("--data")
-        .arg(&data)
-        .args(["serve", "--grpc", "127.0.0.1:0", "--token-file"])
-        .arg(&token_file)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening grpc ")
-        .unwrap()
-        .to_string();
-    let server = Server {
-        child,
-        addr: addr.parse().unwrap(),
-    };
+    let server = Server::start(&data, "grpc", &token_file, &[]);
+    let addr = server.addr;
 
     let event = |i: i64, kind: &str| proto::v1::Event {
         ts_unix_nanos: 1_795_687_200_000_000_000 + i,
@@ -391,19 +365,12 @@ fn grpc_ingest_stream_acks_when_durable() {
     });
     server.stop();
 
-    let out = Command::new(env!("CARGO_BIN_EXE_ktrail"))
-        .arg("--data")
-        .arg(&data)
-        .args([
-            "sql",
-            "--format",
-            "csv",
-            "SELECT kind, count(*) AS n FROM events GROUP BY kind ORDER BY kind",
-        ])
-        .output()
-        .unwrap();
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
+        sql(
+            &data,
+            "csv",
+            "SELECT kind, count(*) AS n FROM events GROUP BY kind ORDER BY kind"
+        ),
         "kind,n\nnetwork_connect,2\nprocess_exec,1\nprocess_exit,1\n"
     );
 }

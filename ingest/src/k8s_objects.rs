@@ -258,16 +258,7 @@ fn service_rows(svc: &Service, base: Event, out: &mut Vec<Event>) {
     ips.retain(|ip| !ip.is_empty() && ip != "None");
     ips.sort();
     ips.dedup();
-    if ips.is_empty() {
-        out.push(base);
-        return;
-    }
-    for ip in ips {
-        out.push(Event {
-            src_ip: Some(ip),
-            ..base.clone()
-        });
-    }
+    push_per_ip(base, ips, out);
 }
 
 fn node_rows(node: &Node, base: Event, out: &mut Vec<Event>) {
@@ -286,6 +277,11 @@ fn node_rows(node: &Node, base: Event, out: &mut Vec<Event>) {
         .map(|a| a.address.clone())
         .collect();
     ips.dedup();
+    push_per_ip(base, ips, out);
+}
+
+/// One row per IP in `src_ip`; one row without an IP when there is none.
+fn push_per_ip(base: Event, ips: Vec<String>, out: &mut Vec<Event>) {
     if ips.is_empty() {
         out.push(base);
         return;

@@ -40,6 +40,14 @@ pub const MATCH_WINDOW_AFTER_NS: i64 = 10_000_000_000;
 /// Falco raises its shell alert after the shell starts; allow it a little longer.
 const FALCO_WINDOW_AFTER_NS: i64 = 60_000_000_000;
 
+/// Kinds of the runtime activity a session can own: every kind but the API's own records.
+fn runtime_kinds() -> impl Iterator<Item = &'static str> {
+    model::KINDS
+        .iter()
+        .copied()
+        .filter(|k| !matches!(*k, "k8s_audit" | "k8s_object" | "other"))
+}
+
 /// Columns of `exec_sessions` that filters may be pushed through (they mean the same on the
 /// request's audit rows; `session_id` is the request's `audit_id`).
 const PUSHABLE: &[&str] = &["namespace", "pod", "k8s_user", "session_id", "audit_id"];
@@ -244,24 +252,7 @@ async fn compute(ctx: &SessionContext, filters: &[Expr]) -> Result<RecordBatch> 
                     pod_names.into_iter().map(|p| lit(p.clone())).collect(),
                     false,
                 ))
-                .and(
-                    col("kind").in_list(
-                        [
-                            "process_exec",
-                            "process_exit",
-                            "network_connect",
-                            "network_accept",
-                            "network_listen",
-                            "network_close",
-                            "file_access",
-                            "falco_alert",
-                        ]
-                        .into_iter()
-                        .map(lit)
-                        .collect(),
-                        false,
-                    ),
-                )
+                .and(col("kind").in_list(runtime_kinds().map(lit).collect(), false))
                 .and(
                     col("ts").gt_eq(lit(datafusion::common::ScalarValue::TimestampNanosecond(
                         Some(start),
@@ -300,6 +291,14 @@ fn strings(b: &RecordBatch, name: &str) -> Vec<Option<String>> {
         .collect()
 }
 
+fn int32s(b: &RecordBatch, name: &str) -> Vec<Option<i32>> {
+    b.column_by_name(name)
+        .expect("selected column")
+        .as_primitive::<Int32Type>()
+        .iter()
+        .collect()
+}
+
 fn timestamps(b: &RecordBatch) -> Vec<i64> {
     b.column_by_name("ts")
         .expect("ts")
@@ -321,11 +320,7 @@ fn requests(batches: &[RecordBatch]) -> Vec<Request> {
         let sub = strings(b, "subresource");
         let exe = strings(b, "exe");
         let args = strings(b, "args");
-        let codes = b
-            .column_by_name("response_code")
-            .expect("response_code")
-            .as_primitive::<Int32Type>()
-            .clone();
+        let codes = int32s(b, "response_code");
         let ips = b
             .column_by_name("source_ips")
             .expect("source_ips")
@@ -347,8 +342,8 @@ fn requests(batches: &[RecordBatch]) -> Vec<Request> {
             r.pod = pod[i].clone().unwrap_or_default();
             r.container = r.container.take().or(container[i].clone());
             r.subresource = r.subresource.take().or(sub[i].clone());
-            if !codes.is_null(i) {
-                r.code = Some(r.code.map_or(codes.value(i), |c| c.max(codes.value(i))));
+            if let Some(c) = codes[i] {
+                r.code = Some(r.code.map_or(c, |old| old.max(c)));
             }
             if r.source_ips.is_none() && !ips.is_null(i) {
                 let v = ips.value(i);
@@ -399,11 +394,7 @@ fn activity_by_pod(batches: &[RecordBatch]) -> HashMap<PodKey, Vec<Activity>> {
         let container = strings(b, "container_name");
         let dst_ip = strings(b, "dst_ip");
         let rule = strings(b, "rule");
-        let port = b
-            .column_by_name("dst_port")
-            .expect("dst_port")
-            .as_primitive::<Int32Type>()
-            .clone();
+        let port = int32s(b, "dst_port");
         for i in 0..b.num_rows() {
             let (Some(n), Some(p)) = (ns[i].clone(), pod[i].clone()) else {
                 continue;
@@ -418,7 +409,7 @@ fn activity_by_pod(batches: &[RecordBatch]) -> HashMap<PodKey, Vec<Activity>> {
                 parent_exe: parent_exe[i].clone(),
                 container: container[i].clone(),
                 dst_ip: dst_ip[i].clone(),
-                dst_port: (!port.is_null(i)).then(|| port.value(i)),
+                dst_port: port[i],
                 rule: rule[i].clone(),
             });
         }
