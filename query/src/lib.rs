@@ -7,6 +7,7 @@
 
 mod error;
 pub mod functions;
+pub mod investigations;
 mod provider;
 mod scan_exec;
 pub mod sessions;
@@ -57,7 +58,16 @@ pub async fn session(store: &Store, index: IndexUse) -> Result<SessionContext, Q
         let view = ctx.sql(sql).await?.into_view();
         ctx.register_table(*name, view)?;
     }
+    investigations::register(&ctx).await?;
     Ok(ctx)
+}
+
+/// Whether `name` is one of ktrail's own functions (rather than DataFusion's): the network
+/// functions, the JSON functions and the investigations.
+pub fn is_ktrail_function(name: &str) -> bool {
+    name.starts_with("json_")
+        || functions::udfs(&[]).iter().any(|f| f.name() == name)
+        || investigations::names().any(|n| n == name)
 }
 
 /// The allow-list as a table (`cidr`, `label`), read when the session opens.
