@@ -3,6 +3,7 @@
 mod dead_letter;
 mod grpc;
 mod output;
+mod pg;
 mod serve;
 mod shell;
 
@@ -95,9 +96,24 @@ enum Command {
         /// on anything but loopback.
         #[arg(long)]
         token_file: Option<PathBuf>,
-        /// File holding the Postgres password of user `ktrail`.
+        /// File holding the Postgres password of user `ktrail` (SCRAM-SHA-256); required
+        /// with --pg.
         #[arg(long)]
         pg_password_file: Option<PathBuf>,
+        /// PEM certificate chain for Postgres TLS. Once configured, TLS is required: the
+        /// server does not start without a usable certificate and refuses plaintext clients.
+        /// Required to listen on anything but loopback.
+        #[arg(long, requires = "pg_tls_key")]
+        pg_tls_cert: Option<PathBuf>,
+        /// PEM private key of --pg-tls-cert.
+        #[arg(long, requires = "pg_tls_cert")]
+        pg_tls_key: Option<PathBuf>,
+        /// Memory one remote query may use before it spills, then fails (bytes; K/M/G suffix).
+        #[arg(long, default_value = "4G", value_parser = parse_bytes)]
+        query_memory: usize,
+        /// Time one remote query may take, rows streamed included (seconds).
+        #[arg(long, default_value_t = 300)]
+        query_timeout: u64,
         /// Largest request body accepted.
         #[arg(long, default_value_t = 64 << 20)]
         max_body_bytes: usize,
@@ -198,6 +214,10 @@ fn main() -> ExitCode {
             config,
             token_file,
             pg_password_file,
+            pg_tls_cert,
+            pg_tls_key,
+            query_memory,
+            query_timeout,
             max_body_bytes,
             max_inflight,
         } => {
@@ -206,24 +226,28 @@ fn main() -> ExitCode {
                     "--config {}: configuration files are not supported yet; use the flags",
                     c.display()
                 )))
-            } else if pg.is_some() || pg_password_file.is_some() {
-                Err(CliError::Other(
-                    "the --pg listener is not available in this build yet; --http and --grpc are"
-                        .into(),
-                ))
             } else {
                 // With no listener named, the HTTP webhooks on loopback.
-                let http = match (http, grpc) {
-                    (None, None) => Some(std::net::SocketAddr::from(([127, 0, 0, 1], 8480))),
-                    (h, _) => h,
+                let http = match (http, grpc, pg) {
+                    (None, None, None) => Some(std::net::SocketAddr::from(([127, 0, 0, 1], 8480))),
+                    (h, _, _) => h,
                 };
-                serve_cmd(
-                    &cli.data,
-                    http,
-                    grpc,
-                    token_file,
-                    max_body_bytes,
-                    max_inflight,
+                let limits = query::remote::QueryLimits {
+                    memory_bytes: query_memory,
+                    timeout: std::time::Duration::from_secs(query_timeout.max(1)),
+                };
+                pg_options(pg, pg_password_file, pg_tls_cert.zip(pg_tls_key), limits).and_then(
+                    |pg| {
+                        serve_cmd(
+                            &cli.data,
+                            http,
+                            grpc,
+                            pg,
+                            token_file,
+                            max_body_bytes,
+                            max_inflight,
+                        )
+                    },
                 )
             }
         }
@@ -403,26 +427,85 @@ async fn run_statement(
     Ok(df.collect().await?)
 }
 
+/// The trimmed content of a secret file (token, password); empty is an error.
+fn read_secret(path: &std::path::Path) -> Result<String, CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::Other(format!("{}: {e}", path.display())))?;
+    let text = text.trim().to_string();
+    if text.is_empty() {
+        return Err(CliError::Other(format!("{}: empty", path.display())));
+    }
+    Ok(text)
+}
+
+fn pg_options(
+    addr: Option<std::net::SocketAddr>,
+    password_file: Option<PathBuf>,
+    tls: Option<(PathBuf, PathBuf)>,
+    limits: query::remote::QueryLimits,
+) -> Result<Option<pg::PgOptions>, CliError> {
+    let Some(addr) = addr else {
+        if password_file.is_some() || tls.is_some() {
+            return Err(CliError::Other(
+                "--pg-password-file and --pg-tls-* need --pg ADDR".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let Some(password_file) = password_file else {
+        return Err(CliError::Other(format!(
+            "--pg needs --pg-password-file (the password of user {})",
+            pg::USER
+        )));
+    };
+    if tls.is_none() && !addr.ip().is_loopback() {
+        return Err(CliError::Other(format!(
+            "refusing Postgres on {addr} without TLS (--pg-tls-cert/--pg-tls-key): only loopback may go without"
+        )));
+    }
+    Ok(Some(pg::PgOptions {
+        addr,
+        password: read_secret(&password_file)?,
+        tls,
+        limits,
+    }))
+}
+
+fn parse_bytes(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let (digits, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => s.split_at(i),
+        None => (s, ""),
+    };
+    let n: usize = digits.parse().map_err(|_| format!("{s:?} is not a size"))?;
+    let shift = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("{s:?}: unknown unit (K, M, G, T)")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+#[allow(clippy::too_many_arguments)]
 fn serve_cmd(
     data: &PathBuf,
     http: Option<std::net::SocketAddr>,
     grpc: Option<std::net::SocketAddr>,
+    pg: Option<pg::PgOptions>,
     token_file: Option<PathBuf>,
     max_body_bytes: usize,
     max_inflight: usize,
 ) -> Result<ExitCode, CliError> {
-    let token = match token_file {
-        Some(p) => {
-            let t = std::fs::read_to_string(&p)
-                .map_err(|e| CliError::Other(format!("{}: {e}", p.display())))?;
-            let t = t.trim().to_string();
-            if t.is_empty() {
-                return Err(CliError::Other(format!("{}: empty token", p.display())));
-            }
-            Some(t)
-        }
-        None => None,
-    };
+    let token = token_file.as_deref().map(read_secret).transpose()?;
     let store = open_store(data, true)?;
     let options = serve::ServeOptions {
         http,
@@ -431,6 +514,7 @@ fn serve_cmd(
         max_body_bytes,
         max_inflight,
         batch_rows: 8192,
+        pg,
     };
     runtime()
         .block_on(serve::run(store, data.clone(), options))

@@ -40,6 +40,8 @@ pub struct ServeOptions {
     pub max_body_bytes: usize,
     pub max_inflight: usize,
     pub batch_rows: usize,
+    /// Postgres wire, read-only SQL.
+    pub pg: Option<crate::pg::PgOptions>,
 }
 
 struct AppState {
@@ -112,6 +114,18 @@ pub async fn run(store: Store, data: PathBuf, options: ServeOptions) -> Result<(
                 )
                 .await
                 .map_err(|e| format!("grpc: {e}"))
+        });
+    }
+    if let Some(pg) = options.pg {
+        let ctx = query::session(&store, query::IndexUse::On)
+            .await
+            .map_err(|e| e.to_string())?;
+        let server = crate::pg::PgServer::bind(ctx, pg).await?;
+        announce("pg", server.local_addr().map_err(|e| e.to_string())?);
+        let stop = stop_rx.clone();
+        servers.spawn(async move {
+            server.run(stop).await;
+            Ok(())
         });
     }
     // Run until a signal, or until a listener fails.

@@ -4,65 +4,26 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::ffi::OsString;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 
-use common::{SAMPLES, ktrail, sql, stderr};
+use common::{SAMPLES, Server, ktrail, sql, stderr};
 
 const TOKEN: &str = "s3cret-token-for-tests";
 
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Server {
-    /// `ktrail serve --PROTO 127.0.0.1:0 --token-file FILE EXTRA...`, once it says where it
-    /// listens.
-    fn start(data: &Path, proto: &str, token_file: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ktrail"))
-            .arg("--data")
-            .arg(data)
-            .args([
-                "serve",
-                &format!("--{proto}"),
-                "127.0.0.1:0",
-                "--token-file",
-            ])
-            .arg(token_file)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start ktrail serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix(&format!("listening {proto} "))
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .unwrap();
-        Server { child, addr }
-    }
-
-    /// SIGTERM, then wait: a graceful shutdown exits 0.
-    fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "serve exited with {status}");
-    }
+/// `ktrail serve --PROTO 127.0.0.1:0 --token-file FILE EXTRA...`, once it says where it listens.
+fn start(data: &Path, proto: &str, token_file: &Path, extra: &[&str]) -> Server {
+    let mut args: Vec<OsString> = vec![
+        "serve".into(),
+        format!("--{proto}").into(),
+        "127.0.0.1:0".into(),
+        "--token-file".into(),
+        token_file.into(),
+    ];
+    args.extend(extra.iter().map(OsString::from));
+    Server::start(data, &args, proto)
 }
 
 /// A minimal HTTP/1.1 client: returns (status, body).
@@ -110,7 +71,7 @@ fn webhooks_store_durably_and_sql_answers_after_shutdown() {
     let data = dir.path().join("store");
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    let server = Server::start(&data, "http", &token_file, &["--max-body-bytes", "1048576"]);
+    let server = start(&data, "http", &token_file, &["--max-body-bytes", "1048576"]);
     let addr = server.addr;
 
     assert_eq!(request(addr, "GET", "/healthz", None, b"").0, 200);
@@ -279,7 +240,7 @@ fn grpc_ingest_stream_acks_when_durable() {
     let data = dir.path().join("store");
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, TOKEN).unwrap();
-    let server = Server::start(&data, "grpc", &token_file, &[]);
+    let server = start(&data, "grpc", &token_file, &[]);
     let addr = server.addr;
 
     let event = |i: i64, kind: &str| proto::v1::Event {

@@ -66,7 +66,7 @@ struct Investigation {
 /// What a row of a timeline says, in one line a person reads.
 const WHAT: &str = "
   CASE kind
-    WHEN 'process_exec' THEN 'exec ' || coalesce(exe, binary_name, '?') || coalesce(' ' || args, '')
+    WHEN 'process_exec' THEN 'exec ' || coalesce(exe, binary_name, '?') || coalesce(' ' || nullif(args, ''), '')
     WHEN 'process_exit' THEN 'exit ' || coalesce(exe, binary_name, '?')
     WHEN 'network_connect' THEN 'connect ' || coalesce(protocol || ' ', '') || coalesce(dst_ip, '?')
       || coalesce(':' || CAST(dst_port AS VARCHAR), '')
@@ -305,6 +305,19 @@ impl SqlTableFunction {
 
 impl TableFunctionImpl for SqlTableFunction {
     fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
+        // A prepared statement's `$n` argument: the statement can be described (its columns
+        // are known) but runs only once the surface has bound the value into the SQL text
+        // (`remote::bind_placeholders`), which calls this again with a constant.
+        if args
+            .exprs()
+            .iter()
+            .any(|e| matches!(e, Expr::Placeholder(_)))
+        {
+            return Ok(Arc::new(Unbound {
+                name: self.name,
+                schema: Arc::new(self.plan.schema().as_arrow().clone()),
+            }));
+        }
         let values = self.bind(&args)?;
         let plan = self.plan.clone().with_param_values(values)?;
         Ok(Arc::new(BoundQuery {
@@ -352,5 +365,36 @@ impl TableProvider for BoundQuery {
             None => self.plan.clone(),
         };
         state.create_physical_plan(&plan).await
+    }
+}
+
+/// A table function called with an unbound parameter: known columns, no rows until bound.
+#[derive(Debug)]
+struct Unbound {
+    name: &'static str,
+    schema: SchemaRef,
+}
+
+#[async_trait]
+impl TableProvider for Unbound {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        _projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        plan_err!(
+            "{}: a parameter ($n) argument must be bound before the query runs",
+            self.name
+        )
     }
 }

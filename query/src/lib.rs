@@ -9,6 +9,7 @@ mod error;
 pub mod functions;
 pub mod investigations;
 mod provider;
+pub mod remote;
 mod scan_exec;
 pub mod sessions;
 pub mod views;

@@ -1,8 +1,11 @@
 //! Helpers the end-to-end test binaries share: run `ktrail` on a data directory.
 #![allow(dead_code)] // each test binary uses a different subset
 
-use std::path::Path;
-use std::process::{Command, Output};
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
 
 pub const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/samples");
 
@@ -34,4 +37,105 @@ pub fn sql(data: &Path, format: &str, sql: &str) -> String {
 /// `ktrail sql --format json SQL` as JSON rows.
 pub fn sql_json(data: &Path, query: &str) -> Vec<serde_json::Value> {
     serde_json::from_str(&sql(data, "json", query)).expect("json array")
+}
+
+/// A running `ktrail serve`.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Server {
+    /// `ktrail --data DATA ARGS...`, once it prints `listening PROTO ADDR`.
+    pub fn start(data: &Path, args: &[OsString], proto: &str) -> Server {
+        let child = Command::new(env!("CARGO_BIN_EXE_ktrail"))
+            .arg("--data")
+            .arg(data)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start ktrail serve");
+        // Owned by a Server from here: Drop reaps it if we panic.
+        let mut server = Server {
+            child,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        };
+        let mut out = BufReader::new(server.child.stdout.take().unwrap());
+        let prefix = format!("listening {proto} ");
+        loop {
+            let mut line = String::new();
+            assert!(
+                out.read_line(&mut line).unwrap() > 0,
+                "serve ended before listening on {proto}"
+            );
+            if let Some(addr) = line.trim().strip_prefix(&prefix) {
+                server.addr = addr.parse().unwrap();
+                // Keep the pipe open: the server may print more.
+                server.child.stdout = Some(out.into_inner());
+                return server;
+            }
+        }
+    }
+
+    /// SIGTERM, then wait: a graceful shutdown exits 0.
+    pub fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "serve exited with {status}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // A test that failed before `stop` must not leave the server running.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Python with the Postgres drivers the tests use (psycopg 3, asyncpg), in a virtualenv
+/// under `target/` made on first use (`.ci/run` makes it up front). Concurrent test processes
+/// wait for the one that creates it.
+pub fn python() -> PathBuf {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv");
+    let python = venv.join("bin/python");
+    let ready = venv.join(".ktrail-ready");
+    let lock = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv.lock");
+    loop {
+        if ready.exists() {
+            return python;
+        }
+        match std::fs::create_dir(&lock) {
+            Ok(()) => break,
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(500)),
+        }
+    }
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "python3 -m venv {v} && {v}/bin/pip install -q -r {req}",
+            v = venv.display(),
+            req = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/requirements.txt")
+                .display()
+        ))
+        .status();
+    let ok = status.is_ok_and(|s| s.success());
+    if ok {
+        std::fs::write(&ready, "").unwrap();
+    }
+    let _ = std::fs::remove_dir(&lock);
+    assert!(
+        ok,
+        "could not create the test virtualenv (python3 -m venv, pip from PyPI)"
+    );
+    python
 }

@@ -1,0 +1,510 @@
+//! `serve --pg`: the Postgres wire protocol, for psql and the usual drivers.
+//!
+//! Built on `datafusion-postgres` (pgwire, `pg_catalog` for psql's `\d` and drivers'
+//! introspection). ktrail adds what a forensic store needs around it:
+//! - SCRAM-SHA-256 password authentication for user `ktrail` on every connection;
+//! - TLS from a configured certificate, required once configured: a certificate that cannot
+//!   be loaded stops the server from starting, and a plaintext client is refused (the library
+//!   alone would fall back to plaintext with a warning);
+//! - read-only sessions and per-query limits ([`query::remote`]): statements are checked when
+//!   parsed and again as plans; queries run in their own memory pool, under a deadline that
+//!   covers streaming the rows;
+//! - results stream batch by batch; the portal honours the client's `max_rows` (pgwire
+//!   suspends the portal and resumes it on the next `Execute`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::{ParamValues, ScalarValue};
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::SessionContext;
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::Statement;
+use datafusion_postgres::arrow_pg::datatypes::df::deserialize_parameters;
+use datafusion_postgres::arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch};
+use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use datafusion_postgres::datafusion_pg_catalog::setup_pg_catalog;
+use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use datafusion_postgres::pgwire;
+use datafusion_postgres::{DfSessionService, Parser};
+use futures::{Sink, StreamExt, stream};
+use pgwire::api::auth::sasl::SASLAuthStartupHandler;
+use pgwire::api::auth::sasl::scram::{ScramAuth, gen_salted_password};
+use pgwire::api::auth::{
+    AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler,
+};
+use pgwire::api::cancel::DefaultCancelHandler;
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{FieldInfo, QueryResponse, Response};
+use pgwire::api::stmt::QueryParser;
+use pgwire::api::store::PortalStore;
+use pgwire::api::{ClientInfo, ClientPortalStore, ConnectionManager, PgWireServerHandlers, Type};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use pgwire::tokio::tokio_rustls::TlsAcceptor;
+use pgwire::tokio::tokio_rustls::rustls;
+use pgwire::types::format::FormatOptions;
+use query::remote::{self, QueryLimits};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// The one Postgres user.
+pub const USER: &str = "ktrail";
+const SCRAM_ITERATIONS: usize = 4096;
+
+#[derive(Clone)]
+pub struct PgOptions {
+    pub addr: SocketAddr,
+    pub password: String,
+    /// PEM certificate chain and private key.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub limits: QueryLimits,
+}
+
+impl std::fmt::Debug for PgOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgOptions")
+            .field("addr", &self.addr)
+            .field("password", &"<redacted>")
+            .field("tls", &self.tls)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+/// A bound Postgres listener, ready to serve.
+pub struct PgServer {
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    handlers: Arc<Handlers>,
+}
+
+impl PgServer {
+    /// Loads the TLS certificate (an error, never a plaintext fallback), prepares the session
+    /// and binds the address.
+    pub async fn bind(ctx: SessionContext, options: PgOptions) -> Result<Self, String> {
+        let tls = match &options.tls {
+            Some((cert, key)) => Some(tls_acceptor(cert, key)?),
+            None => None,
+        };
+        setup_pg_catalog(&ctx, "ktrail", EmptyContextProvider)
+            .map_err(|e| format!("--pg: pg_catalog: {e}"))?;
+        let ctx = Arc::new(ctx);
+        let inner = Arc::new(DfSessionService::new(ctx.clone()));
+        let connections = Arc::new(ConnectionManager::new());
+        let handlers = Arc::new(Handlers {
+            service: Arc::new(Service {
+                ctx,
+                parser: Arc::new(ReadOnlyParser {
+                    inner: inner.query_parser(),
+                    sql: PostgresCompatibilityParser::new(),
+                }),
+                inner,
+                limits: options.limits,
+            }),
+            passwords: Arc::new(Passwords {
+                password: options.password,
+            }),
+            require_tls: tls.is_some(),
+            connections: connections.clone(),
+            cancel: Arc::new(DefaultCancelHandler::new(connections)),
+        });
+        let listener = TcpListener::bind(options.addr)
+            .await
+            .map_err(|e| format!("--pg {}: {e}", options.addr))?;
+        Ok(PgServer {
+            listener,
+            tls,
+            handlers,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts connections until `shutdown` turns true; connections in progress finish on
+    /// their own tasks.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok((socket, peer)) => {
+                        let tls = self.tls.clone();
+                        let handlers = self.handlers.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) =
+                                pgwire::tokio::process_socket(socket, tls, handlers).await
+                            {
+                                tracing::debug!("pg connection from {peer}: {e}");
+                            }
+                        });
+                    }
+                    Err(e) => tracing::warn!("pg accept: {e}"),
+                },
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> Result<TlsAcceptor, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<_, _>>())
+        .map_err(|e| format!("--pg-tls-cert {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("--pg-tls-cert {}: no certificate", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("--pg-tls-key {}: {e}", key.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+    .map_err(|e| format!("--pg TLS: {e}"))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+fn user_error(code: &str, message: String) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "ERROR".to_string(),
+        code.to_string(),
+        message,
+    )))
+}
+
+fn read_only_error(message: String) -> PgWireError {
+    // SQLSTATE 25006: read_only_sql_transaction.
+    user_error("25006", message)
+}
+
+fn df_error(e: datafusion::error::DataFusionError) -> PgWireError {
+    match e {
+        datafusion::error::DataFusionError::ResourcesExhausted(m) => {
+            // 53200 out_of_memory; 57014 query_canceled for the deadline.
+            if m.contains("statement timeout") {
+                user_error("57014", m)
+            } else {
+                user_error("53200", m)
+            }
+        }
+        e => PgWireError::ApiError(Box::new(e)),
+    }
+}
+
+/// The password of user `ktrail`, salted per login as SCRAM wants it.
+#[derive(Debug)]
+struct Passwords {
+    password: String,
+}
+
+#[async_trait]
+impl AuthSource for Passwords {
+    async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
+        if login.user() != Some(USER) {
+            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                "FATAL".to_string(),
+                "28P01".to_string(),
+                format!(
+                    "password authentication failed for user \"{}\"",
+                    login.user().unwrap_or("")
+                ),
+            ))));
+        }
+        let salt: [u8; 16] = getrandom_salt();
+        let salted = gen_salted_password(&self.password, &salt, SCRAM_ITERATIONS);
+        Ok(Password::new(Some(salt.to_vec()), salted))
+    }
+}
+
+fn getrandom_salt() -> [u8; 16] {
+    let mut salt = [0u8; 16];
+    // The OS generator; a failure here leaves a fixed salt, which SCRAM tolerates (the salt
+    // is public) but we would rather know about.
+    if let Err(e) = getrandom::fill(&mut salt) {
+        tracing::warn!("salt: {e}");
+    }
+    salt
+}
+
+/// SCRAM, after refusing a plaintext connection when TLS is configured.
+struct Startup {
+    require_tls: bool,
+    sasl: SASLAuthStartupHandler<DefaultServerParameterProvider>,
+}
+
+#[async_trait]
+impl StartupHandler for Startup {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if self.require_tls && !client.is_secure() {
+            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                "FATAL".to_string(),
+                "28000".to_string(),
+                "this server requires TLS (sslmode=require)".to_string(),
+            ))));
+        }
+        self.sasl.on_startup(client, message).await
+    }
+}
+
+struct Handlers {
+    service: Arc<Service>,
+    passwords: Arc<Passwords>,
+    require_tls: bool,
+    connections: Arc<ConnectionManager>,
+    cancel: Arc<DefaultCancelHandler>,
+}
+
+impl PgWireServerHandlers for Handlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        self.service.clone()
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        self.service.clone()
+    }
+
+    /// One per connection: the SASL exchange keeps its state in it.
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        let mut scram = ScramAuth::new(self.passwords.clone());
+        scram.set_iterations(SCRAM_ITERATIONS);
+        Arc::new(Startup {
+            require_tls: self.require_tls,
+            sasl: SASLAuthStartupHandler::new(Arc::new(DefaultServerParameterProvider::default()))
+                .with_scram(scram)
+                .with_connection_manager(self.connections.clone()),
+        })
+    }
+
+    fn cancel_handler(&self) -> Arc<impl pgwire::api::cancel::CancelHandler> {
+        self.cancel.clone()
+    }
+}
+
+/// Queries run here under the limits; everything else the remote rules allow (`SET` of client
+/// parameters, `SHOW`, transactions, cursors) goes to `datafusion-postgres`.
+struct Service {
+    ctx: Arc<SessionContext>,
+    inner: Arc<DfSessionService>,
+    parser: Arc<ReadOnlyParser>,
+    limits: QueryLimits,
+}
+
+type DfStatementPlan = (String, Option<(Statement, LogicalPlan)>);
+
+fn is_query(statement: &Statement) -> bool {
+    matches!(statement, Statement::Query(_) | Statement::Explain { .. })
+}
+
+impl Service {
+    /// Plans are checked, run in their own memory pool, and streamed under the deadline.
+    async fn run_query(
+        &self,
+        plan: LogicalPlan,
+        format: &Format,
+        format_options: Arc<FormatOptions>,
+    ) -> PgWireResult<Response> {
+        remote::check_remote_plan(&plan).map_err(|e| read_only_error(e.to_string()))?;
+        let limits = &self.limits;
+        let deadline = tokio::time::Instant::now() + limits.timeout;
+        let limited = remote::limited_context(&self.ctx, limits).map_err(df_error)?;
+        let df = tokio::time::timeout_at(deadline, limited.execute_logical_plan(plan))
+            .await
+            .map_err(|_| df_error(remote::timeout_error(limits)))?
+            .map_err(df_error)?;
+        let fields = Arc::new(arrow_schema_to_pg_fields(
+            df.schema().as_arrow(),
+            format,
+            Some(format_options),
+        )?);
+        let batches = tokio::time::timeout_at(deadline, df.execute_stream())
+            .await
+            .map_err(|_| df_error(remote::timeout_error(limits)))?
+            .map_err(df_error)?;
+        let timeout = remote::timeout_error(limits).to_string();
+        let batches = stream::unfold(Some(batches), move |state| {
+            let timeout = timeout.clone();
+            async move {
+                let mut batches = state?;
+                match tokio::time::timeout_at(deadline, batches.next()).await {
+                    Ok(Some(Ok(b))) => Some((Ok(b), Some(batches))),
+                    Ok(Some(Err(e))) => Some((Err(df_error(e)), None)),
+                    Ok(None) => None,
+                    Err(_) => Some((Err(user_error("57014", timeout)), None)),
+                }
+            }
+        });
+        let row_fields = fields.clone();
+        let rows = batches.flat_map(move |batch| {
+            let rows: Box<dyn Iterator<Item = PgWireResult<_>> + Send + Sync> = match batch {
+                Ok(b) => encode_recordbatch(row_fields.clone(), b),
+                Err(e) => Box::new(std::iter::once(Err(e))),
+            };
+            stream::iter(rows)
+        });
+        Ok(Response::Query(QueryResponse::new(fields, rows)))
+    }
+}
+
+#[async_trait]
+impl SimpleQueryHandler for Service {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let statements = self
+            .parser
+            .sql
+            .parse(query)
+            .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
+        if statements.is_empty() {
+            return Ok(vec![Response::EmptyQuery]);
+        }
+        let mut responses = Vec::with_capacity(statements.len());
+        for statement in statements {
+            if let Some(refusal) = remote::remote_refusal(&statement) {
+                return Err(read_only_error(refusal));
+            }
+            if is_query(&statement) {
+                let plan = self
+                    .ctx
+                    .state()
+                    .statement_to_plan(DFStatement::Statement(Box::new(statement)))
+                    .await
+                    .map_err(df_error)?;
+                let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
+                responses.push(self.run_query(plan, &Format::UnifiedText, options).await?);
+            } else {
+                let mut r =
+                    SimpleQueryHandler::do_query(&*self.inner, client, &statement.to_string())
+                        .await?;
+                responses.append(&mut r);
+            }
+        }
+        Ok(responses)
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for Service {
+    type Statement = DfStatementPlan;
+    type QueryParser = ReadOnlyParser;
+
+    fn query_parser(&self) -> Arc<Self::QueryParser> {
+        self.parser.clone()
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Self::Statement>,
+        max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let (_, parsed) = &portal.statement.statement;
+        let Some((statement, plan)) = parsed else {
+            return Ok(Response::EmptyQuery);
+        };
+        if !is_query(statement) {
+            return ExtendedQueryHandler::do_query(&*self.inner, client, portal, max_rows).await;
+        }
+        // Parameters are bound into the statement and it is planned again with constants:
+        // that reaches table function arguments too, which plan parameters do not.
+        let plan = if portal.parameters.is_empty() {
+            plan.clone()
+        } else {
+            let types = plan.get_parameter_types().map_err(df_error)?;
+            let inferred: Vec<Option<DataType>> = (1..=portal.parameters.len())
+                .map(|i| types.get(&format!("${i}")).cloned().flatten())
+                .collect();
+            let inferred: Vec<Option<&DataType>> = inferred.iter().map(Option::as_ref).collect();
+            let params = deserialize_parameters(portal, &inferred)?;
+            let values: Vec<ScalarValue> = match params {
+                ParamValues::List(list) => list.into_iter().map(|v| v.value).collect(),
+                ParamValues::Map(_) => {
+                    return Err(user_error(
+                        "08P01",
+                        "named parameters are not supported".into(),
+                    ));
+                }
+            };
+            let mut bound = statement.clone();
+            remote::bind_placeholders(&mut bound, &values).map_err(df_error)?;
+            self.ctx
+                .state()
+                .statement_to_plan(DFStatement::Statement(Box::new(bound)))
+                .await
+                .map_err(df_error)?
+        };
+        let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
+        self.run_query(plan, &portal.result_column_format, options)
+            .await
+    }
+}
+
+/// Refuses what a remote session may not do when the statement is parsed, before anything is
+/// planned; the rest is `datafusion-postgres`'s parser.
+struct ReadOnlyParser {
+    inner: Arc<Parser>,
+    sql: PostgresCompatibilityParser,
+}
+
+#[async_trait]
+impl QueryParser for ReadOnlyParser {
+    type Statement = DfStatementPlan;
+
+    async fn parse_sql<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        types: &[Option<Type>],
+    ) -> PgWireResult<Option<Self::Statement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let statements = self
+            .sql
+            .parse(sql)
+            .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
+        if let Some(refusal) = statements.iter().find_map(remote::remote_refusal) {
+            return Err(read_only_error(refusal));
+        }
+        self.inner.parse_sql(client, sql, types).await
+    }
+
+    fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {
+        self.inner.get_parameter_types(stmt)
+    }
+
+    fn get_result_schema(
+        &self,
+        stmt: &Self::Statement,
+        column_format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        self.inner.get_result_schema(stmt, column_format)
+    }
+}

@@ -1,0 +1,271 @@
+//! `ktrail serve --pg` with real clients: psql (`-c`, `\dt`, `\d`), psycopg 3 and asyncpg
+//! (tests/pg/clients.py), SCRAM passwords, TLS that is required once configured, read-only
+//! sessions, and per-query time and memory limits that fail one query, not the server.
+
+mod common;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{Server, ktrail, python};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+fn scenario_store(dir: &Path) -> PathBuf {
+    let data = dir.join("store");
+    let root = env!("CARGO_MANIFEST_DIR");
+    let o = ktrail(
+        &data,
+        &[
+            "ingest",
+            &format!("{root}/tests/data/exec_scenario/audit.jsonl"),
+            &format!("{root}/tests/data/exec_scenario/tetragon.jsonl"),
+            &format!("{root}/ingest/tests/data/kubectl_get_pods_services_nodes.json"),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    data
+}
+
+fn start(dir: &Path, data: &Path, extra: &[&str]) -> Server {
+    let password_file = dir.join("pg-password");
+    std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
+    let mut args: Vec<OsString> = vec![
+        "serve".into(),
+        "--pg".into(),
+        "127.0.0.1:0".into(),
+        "--pg-password-file".into(),
+        password_file.into(),
+    ];
+    args.extend(extra.iter().map(OsString::from));
+    Server::start(data, &args, "pg")
+}
+
+/// `psql` with a connection string and `-c` commands; --csv output.
+fn psql(server: &Server, conninfo_extra: &str, password: &str, commands: &[&str]) -> Output {
+    let conninfo = format!(
+        "host={} port={} user=ktrail dbname=ktrail {conninfo_extra}",
+        server.addr.ip(),
+        server.addr.port()
+    );
+    let mut c = Command::new("psql");
+    c.arg("--no-psqlrc")
+        .arg("--csv")
+        .arg("-d")
+        .arg(conninfo)
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "10");
+    for cmd in commands {
+        c.arg("-c").arg(cmd);
+    }
+    c.output().expect("psql is on the machine")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn psql_and_drivers() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = scenario_store(dir.path());
+    let server = start(dir.path(), &data, &[]);
+
+    let o = psql(
+        &server,
+        "sslmode=disable",
+        PASSWORD,
+        &["SELECT namespace, pod, live FROM pods WHERE namespace = 'billing' ORDER BY pod"],
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(
+        out,
+        "namespace,pod,live\n\
+         billing,invoice-api-7d9f8b6c5-abc12,t\n\
+         billing,ledger-0,t\n\
+         billing,ledger-backup-29345760-x7k2p,t\n"
+    );
+
+    // psql's catalog queries.
+    let o = psql(
+        &server,
+        "sslmode=disable",
+        PASSWORD,
+        &["\\dt", "\\d events"],
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("public,events,table"), "{out}");
+    assert!(out.contains("ts,timestamp with time zone"), "{out}");
+    assert!(out.contains("source_ips,text[]"), "{out}");
+
+    // Read-only: nothing that writes, reads the server's files, or changes the engine.
+    for (statement, says) in [
+        (
+            "CREATE EXTERNAL TABLE leak STORED AS CSV LOCATION '/etc/passwd'",
+            "",
+        ),
+        (
+            "CREATE TABLE t AS SELECT 1",
+            "remote sessions are read-only",
+        ),
+        (
+            "COPY (SELECT 1) TO '/tmp/ktrail-pg-test.csv'",
+            "remote sessions are read-only",
+        ),
+        ("DROP VIEW pods", "remote sessions are read-only"),
+        (
+            "SET datafusion.runtime.memory_limit = '100G'",
+            "remote sessions are read-only",
+        ),
+    ] {
+        let o = psql(&server, "sslmode=disable", PASSWORD, &[statement]);
+        let (out, err) = text(&o);
+        assert!(!o.status.success(), "{statement} ran: {out}");
+        assert!(err.contains("ERROR:"), "{statement}: {err}");
+        assert!(err.contains(says), "{statement}: {err}");
+        assert!(!err.contains("root:") && !out.contains("root:"), "{err}");
+    }
+    assert!(!Path::new("/tmp/ktrail-pg-test.csv").exists());
+
+    // Authentication: SCRAM for user ktrail only.
+    let o = psql(&server, "sslmode=disable", "wrong", &["SELECT 1"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).1.contains("authentication failed"),
+        "{}",
+        text(&o).1
+    );
+
+    // Drivers: psycopg 3 (parameters, prepared statements) and asyncpg (binary, max_rows).
+    let o = Command::new(python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pg/clients.py"))
+        .arg(server.addr.ip().to_string())
+        .arg(server.addr.port().to_string())
+        .arg(PASSWORD)
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.ends_with("all ok\n"), "{out}");
+    server.stop();
+}
+
+/// A query over its time or memory limit fails with the Postgres error code for it; the
+/// server and the other queries go on.
+#[test]
+fn query_limits_fail_one_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = scenario_store(dir.path());
+    let server = start(
+        dir.path(),
+        &data,
+        &["--query-timeout", "1", "--query-memory", "2M"],
+    );
+    let slow = "SELECT count(*) FROM generate_series(1, 100000000000)";
+    let o = psql(&server, "sslmode=disable", PASSWORD, &[slow]);
+    let (_, err) = text(&o);
+    assert!(!o.status.success());
+    assert!(err.contains("statement timeout"), "{err}");
+
+    let hungry =
+        "SELECT v, count(*) FROM generate_series(1, 2000000) t(v) GROUP BY v ORDER BY v LIMIT 1";
+    let o = psql(&server, "sslmode=disable", PASSWORD, &[hungry]);
+    let (_, err) = text(&o);
+    assert!(!o.status.success());
+    assert!(err.contains("allocat"), "{err}");
+
+    let o = psql(
+        &server,
+        "sslmode=disable",
+        PASSWORD,
+        &["SELECT count(*) AS n FROM pods"],
+    );
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert_eq!(text(&o).0, "n\n4\n");
+    server.stop();
+}
+
+#[test]
+fn tls_is_required_once_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = scenario_store(dir.path());
+    let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+    let status = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+        ])
+        .arg("/CN=localhost")
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", text(&status).1);
+    let (cert_s, key_s) = (cert.to_str().unwrap(), key.to_str().unwrap());
+
+    let server = start(
+        dir.path(),
+        &data,
+        &["--pg-tls-cert", cert_s, "--pg-tls-key", key_s],
+    );
+    let o = psql(
+        &server,
+        "sslmode=require",
+        PASSWORD,
+        &["SELECT ssl FROM (SELECT true AS ssl)"],
+    );
+    assert!(o.status.success(), "{}", text(&o).1);
+    let o = psql(&server, "sslmode=disable", PASSWORD, &["SELECT 1"]);
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("requires TLS"), "{}", text(&o).1);
+    server.stop();
+
+    // A certificate that cannot be loaded stops the server from starting: no plaintext
+    // fallback.
+    let password_file = dir.path().join("pg-password");
+    for (args, says) in [
+        (
+            vec!["--pg-tls-cert", "/nonexistent.crt", "--pg-tls-key", key_s],
+            "--pg-tls-cert /nonexistent.crt",
+        ),
+        (
+            vec!["--pg-tls-cert", key_s, "--pg-tls-key", key_s],
+            "--pg-tls-cert",
+        ),
+    ] {
+        let mut all = vec!["serve", "--pg", "127.0.0.1:0", "--pg-password-file"];
+        all.push(password_file.to_str().unwrap());
+        all.extend(args);
+        let o = ktrail(&data, &all);
+        assert_eq!(o.status.code(), Some(1), "{all:?}");
+        assert!(text(&o).1.contains(says), "{}", text(&o).1);
+        assert!(!text(&o).0.contains("listening"), "{}", text(&o).0);
+    }
+    // Credentials are not optional, and beyond loopback TLS is not either.
+    let o = ktrail(&data, &["serve", "--pg", "127.0.0.1:0"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).1.contains("--pg needs --pg-password-file"),
+        "{}",
+        text(&o).1
+    );
+    let o = ktrail(
+        &data,
+        &[
+            "serve",
+            "--pg",
+            "0.0.0.0:0",
+            "--pg-password-file",
+            password_file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("without TLS"), "{}", text(&o).1);
+}
