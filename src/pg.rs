@@ -10,7 +10,8 @@
 //!   parsed and again as plans; queries run in their own memory pool, under a deadline that
 //!   covers streaming the rows;
 //! - results stream batch by batch; the portal honours the client's `max_rows` (pgwire
-//!   suspends the portal and resumes it on the next `Execute`).
+//!   suspends the portal and resumes it on the next `Execute`), and `DECLARE ... CURSOR` runs
+//!   under the same limits with a describable result.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,7 +23,7 @@ use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DFStatement;
-use datafusion::sql::sqlparser::ast::Statement;
+use datafusion::sql::sqlparser::ast::{Declare, DeclareType, Statement};
 use datafusion_postgres::arrow_pg::datatypes::df::deserialize_parameters;
 use datafusion_postgres::arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch};
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
@@ -39,9 +40,9 @@ use pgwire::api::auth::{
 use pgwire::api::cancel::DefaultCancelHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::results::{FieldInfo, QueryResponse, Response};
-use pgwire::api::stmt::QueryParser;
-use pgwire::api::store::PortalStore;
+use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::stmt::{QueryParser, StoredStatement};
+use pgwire::api::store::{MemPortalStore, PortalStore};
 use pgwire::api::{ClientInfo, ClientPortalStore, ConnectionManager, PgWireServerHandlers, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
@@ -362,6 +363,62 @@ impl Service {
     }
 }
 
+impl Service {
+    /// `DECLARE name CURSOR FOR query`: the query runs under the limits like any other and its
+    /// plan is kept with the cursor, so a client can describe the cursor's columns before it
+    /// fetches (psycopg's server-side cursors do). `FETCH` and `CLOSE` are datafusion-postgres's.
+    async fn declare<C>(
+        &self,
+        client: &C,
+        declarations: &[Declare],
+        format_options: Arc<FormatOptions>,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientPortalStore,
+        C::PortalStore: PortalStore,
+    {
+        let store = client
+            .portal_store()
+            .as_any()
+            .downcast_ref::<MemPortalStore<DfStatementPlan>>()
+            .ok_or_else(|| user_error("XX000", "cursor store unavailable".into()))?;
+        for declaration in declarations {
+            let (Some(DeclareType::Cursor), Some(name), Some(query)) = (
+                &declaration.declare_type,
+                declaration.names.first(),
+                &declaration.for_query,
+            ) else {
+                return Err(user_error(
+                    "42601",
+                    "only DECLARE name CURSOR FOR query is supported".into(),
+                ));
+            };
+            let statement = Statement::Query(query.clone());
+            let plan = self
+                .ctx
+                .state()
+                .statement_to_plan(DFStatement::Statement(Box::new(statement.clone())))
+                .await
+                .map_err(df_error)?;
+            let Response::Query(rows) = self
+                .run_query(plan.clone(), &Format::UnifiedText, format_options.clone())
+                .await?
+            else {
+                unreachable!("run_query answers rows");
+            };
+            let stored = Arc::new(StoredStatement::new(
+                name.value.clone(),
+                (query.to_string(), Some((statement, plan))),
+                vec![],
+            ));
+            let portal = Portal::new_cursor(name.value.clone(), stored);
+            portal.start(rows).await;
+            store.put_portal(Arc::new(portal));
+        }
+        Ok(Response::Execution(Tag::new("DECLARE CURSOR")))
+    }
+}
+
 #[async_trait]
 impl SimpleQueryHandler for Service {
     async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
@@ -384,7 +441,10 @@ impl SimpleQueryHandler for Service {
             if let Some(refusal) = remote::remote_refusal(&statement) {
                 return Err(read_only_error(refusal));
             }
-            if is_query(&statement) {
+            if let Statement::Declare { stmts } = &statement {
+                let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
+                responses.push(self.declare(client, stmts, options).await?);
+            } else if is_query(&statement) {
                 let plan = self
                     .ctx
                     .state()
@@ -429,6 +489,10 @@ impl ExtendedQueryHandler for Service {
         let Some((statement, plan)) = parsed else {
             return Ok(Response::EmptyQuery);
         };
+        if let Statement::Declare { stmts } = statement {
+            let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
+            return self.declare(client, stmts, options).await;
+        }
         if !is_query(statement) {
             return ExtendedQueryHandler::do_query(&*self.inner, client, portal, max_rows).await;
         }

@@ -1,5 +1,5 @@
 """Real Postgres drivers against `ktrail serve --pg`: psycopg 3 (text protocol, parameters,
-prepared statements) and asyncpg (binary results, portal paging with
+prepared statements, server-side cursors) and asyncpg (binary results, portal paging with
 max_rows). Prints one line per check; exits non-zero on the first failure.
 
 Usage: clients.py HOST PORT PASSWORD
@@ -54,6 +54,19 @@ with psycopg.connect(**dsn, autocommit=True) as conn:
     except psycopg.Error as e:
         check("psycopg read-only sqlstate", e.sqlstate, "25006")
     check("psycopg after refusal", conn.execute("SELECT 1").fetchone()[0], 1)
+
+# A server-side cursor (DECLARE/FETCH) pages through a result in a transaction.
+with psycopg.connect(**dsn) as conn:
+    with conn.cursor(name="pages") as cur:
+        cur.itersize = 2
+        cur.execute("SELECT ts, kind FROM events ORDER BY ts, event_id")
+        first = cur.fetchmany(2)
+        rest = cur.fetchall()
+        total = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+        check("psycopg server cursor page", len(first), 2)
+        check("psycopg server cursor rows", len(first) + len(rest), total)
+        check("psycopg server cursor types", type(first[0][0]).__name__, "datetime")
+
 
 async def binary_and_paging():
     conn = await asyncpg.connect(host=host, port=port, user="ktrail", password=password,
