@@ -1,6 +1,7 @@
 //! `ktrail`: the command-line front of the store.
 
 mod dead_letter;
+mod flight;
 mod grpc;
 mod output;
 mod pg;
@@ -41,6 +42,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start-up; boxing the large `serve` variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Ingest records from files, directories (recursive) or `-` (stdin); `.gz`/`.zst` by
@@ -83,7 +86,8 @@ enum Command {
         /// no listener is given).
         #[arg(long, value_parser = parse_addr)]
         http: Option<std::net::SocketAddr>,
-        /// gRPC: the `ktrail.v1.Ingest` stream and `grpc.health.v1` (Flight SQL to come).
+        /// gRPC: Arrow Flight SQL (read-only queries), the `ktrail.v1.Ingest` stream and
+        /// `grpc.health.v1`.
         #[arg(long, value_parser = parse_addr)]
         grpc: Option<std::net::SocketAddr>,
         /// Postgres wire protocol.
@@ -108,6 +112,13 @@ enum Command {
         /// PEM private key of --pg-tls-cert.
         #[arg(long, requires = "pg_tls_cert")]
         pg_tls_key: Option<PathBuf>,
+        /// PEM certificate chain for gRPC TLS (Flight SQL, ingest, health). Once configured,
+        /// TLS is required: the server does not start without a usable certificate.
+        #[arg(long, requires = "grpc_tls_key")]
+        grpc_tls_cert: Option<PathBuf>,
+        /// PEM private key of --grpc-tls-cert.
+        #[arg(long, requires = "grpc_tls_cert")]
+        grpc_tls_key: Option<PathBuf>,
         /// Memory one remote query may use before it spills, then fails (bytes; K/M/G suffix).
         #[arg(long, default_value = "4G", value_parser = parse_bytes)]
         query_memory: usize,
@@ -216,6 +227,8 @@ fn main() -> ExitCode {
             pg_password_file,
             pg_tls_cert,
             pg_tls_key,
+            grpc_tls_cert,
+            grpc_tls_key,
             query_memory,
             query_timeout,
             max_body_bytes,
@@ -236,19 +249,22 @@ fn main() -> ExitCode {
                     memory_bytes: query_memory,
                     timeout: std::time::Duration::from_secs(query_timeout.max(1)),
                 };
-                pg_options(pg, pg_password_file, pg_tls_cert.zip(pg_tls_key), limits).and_then(
-                    |pg| {
-                        serve_cmd(
-                            &cli.data,
+                pg_options(pg, pg_password_file, pg_tls_cert.zip(pg_tls_key)).and_then(|pg| {
+                    serve_cmd(
+                        &cli.data,
+                        serve::ServeOptions {
                             http,
                             grpc,
-                            pg,
-                            token_file,
+                            token: token_file.as_deref().map(read_secret).transpose()?,
                             max_body_bytes,
                             max_inflight,
-                        )
-                    },
-                )
+                            batch_rows: 8192,
+                            pg,
+                            limits,
+                            grpc_tls: grpc_tls_cert.zip(grpc_tls_key),
+                        },
+                    )
+                })
             }
         }
         Command::Verify => verify_cmd(&cli.data),
@@ -442,7 +458,6 @@ fn pg_options(
     addr: Option<std::net::SocketAddr>,
     password_file: Option<PathBuf>,
     tls: Option<(PathBuf, PathBuf)>,
-    limits: query::remote::QueryLimits,
 ) -> Result<Option<pg::PgOptions>, CliError> {
     let Some(addr) = addr else {
         if password_file.is_some() || tls.is_some() {
@@ -467,7 +482,6 @@ fn pg_options(
         addr,
         password: read_secret(&password_file)?,
         tls,
-        limits,
     }))
 }
 
@@ -495,27 +509,8 @@ fn parse_bytes(s: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn serve_cmd(
-    data: &PathBuf,
-    http: Option<std::net::SocketAddr>,
-    grpc: Option<std::net::SocketAddr>,
-    pg: Option<pg::PgOptions>,
-    token_file: Option<PathBuf>,
-    max_body_bytes: usize,
-    max_inflight: usize,
-) -> Result<ExitCode, CliError> {
-    let token = token_file.as_deref().map(read_secret).transpose()?;
+fn serve_cmd(data: &PathBuf, options: serve::ServeOptions) -> Result<ExitCode, CliError> {
     let store = open_store(data, true)?;
-    let options = serve::ServeOptions {
-        http,
-        grpc,
-        token,
-        max_body_bytes,
-        max_inflight,
-        batch_rows: 8192,
-        pg,
-    };
     runtime()
         .block_on(serve::run(store, data.clone(), options))
         .map_err(CliError::Other)?;

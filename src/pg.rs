@@ -63,7 +63,6 @@ pub struct PgOptions {
     pub password: String,
     /// PEM certificate chain and private key.
     pub tls: Option<(PathBuf, PathBuf)>,
-    pub limits: QueryLimits,
 }
 
 impl std::fmt::Debug for PgOptions {
@@ -72,7 +71,6 @@ impl std::fmt::Debug for PgOptions {
             .field("addr", &self.addr)
             .field("password", &"<redacted>")
             .field("tls", &self.tls)
-            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -87,7 +85,11 @@ pub struct PgServer {
 impl PgServer {
     /// Loads the TLS certificate (an error, never a plaintext fallback), prepares the session
     /// and binds the address.
-    pub async fn bind(ctx: SessionContext, options: PgOptions) -> Result<Self, String> {
+    pub async fn bind(
+        ctx: SessionContext,
+        options: PgOptions,
+        limits: QueryLimits,
+    ) -> Result<Self, String> {
         let tls = match &options.tls {
             Some((cert, key)) => Some(tls_acceptor(cert, key)?),
             None => None,
@@ -105,7 +107,7 @@ impl PgServer {
                     sql: PostgresCompatibilityParser::new(),
                 }),
                 inner,
-                limits: options.limits,
+                limits,
             }),
             passwords: Arc::new(Passwords {
                 password: options.password,
@@ -314,7 +316,8 @@ fn is_query(statement: &Statement) -> bool {
 }
 
 impl Service {
-    /// Plans are checked, run in their own memory pool, and streamed under the deadline.
+    /// Plans are checked, run in their own memory pool, and streamed under the deadline
+    /// (planning included).
     async fn run_query(
         &self,
         plan: LogicalPlan,
@@ -338,19 +341,8 @@ impl Service {
             .await
             .map_err(|_| df_error(remote::timeout_error(limits)))?
             .map_err(df_error)?;
-        let timeout = remote::timeout_error(limits).to_string();
-        let batches = stream::unfold(Some(batches), move |state| {
-            let timeout = timeout.clone();
-            async move {
-                let mut batches = state?;
-                match tokio::time::timeout_at(deadline, batches.next()).await {
-                    Ok(Some(Ok(b))) => Some((Ok(b), Some(batches))),
-                    Ok(Some(Err(e))) => Some((Err(df_error(e)), None)),
-                    Ok(None) => None,
-                    Err(_) => Some((Err(user_error("57014", timeout)), None)),
-                }
-            }
-        });
+        // The plan's root enforces the deadline while rows stream (remote::limited_context).
+        let batches = batches.map(|b| b.map_err(df_error));
         let row_fields = fields.clone();
         let rows = batches.flat_map(move |batch| {
             let rows: Box<dyn Iterator<Item = PgWireResult<_>> + Send + Sync> = match batch {

@@ -42,6 +42,10 @@ pub struct ServeOptions {
     pub batch_rows: usize,
     /// Postgres wire, read-only SQL.
     pub pg: Option<crate::pg::PgOptions>,
+    /// Every remote query's memory and time.
+    pub limits: query::remote::QueryLimits,
+    /// PEM certificate and key for gRPC (ingest, Flight SQL, health): TLS only, once set.
+    pub grpc_tls: Option<(PathBuf, PathBuf)>,
 }
 
 struct AppState {
@@ -93,21 +97,43 @@ pub async fn run(store: Store, data: PathBuf, options: ServeOptions) -> Result<(
         });
     }
     if let Some(addr) = options.grpc {
+        let mut builder = tonic::transport::Server::builder();
+        if let Some((cert, key)) = &options.grpc_tls {
+            // A certificate that does not load stops the server: no plaintext fallback.
+            let read = |p: &PathBuf, flag: &str| {
+                std::fs::read(p).map_err(|e| format!("{flag} {}: {e}", p.display()))
+            };
+            let identity = tonic::transport::Identity::from_pem(
+                read(cert, "--grpc-tls-cert")?,
+                read(key, "--grpc-tls-key")?,
+            );
+            builder = builder
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .map_err(|e| format!("--grpc TLS: {e}"))?;
+        }
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        announce("grpc", listener.local_addr().map_err(|e| e.to_string())?);
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<proto::v1::ingest_server::IngestServer<crate::grpc::IngestService>>()
             .await;
         let ingest = crate::grpc::IngestService::new(store.clone(), options.max_inflight)
             .into_server(options.token.clone());
+        let ctx = query::session(&store, query::IndexUse::On)
+            .await
+            .map_err(|e| e.to_string())?;
+        let flight = arrow_flight::flight_service_server::FlightServiceServer::with_interceptor(
+            crate::flight::FlightSql::new(ctx, options.limits.clone()),
+            crate::grpc::bearer(options.token.clone()),
+        );
+        announce("grpc", listener.local_addr().map_err(|e| e.to_string())?);
         let stop = stopped(stop_rx.clone());
         servers.spawn(async move {
-            tonic::transport::Server::builder()
+            builder
                 .add_service(health)
                 .add_service(ingest)
+                .add_service(flight)
                 .serve_with_incoming_shutdown(
                     tonic::transport::server::TcpIncoming::from(listener),
                     stop,
@@ -120,7 +146,7 @@ pub async fn run(store: Store, data: PathBuf, options: ServeOptions) -> Result<(
         let ctx = query::session(&store, query::IndexUse::On)
             .await
             .map_err(|e| e.to_string())?;
-        let server = crate::pg::PgServer::bind(ctx, pg).await?;
+        let server = crate::pg::PgServer::bind(ctx, pg, options.limits.clone()).await?;
         announce("pg", server.local_addr().map_err(|e| e.to_string())?);
         let stop = stop_rx.clone();
         servers.spawn(async move {

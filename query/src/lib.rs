@@ -5,6 +5,7 @@
 //! DataFusion re-checks it on whatever rows the segments, indexes and statistics let through;
 //! skipping is only ever done on proof that no row can match.
 
+mod deadline;
 mod error;
 pub mod functions;
 pub mod investigations;

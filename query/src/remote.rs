@@ -13,13 +13,14 @@
 //!   fails alone; the others keep theirs.
 
 use std::ops::ControlFlow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::common::ScalarValue;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
-use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::lit;
 use datafusion::logical_expr::{LogicalPlan, Statement as PlanStatement};
 use datafusion::prelude::SessionContext;
@@ -28,6 +29,8 @@ use datafusion::sql::sqlparser::ast::{
     Expr as SqlExpr, Query, Set, SetExpr, Statement, Value, visit_expressions_mut,
 };
 use datafusion::sql::unparser::Unparser;
+
+use crate::deadline::{DeadlineRule, timeout_message};
 
 /// Limits of one remote query.
 #[derive(Debug, Clone)]
@@ -197,22 +200,28 @@ pub fn check_remote_plan(plan: &LogicalPlan) -> Result<()> {
     }
 }
 
-/// Replaces the statement's `$n` placeholders with the values as SQL literals, so it can be
+/// Replaces the statement's `$n` (or `?`) placeholders with the values as SQL literals, so it can be
 /// planned as an ordinary statement: parameters then work everywhere, table function
 /// arguments included (DataFusion binds plan parameters only in expressions, not in the
 /// arguments of a table function, which are evaluated while planning).
 pub fn bind_placeholders(statement: &mut Statement, values: &[ScalarValue]) -> Result<()> {
     let unparser = Unparser::default();
     let mut failure = None;
+    // `?` placeholders (JDBC/ODBC style) take the values in the order they appear.
+    let mut next_positional = 0;
     let _ = visit_expressions_mut(statement, |expr| {
         if let SqlExpr::Value(v) = expr
             && let Value::Placeholder(id) = &v.value
         {
-            let index = id
-                .trim_start_matches('$')
-                .parse::<usize>()
-                .ok()
-                .and_then(|i| i.checked_sub(1));
+            let index = if id == "?" {
+                next_positional += 1;
+                Some(next_positional - 1)
+            } else {
+                id.trim_start_matches('$')
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|i| i.checked_sub(1))
+            };
             match index.and_then(|i| values.get(i)) {
                 Some(value) => match unparser.expr_to_sql(&lit(value.clone())) {
                     Ok(literal) => *expr = literal,
@@ -237,31 +246,41 @@ pub fn bind_placeholders(statement: &mut Statement, values: &[ScalarValue]) -> R
     }
 }
 
-/// A context for one query: the session's tables, views and functions over a memory pool of
-/// its own (spilling to the OS temp directory before it fails).
-pub fn limited_context(ctx: &SessionContext, limits: &QueryLimits) -> Result<SessionContext> {
+/// A session state for one remote query: the session's tables, views and functions over a
+/// memory pool of its own (spilling to the OS temp directory before it fails), every plan
+/// under the time limit.
+pub fn limited_state(base: &SessionState, limits: &QueryLimits) -> Result<SessionState> {
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_limit(limits.memory_bytes, 1.0)
         .build_arc()?;
-    let state = SessionStateBuilder::new_from_existing(ctx.state())
+    let mut rules = base.physical_optimizers().to_vec();
+    rules.push(Arc::new(DeadlineRule {
+        limit: limits.timeout,
+    }));
+    Ok(SessionStateBuilder::new_from_existing(base.clone())
         .with_runtime_env(runtime)
-        .build();
-    Ok(SessionContext::new_with_state(state))
+        .with_physical_optimizer_rules(rules)
+        .build())
+}
+
+/// [`limited_state`] as a context.
+pub fn limited_context(ctx: &SessionContext, limits: &QueryLimits) -> Result<SessionContext> {
+    Ok(SessionContext::new_with_state(limited_state(
+        &ctx.state(),
+        limits,
+    )?))
 }
 
 /// `limits.timeout` as an error DataFusion callers understand.
 pub fn timeout_error(limits: &QueryLimits) -> DataFusionError {
-    DataFusionError::ResourcesExhausted(format!(
-        "canceling statement due to statement timeout ({} s)",
-        limits.timeout.as_secs()
-    ))
+    DataFusionError::ResourcesExhausted(timeout_message(limits.timeout))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use datafusion::sql::parser::DFParser;
-    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+    use datafusion::sql::sqlparser::dialect::{GenericDialect, PostgreSqlDialect};
     use datafusion::sql::sqlparser::parser::Parser;
 
     fn refusal(sql: &str) -> Option<String> {
@@ -359,6 +378,15 @@ mod tests {
             s.to_string(),
             "SELECT * FROM exec_trace('it''s') WHERE kind = 'process_exec' AND pid > 7"
         );
+        let mut q = Parser::parse_sql(&GenericDialect {}, "SELECT ? + ?")
+            .unwrap()
+            .remove(0);
+        bind_placeholders(
+            &mut q,
+            &[ScalarValue::Int64(Some(1)), ScalarValue::Int64(Some(2))],
+        )
+        .unwrap();
+        assert_eq!(q.to_string(), "SELECT 1 + 2");
         let err = bind_placeholders(
             &mut Parser::parse_sql(&PostgreSqlDialect {}, "SELECT $2")
                 .unwrap()
@@ -413,6 +441,19 @@ mod tests {
         let roomy = limited_context(&ctx, &QueryLimits::default()).unwrap();
         roomy.sql(sql).await.unwrap().collect().await.unwrap();
         // The session itself (other queries) is unaffected.
+        let quick = QueryLimits {
+            memory_bytes: 1 << 30,
+            timeout: Duration::from_millis(200),
+        };
+        let slow = limited_context(&ctx, &quick)
+            .unwrap()
+            .sql("SELECT count(*) FROM generate_series(1, 100000000000)")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap_err();
+        assert!(slow.to_string().contains("statement timeout"), "{slow}");
         let ok = ctx.sql("SELECT 1").await.unwrap().collect().await.unwrap();
         assert_eq!(ok[0].num_rows(), 1);
     }

@@ -1,0 +1,127 @@
+//! Arrow Flight SQL on `ktrail serve --grpc`, driven by ADBC's Flight SQL driver
+//! (tests/flight/clients.py): statements, prepared statements with parameters, catalog
+//! metadata, bearer token, read-only refusals; over plaintext on loopback and over TLS.
+
+mod common;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{Server, ktrail, python};
+
+const TOKEN: &str = "flight-test-token";
+
+fn scenario_store(dir: &Path) -> PathBuf {
+    let data = dir.join("store");
+    let root = env!("CARGO_MANIFEST_DIR");
+    let o = ktrail(
+        &data,
+        &[
+            "ingest",
+            &format!("{root}/tests/data/exec_scenario/audit.jsonl"),
+            &format!("{root}/tests/data/exec_scenario/tetragon.jsonl"),
+            &format!("{root}/ingest/tests/data/kubectl_get_pods_services_nodes.json"),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    data
+}
+
+fn start(dir: &Path, data: &Path, extra: &[&str]) -> Server {
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let mut args: Vec<OsString> = vec![
+        "serve".into(),
+        "--grpc".into(),
+        "127.0.0.1:0".into(),
+        "--token-file".into(),
+        token_file.into(),
+    ];
+    args.extend(extra.iter().map(OsString::from));
+    Server::start(data, &args, "grpc")
+}
+
+fn adbc(uri: &str, ca: Option<&Path>) {
+    let mut c = Command::new(python());
+    c.arg("-W")
+        .arg("ignore")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/flight/clients.py"))
+        .arg(uri)
+        .arg(TOKEN);
+    if let Some(ca) = ca {
+        c.arg(ca);
+    }
+    let o = c.output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && out.ends_with("all ok\n"),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn adbc_flight_sql() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = scenario_store(dir.path());
+    let server = start(dir.path(), &data, &[]);
+    adbc(&format!("grpc://{}", server.addr), None);
+    server.stop();
+}
+
+#[test]
+fn adbc_flight_sql_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = scenario_store(dir.path());
+    let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+    let o = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (cert_s, key_s) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let server = start(
+        dir.path(),
+        &data,
+        &["--grpc-tls-cert", cert_s, "--grpc-tls-key", key_s],
+    );
+    adbc(
+        &format!("grpc+tls://localhost:{}", server.addr.port()),
+        Some(&cert),
+    );
+    server.stop();
+
+    // A key that is not a key stops the server from starting.
+    let token_file = dir.path().join("token");
+    let o = ktrail(
+        &data,
+        &[
+            "serve",
+            "--grpc",
+            "127.0.0.1:0",
+            "--token-file",
+            token_file.to_str().unwrap(),
+            "--grpc-tls-cert",
+            cert_s,
+            "--grpc-tls-key",
+            cert_s,
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--grpc TLS"), "{err}");
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("listening"));
+}
