@@ -70,6 +70,8 @@ enum Command {
         /// Answer without the sidecar indexes (full scans; for comparison).
         #[arg(long)]
         no_index: bool,
+        #[command(flatten)]
+        limits: LimitArgs,
         sql: String,
     },
     /// An interactive SQL shell with psql's habits (`\\?` for help); reads a script from
@@ -78,6 +80,8 @@ enum Command {
         /// Answer without the sidecar indexes (full scans; for comparison).
         #[arg(long)]
         no_index: bool,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// The ingest and query service. Binds 127.0.0.1 unless an address says otherwise; prints
     /// `listening <proto> <addr>` per listener when ready; SIGINT/SIGTERM stop it gracefully.
@@ -119,12 +123,8 @@ enum Command {
         /// PEM private key of --grpc-tls-cert.
         #[arg(long, requires = "grpc_tls_cert")]
         grpc_tls_key: Option<PathBuf>,
-        /// Memory one remote query may use before it spills, then fails (bytes; K/M/G suffix).
-        #[arg(long, default_value = "4G", value_parser = parse_bytes)]
-        query_memory: usize,
-        /// Time one remote query may take, rows streamed included (seconds).
-        #[arg(long, default_value_t = 300)]
-        query_timeout: u64,
+        #[command(flatten)]
+        limits: LimitArgs,
         /// Largest request body accepted.
         #[arg(long, default_value_t = 64 << 20)]
         max_body_bytes: usize,
@@ -212,12 +212,13 @@ fn main() -> ExitCode {
             let dead_letter = dead_letter.unwrap_or_else(|| cli.data.join("dead-letter.jsonl"));
             ingest_cmd(&cli.data, format, batch_rows, &dead_letter, &paths)
         }
-        Command::Shell { no_index } => shell_cmd(&cli.data, no_index),
+        Command::Shell { no_index, limits } => shell_cmd(&cli.data, no_index, limits.limits()),
         Command::Sql {
             format,
             no_index,
+            limits,
             sql,
-        } => runtime().block_on(sql_cmd(&cli.data, format, no_index, &sql)),
+        } => runtime().block_on(sql_cmd(&cli.data, format, no_index, limits.limits(), &sql)),
         Command::Serve {
             http,
             grpc,
@@ -229,8 +230,7 @@ fn main() -> ExitCode {
             pg_tls_key,
             grpc_tls_cert,
             grpc_tls_key,
-            query_memory,
-            query_timeout,
+            limits,
             max_body_bytes,
             max_inflight,
         } => {
@@ -245,10 +245,7 @@ fn main() -> ExitCode {
                     (None, None, None) => Some(std::net::SocketAddr::from(([127, 0, 0, 1], 8480))),
                     (h, _, _) => h,
                 };
-                let limits = query::remote::QueryLimits {
-                    memory_bytes: query_memory,
-                    timeout: std::time::Duration::from_secs(query_timeout.max(1)),
-                };
+                let limits = limits.limits();
                 pg_options(pg, pg_password_file, pg_tls_cert.zip(pg_tls_key)).and_then(|pg| {
                     serve_cmd(
                         &cli.data,
@@ -392,19 +389,51 @@ fn ingest_cmd(
     })
 }
 
-async fn sql_cmd(
-    data: &PathBuf,
-    format: output::OutputFormat,
+/// The limits every query runs under, local or remote.
+#[derive(clap::Args)]
+struct LimitArgs {
+    /// Memory one query may use before it spills to disk, then fails (bytes; K/M/G suffix).
+    #[arg(long, default_value = "4G", value_parser = parse_bytes)]
+    query_memory: usize,
+    /// Time one query may take, rows streamed included (seconds).
+    #[arg(long, default_value_t = 300)]
+    query_timeout: u64,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> query::remote::QueryLimits {
+        query::remote::QueryLimits {
+            memory_bytes: self.query_memory,
+            timeout: std::time::Duration::from_secs(self.query_timeout.max(1)),
+        }
+    }
+}
+
+/// A session over the store for local use, under `limits` (its memory pool is the session's:
+/// local statements run one at a time).
+async fn local_session(
+    store: &Store,
     no_index: bool,
-    sql: &str,
-) -> Result<ExitCode, CliError> {
-    let store = open_store(data, false)?;
+    limits: &query::remote::QueryLimits,
+) -> Result<SessionContext, CliError> {
     let index = if no_index {
         IndexUse::Off
     } else {
         IndexUse::On
     };
-    let ctx = query::session(&store, index).await?;
+    let ctx = query::session(store, index).await?;
+    Ok(query::remote::limited_context(&ctx, limits)?)
+}
+
+async fn sql_cmd(
+    data: &PathBuf,
+    format: output::OutputFormat,
+    no_index: bool,
+    limits: query::remote::QueryLimits,
+    sql: &str,
+) -> Result<ExitCode, CliError> {
+    let store = open_store(data, false)?;
+    let ctx = local_session(&store, no_index, &limits).await?;
     let statements = DFParser::parse_sql(sql)?;
     if statements.is_empty() {
         return Err(CliError::Other("no SQL statement given".into()));
@@ -417,15 +446,14 @@ async fn sql_cmd(
     Ok(ExitCode::SUCCESS)
 }
 
-fn shell_cmd(data: &PathBuf, no_index: bool) -> Result<ExitCode, CliError> {
+fn shell_cmd(
+    data: &PathBuf,
+    no_index: bool,
+    limits: query::remote::QueryLimits,
+) -> Result<ExitCode, CliError> {
     let store = open_store(data, false)?;
-    let index = if no_index {
-        IndexUse::Off
-    } else {
-        IndexUse::On
-    };
     let rt = runtime();
-    let ctx = rt.block_on(query::session(&store, index))?;
+    let ctx = rt.block_on(local_session(&store, no_index, &limits))?;
     let failures = shell::run(ctx, rt);
     Ok(if failures == 0 {
         ExitCode::SUCCESS

@@ -273,3 +273,37 @@ fn tetragon_exports_are_answered_by_sql() {
         "kind,pod,binary_name\nprocess_exec,tiefighter,netserver\nprocess_exec,deathstar-6f87496b94-qdlh8,starwars-docker\nprocess_exec,deathstar-6f87496b94-gjf74,starwars-docker\nfile_access,file-access,vi\n"
     );
 }
+
+/// Local queries run under the same limits as remote ones: over its time or memory limit a
+/// statement fails with one line, exit 1.
+#[test]
+fn local_queries_have_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    for (args, says) in [
+        (
+            [
+                "--query-timeout",
+                "1",
+                "SELECT count(*) FROM generate_series(1, 100000000000)",
+            ],
+            "statement timeout",
+        ),
+        (
+            [
+                "--query-memory",
+                "1M",
+                "SELECT v, count(*) FROM generate_series(1, 2000000) t(v) GROUP BY v ORDER BY v LIMIT 1",
+            ],
+            "Resources exhausted",
+        ),
+    ] {
+        let mut all = vec!["sql"];
+        all.extend(args);
+        let o = common::ktrail(&data, &all);
+        assert_eq!(o.status.code(), Some(1));
+        let err = common::stderr(&o);
+        assert!(err.contains(says), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}
