@@ -1,6 +1,7 @@
 //! `ktrail`: the command-line front of the store.
 
 mod dead_letter;
+mod demo;
 mod flight;
 mod grpc;
 mod output;
@@ -131,6 +132,27 @@ enum Command {
         /// Request bodies parsed or stored at once; more are answered 429 + Retry-After.
         #[arg(long, default_value_t = 8)]
         max_inflight: usize,
+    },
+    /// Generate a small cluster history with an embedded incident, ingest it into the data
+    /// directory, and walk through the investigation (SQL and answers).
+    Demo {
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Runtime, audit and alert records to generate.
+        #[arg(long, default_value_t = 100_000)]
+        events: u64,
+    },
+    /// Write a seeded, realistic cluster history in the producers' formats (inventories,
+    /// audit log, Tetragon, Falco) to a directory, for `ktrail ingest` or other tools.
+    #[command(name = "gen")]
+    Generate {
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Where the files go.
+        #[arg(short, long)]
+        out: PathBuf,
     },
     /// Recompute every segment's SHA-256 and compare it with the manifest.
     Verify,
@@ -264,6 +286,22 @@ fn main() -> ExitCode {
                 })
             }
         }
+        Command::Demo { seed, events } => demo::run(&cli.data, seed, events),
+        Command::Generate { seed, events, out } => {
+            let cfg = generator::Config::new(seed, events);
+            generator::generate(&out, &cfg)
+                .map_err(|e| CliError::Other(format!("{}: {e}", out.display())))
+                .map(|summary| {
+                    for f in &summary.files {
+                        println!("{}", f.display());
+                    }
+                    eprintln!(
+                        "{} records; incident session {}",
+                        summary.records, summary.incident.session_id
+                    );
+                    ExitCode::SUCCESS
+                })
+        }
         Command::Verify => verify_cmd(&cli.data),
         Command::Compact => compact_cmd(&cli.data),
         Command::Networks { action } => networks_cmd(&cli.data, action),
@@ -313,29 +351,85 @@ fn ingest_cmd(
     let inputs = ingest::expand_inputs(paths)?;
     let store = open_store(data, true)?;
     let mut dead = dead_letter::DeadLetter::new(dead_letter);
-    // Per format read: (accepted, rejected, duplicates).
-    let mut totals: std::collections::BTreeMap<&'static str, (u64, u64, u64)> = Default::default();
-    let mut skipped_inputs = 0u64;
-    let mut failed = false;
-    for input in &inputs {
+    let outcome = ingest_inputs(&store, &inputs, format, batch_rows, &mut dead, &mut |_| {})?;
+    store.close()?;
+    outcome.report(format, &mut dead, dead_letter)
+}
+
+/// What ingesting a set of inputs did, per format read.
+#[derive(Default)]
+struct IngestOutcome {
+    /// (accepted, rejected, duplicates) per format.
+    totals: std::collections::BTreeMap<&'static str, (u64, u64, u64)>,
+    skipped_inputs: u64,
+    failed: bool,
+}
+
+impl IngestOutcome {
+    /// The summary on stderr; exit 1 when an input could not be read.
+    fn report(
+        mut self,
+        format: Format,
+        dead: &mut dead_letter::DeadLetter,
+        dead_letter: &std::path::Path,
+    ) -> Result<ExitCode, CliError> {
+        if self.totals.is_empty() {
+            self.totals.insert(format.name(), (0, 0, 0));
+        }
+        for (name, (accepted, rejected, duplicates)) in &self.totals {
+            eprintln!("{name}: accepted {accepted}, rejected {rejected}, duplicates {duplicates}");
+        }
+        if self.skipped_inputs > 0 {
+            eprintln!("{} input(s) already ingested, skipped", self.skipped_inputs);
+        }
+        dead.finish().map_err(CliError::Other)?;
+        if dead.kept > 0 {
+            eprintln!(
+                "{} rejected record(s) kept in {}",
+                dead.kept,
+                dead_letter.display()
+            );
+        }
+        Ok(if self.failed {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        })
+    }
+}
+
+/// Reads every input into the store; `on_batch` hears of each batch appended (its records).
+/// Inputs already ingested (same SHA-256) are skipped; bad records go to `dead`.
+fn ingest_inputs(
+    store: &Store,
+    inputs: &[ingest::Input],
+    format: Format,
+    batch_rows: usize,
+    dead: &mut dead_letter::DeadLetter,
+    on_batch: &mut dyn FnMut(usize),
+) -> Result<IngestOutcome, CliError> {
+    let mut outcome = IngestOutcome::default();
+    for input in inputs {
         let fingerprint = match input.fingerprint() {
             Ok(f) => f,
             Err(e) => {
                 eprintln!("error: {}", one_line(&e.to_string()));
-                failed = true;
+                outcome.failed = true;
                 continue;
             }
         };
         if let Some(fp) = &fingerprint
             && store.has_fingerprint(fp)
         {
-            skipped_inputs += 1;
+            outcome.skipped_inputs += 1;
             continue;
         }
         let mut appended: Vec<(&'static str, storage::AppendOutcome)> = Vec::new();
-        let mut sink = |fmt: Format, batch| {
+        let mut sink = |fmt: Format, batch: datafusion::arrow::array::RecordBatch| {
+            let rows = batch.num_rows();
             let out = store.append(batch).map_err(|e| e.to_string())?;
             appended.push((fmt.name(), out));
+            on_batch(rows);
             Ok(())
         };
         let mut reject = |r: ingest::Rejection| {
@@ -344,14 +438,14 @@ fn ingest_cmd(
         };
         let result = ingest::read_input(input, format, batch_rows.max(1), &mut sink, &mut reject);
         for (name, out) in appended {
-            let t = totals.entry(name).or_default();
+            let t = outcome.totals.entry(name).or_default();
             t.0 += out.accepted as u64;
             t.2 += out.duplicates as u64;
         }
         match result {
             Ok(summary) => {
                 for (name, counts) in summary {
-                    totals.entry(name).or_default().1 += counts.rejected;
+                    outcome.totals.entry(name).or_default().1 += counts.rejected;
                 }
                 if let Some(fp) = &fingerprint {
                     store.record_fingerprint(fp)?;
@@ -360,33 +454,11 @@ fn ingest_cmd(
             Err(e @ ingest::IngestError::UnsupportedFormat(_)) => return Err(e.into()),
             Err(e) => {
                 eprintln!("error: {}", one_line(&e.to_string()));
-                failed = true;
+                outcome.failed = true;
             }
         }
     }
-    store.close()?;
-    if totals.is_empty() {
-        totals.insert(format.name(), (0, 0, 0));
-    }
-    for (name, (accepted, rejected, duplicates)) in &totals {
-        eprintln!("{name}: accepted {accepted}, rejected {rejected}, duplicates {duplicates}");
-    }
-    if skipped_inputs > 0 {
-        eprintln!("{skipped_inputs} input(s) already ingested, skipped");
-    }
-    dead.finish().map_err(CliError::Other)?;
-    if dead.kept > 0 {
-        eprintln!(
-            "{} rejected record(s) kept in {}",
-            dead.kept,
-            dead_letter.display()
-        );
-    }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(outcome)
 }
 
 /// The limits every query runs under, local or remote.
