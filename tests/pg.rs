@@ -156,6 +156,39 @@ fn psql_and_drivers() {
     server.stop();
 }
 
+/// A query past the memory limit fails while a concurrent one on another connection runs to
+/// its correct answer.
+#[test]
+fn a_query_over_the_memory_limit_does_not_harm_a_concurrent_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = scenario_store(dir.path());
+    let server = start(dir.path(), &data, &["--query-memory", "2M"]);
+    let conninfo = format!(
+        "host={} port={} user=ktrail dbname=ktrail sslmode=disable",
+        server.addr.ip(),
+        server.addr.port()
+    );
+    // Streams 30 M rows through a count: seconds of work in little memory.
+    let concurrent = Command::new("psql")
+        .args(["--no-psqlrc", "--csv", "-d", &conninfo, "-c"])
+        .arg("SELECT count(*) AS n FROM generate_series(1, 30000000)")
+        .env("PGPASSWORD", PASSWORD)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let hungry =
+        "SELECT v, count(*) FROM generate_series(1, 2000000) t(v) GROUP BY v ORDER BY v LIMIT 1";
+    let o = psql(&server, "sslmode=disable", PASSWORD, &[hungry]);
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("allocat"), "{}", text(&o).1);
+    let o = concurrent.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert_eq!(text(&o).0, "n\n30000000\n");
+    server.stop();
+}
+
 /// A query over its time or memory limit fails with the Postgres error code for it; the
 /// server and the other queries go on.
 #[test]
