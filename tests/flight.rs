@@ -5,28 +5,12 @@
 mod common;
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use common::{Server, ktrail, python};
+use common::{Server, exec_scenario_store, ktrail, python};
 
 const TOKEN: &str = "flight-test-token";
-
-fn scenario_store(dir: &Path) -> PathBuf {
-    let data = dir.join("store");
-    let root = env!("CARGO_MANIFEST_DIR");
-    let o = ktrail(
-        &data,
-        &[
-            "ingest",
-            &format!("{root}/tests/data/exec_scenario/audit.jsonl"),
-            &format!("{root}/tests/data/exec_scenario/tetragon.jsonl"),
-            &format!("{root}/ingest/tests/data/kubectl_get_pods_services_nodes.json"),
-        ],
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    data
-}
 
 fn start(dir: &Path, data: &Path, extra: &[&str]) -> Server {
     let token_file = dir.join("token");
@@ -64,7 +48,7 @@ fn adbc(uri: &str, ca: Option<&Path>) {
 #[test]
 fn adbc_flight_sql() {
     let dir = tempfile::tempdir().unwrap();
-    let data = scenario_store(dir.path());
+    let data = exec_scenario_store(dir.path());
     let server = start(dir.path(), &data, &[]);
     adbc(&format!("grpc://{}", server.addr), None);
     server.stop();
@@ -73,7 +57,7 @@ fn adbc_flight_sql() {
 #[test]
 fn adbc_flight_sql_over_tls() {
     let dir = tempfile::tempdir().unwrap();
-    let data = scenario_store(dir.path());
+    let data = exec_scenario_store(dir.path());
     let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
     let o = Command::new("openssl")
         .args([

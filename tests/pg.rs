@@ -5,28 +5,12 @@
 mod common;
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{Server, ktrail, python};
+use common::{Server, exec_scenario_store, ktrail, python};
 
 const PASSWORD: &str = "correct horse battery staple";
-
-fn scenario_store(dir: &Path) -> PathBuf {
-    let data = dir.join("store");
-    let root = env!("CARGO_MANIFEST_DIR");
-    let o = ktrail(
-        &data,
-        &[
-            "ingest",
-            &format!("{root}/tests/data/exec_scenario/audit.jsonl"),
-            &format!("{root}/tests/data/exec_scenario/tetragon.jsonl"),
-            &format!("{root}/ingest/tests/data/kubectl_get_pods_services_nodes.json"),
-        ],
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    data
-}
 
 fn start(dir: &Path, data: &Path, extra: &[&str]) -> Server {
     let password_file = dir.join("pg-password");
@@ -72,7 +56,7 @@ fn text(o: &Output) -> (String, String) {
 #[test]
 fn psql_and_drivers() {
     let dir = tempfile::tempdir().unwrap();
-    let data = scenario_store(dir.path());
+    let data = exec_scenario_store(dir.path());
     let server = start(dir.path(), &data, &[]);
 
     let o = psql(
@@ -161,7 +145,7 @@ fn psql_and_drivers() {
 #[test]
 fn a_query_over_the_memory_limit_does_not_harm_a_concurrent_one() {
     let dir = tempfile::tempdir().unwrap();
-    let data = scenario_store(dir.path());
+    let data = exec_scenario_store(dir.path());
     let server = start(dir.path(), &data, &["--query-memory", "2M"]);
     let conninfo = format!(
         "host={} port={} user=ktrail dbname=ktrail sslmode=disable",
@@ -194,7 +178,7 @@ fn a_query_over_the_memory_limit_does_not_harm_a_concurrent_one() {
 #[test]
 fn query_limits_fail_one_query() {
     let dir = tempfile::tempdir().unwrap();
-    let data = scenario_store(dir.path());
+    let data = exec_scenario_store(dir.path());
     let server = start(
         dir.path(),
         &data,
@@ -227,7 +211,7 @@ fn query_limits_fail_one_query() {
 #[test]
 fn tls_is_required_once_configured() {
     let dir = tempfile::tempdir().unwrap();
-    let data = scenario_store(dir.path());
+    let data = exec_scenario_store(dir.path());
     let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
     let status = Command::new("openssl")
         .args([

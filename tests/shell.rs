@@ -10,31 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::ktrail;
-
-const SCENARIO: &[&str] = &[
-    concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/exec_scenario/audit.jsonl"
-    ),
-    concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/exec_scenario/tetragon.jsonl"
-    ),
-    concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/ingest/tests/data/kubectl_get_pods_services_nodes.json"
-    ),
-];
-
-fn store(dir: &Path) -> PathBuf {
-    let data = dir.join("store");
-    let mut args = vec!["ingest"];
-    args.extend_from_slice(SCENARIO);
-    let o = ktrail(&data, &args);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    data
-}
+use common::exec_scenario_store;
 
 fn shell_command(data: &Path, cwd: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ktrail"));
@@ -110,7 +86,7 @@ fn golden(name: &str, actual: &str) {
 #[test]
 fn golden_sessions() {
     let dir = tempfile::tempdir().unwrap();
-    let data = store(dir.path());
+    let data = exec_scenario_store(dir.path());
     let script_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/shell");
     let mut scripts: Vec<PathBuf> = std::fs::read_dir(&script_dir)
         .unwrap()
@@ -133,7 +109,7 @@ fn golden_sessions() {
 #[test]
 fn output_files_copy_and_include() {
     let dir = tempfile::tempdir().unwrap();
-    let data = store(dir.path());
+    let data = exec_scenario_store(dir.path());
     std::fs::write(
         dir.path().join("count.sql"),
         "SELECT count(*) AS sessions\nFROM exec_sessions",
@@ -181,7 +157,7 @@ fn output_files_copy_and_include() {
 #[test]
 fn ctrl_c_cancels_the_running_statement_only() {
     let dir = tempfile::tempdir().unwrap();
-    let data = store(dir.path());
+    let data = exec_scenario_store(dir.path());
     let mut child = shell_command(&data, dir.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -9,6 +9,24 @@ use std::process::{Child, Command, Output, Stdio};
 
 pub const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/samples");
 
+/// A store under `dir` holding the exec scenario (two `kubectl exec` sessions into a billing
+/// pod: audit log + Tetragon export) and the `kubectl get` inventory.
+pub fn exec_scenario_store(dir: &Path) -> PathBuf {
+    let data = dir.join("store");
+    let root = env!("CARGO_MANIFEST_DIR");
+    let o = ktrail(
+        &data,
+        &[
+            "ingest",
+            &format!("{root}/tests/data/exec_scenario/audit.jsonl"),
+            &format!("{root}/tests/data/exec_scenario/tetragon.jsonl"),
+            &format!("{root}/ingest/tests/data/kubectl_get_pods_services_nodes.json"),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    data
+}
+
 /// Runs `ktrail --data DATA ARGS...` to completion.
 pub fn ktrail(data: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ktrail"))
