@@ -159,8 +159,9 @@ enum Command {
     /// Flush the memtable and compact small segments now.
     Compact,
     /// The `known_networks` allow-list (destinations `egress` calls `allowlisted`). Local only:
-    /// edits the data directory's `known_networks.json`, also while `serve` runs (sessions
-    /// opened afterwards see the change).
+    /// edits the data directory's `known_networks.json`, also while `serve` runs (`sql` and
+    /// `shell` see the change at once; `serve`'s Postgres and Flight SQL sessions after a
+    /// restart).
     Networks {
         #[command(subcommand)]
         action: NetworksAction,
