@@ -96,6 +96,17 @@ pub async fn run(store: Store, data: PathBuf, options: ServeOptions) -> Result<(
                 .map_err(|e| format!("http: {e}"))
         });
     }
+    // One session for the query listeners (Flight SQL, Postgres): each query derives its own
+    // limited state from it.
+    let remote = if options.grpc.is_some() || options.pg.is_some() {
+        Some(
+            query::session(&store, query::IndexUse::On)
+                .await
+                .map_err(|e| e.to_string())?,
+        )
+    } else {
+        None
+    };
     if let Some(addr) = options.grpc {
         let mut builder = tonic::transport::Server::builder();
         if let Some((cert, key)) = &options.grpc_tls {
@@ -120,9 +131,7 @@ pub async fn run(store: Store, data: PathBuf, options: ServeOptions) -> Result<(
             .await;
         let ingest = crate::grpc::IngestService::new(store.clone(), options.max_inflight)
             .into_server(options.token.clone());
-        let ctx = query::session(&store, query::IndexUse::On)
-            .await
-            .map_err(|e| e.to_string())?;
+        let ctx = remote.clone().expect("made for the query listeners");
         let flight = arrow_flight::flight_service_server::FlightServiceServer::with_interceptor(
             crate::flight::FlightSql::new(ctx, options.limits.clone()),
             crate::grpc::bearer(options.token.clone()),
@@ -143,9 +152,7 @@ pub async fn run(store: Store, data: PathBuf, options: ServeOptions) -> Result<(
         });
     }
     if let Some(pg) = options.pg {
-        let ctx = query::session(&store, query::IndexUse::On)
-            .await
-            .map_err(|e| e.to_string())?;
+        let ctx = remote.clone().expect("made for the query listeners");
         let server = crate::pg::PgServer::bind(ctx, pg, options.limits.clone()).await?;
         announce("pg", server.local_addr().map_err(|e| e.to_string())?);
         let stop = stop_rx.clone();

@@ -8,7 +8,7 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Server, exec_scenario_store, ktrail, python};
+use common::{Server, exec_scenario_store, ktrail, python, self_signed_cert};
 
 const TOKEN: &str = "flight-test-token";
 
@@ -58,24 +58,7 @@ fn adbc_flight_sql() {
 fn adbc_flight_sql_over_tls() {
     let dir = tempfile::tempdir().unwrap();
     let data = exec_scenario_store(dir.path());
-    let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
-    let o = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args([
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (cert, key) = self_signed_cert(dir.path());
     let (cert_s, key_s) = (cert.to_str().unwrap(), key.to_str().unwrap());
     let server = start(
         dir.path(),

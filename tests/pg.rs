@@ -8,7 +8,7 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{Server, exec_scenario_store, ktrail, python};
+use common::{Server, exec_scenario_store, ktrail, python, self_signed_cert};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -212,19 +212,7 @@ fn query_limits_fail_one_query() {
 fn tls_is_required_once_configured() {
     let dir = tempfile::tempdir().unwrap();
     let data = exec_scenario_store(dir.path());
-    let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
-    let status = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-        ])
-        .arg("/CN=localhost")
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(status.status.success(), "{}", text(&status).1);
+    let (cert, key) = self_signed_cert(dir.path());
     let (cert_s, key_s) = (cert.to_str().unwrap(), key.to_str().unwrap());
 
     let server = start(

@@ -313,25 +313,29 @@ impl TableFunctionImpl for SqlTableFunction {
             .iter()
             .any(|e| matches!(e, Expr::Placeholder(_)))
         {
-            return Ok(Arc::new(Unbound {
+            return Ok(Arc::new(BoundQuery {
                 name: self.name,
                 schema: Arc::new(self.plan.schema().as_arrow().clone()),
+                plan: None,
             }));
         }
         let values = self.bind(&args)?;
         let plan = self.plan.clone().with_param_values(values)?;
         Ok(Arc::new(BoundQuery {
+            name: self.name,
             schema: Arc::new(plan.schema().as_arrow().clone()),
-            plan,
+            plan: Some(plan),
         }))
     }
 }
 
-/// A table function's query with its arguments bound.
+/// A table function's query with its arguments bound; `None` while a prepared statement's
+/// parameter is still unbound (the columns are known, there are no rows until it is).
 #[derive(Debug)]
 struct BoundQuery {
+    name: &'static str,
     schema: SchemaRef,
-    plan: LogicalPlan,
+    plan: Option<LogicalPlan>,
 }
 
 #[async_trait]
@@ -351,50 +355,25 @@ impl TableProvider for BoundQuery {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        let Some(plan) = &self.plan else {
+            return plan_err!(
+                "{}: a parameter ($n) argument must be bound before the query runs",
+                self.name
+            );
+        };
         let plan = match projection {
             Some(p) => {
                 let columns = p.iter().map(|&i| {
                     Expr::Column(datafusion::common::Column::from(
-                        self.plan.schema().qualified_field(i),
+                        plan.schema().qualified_field(i),
                     ))
                 });
-                LogicalPlanBuilder::from(self.plan.clone())
+                LogicalPlanBuilder::from(plan.clone())
                     .project(columns)?
                     .build()?
             }
-            None => self.plan.clone(),
+            None => plan.clone(),
         };
         state.create_physical_plan(&plan).await
-    }
-}
-
-/// A table function called with an unbound parameter: known columns, no rows until bound.
-#[derive(Debug)]
-struct Unbound {
-    name: &'static str,
-    schema: SchemaRef,
-}
-
-#[async_trait]
-impl TableProvider for Unbound {
-    fn schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::View
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn Session,
-        _projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        plan_err!(
-            "{}: a parameter ($n) argument must be bound before the query runs",
-            self.name
-        )
     }
 }

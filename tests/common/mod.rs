@@ -157,3 +157,27 @@ pub fn python() -> PathBuf {
     );
     python
 }
+
+/// A self-signed certificate for `localhost` (PEM certificate, PEM key) under `dir`, made by
+/// openssl (on the machine).
+pub fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+    let o = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl is on the machine");
+    assert!(o.status.success(), "{}", stderr(&o));
+    (cert, key)
+}
