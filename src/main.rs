@@ -6,6 +6,7 @@ mod flight;
 mod grpc;
 mod output;
 mod pg;
+mod policy;
 mod serve;
 mod shell;
 
@@ -166,6 +167,11 @@ enum Command {
         #[command(subcommand)]
         action: NetworksAction,
     },
+    /// Policy Advisor: least-privilege pod policies from workload manifests.
+    Policy {
+        #[command(subcommand)]
+        action: policy::PolicyAction,
+    },
 }
 
 #[derive(Subcommand)]
@@ -306,6 +312,7 @@ fn main() -> ExitCode {
         Command::Verify => verify_cmd(&cli.data),
         Command::Compact => compact_cmd(&cli.data),
         Command::Networks { action } => networks_cmd(&cli.data, action),
+        Command::Policy { action } => policy::run(action),
     };
     match result {
         Ok(code) => code,

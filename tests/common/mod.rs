@@ -127,8 +127,12 @@ pub fn python() -> PathBuf {
     let python = venv.join("bin/python");
     let ready = venv.join(".ktrail-ready");
     let lock = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv.lock");
+    let requirements = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/requirements.txt");
+    let wanted = std::fs::read_to_string(&requirements).unwrap();
+    // The marker holds the requirements it was made from: a changed list reinstalls.
+    let current = || std::fs::read_to_string(&ready).is_ok_and(|r| r == wanted);
     loop {
-        if ready.exists() {
+        if current() {
             return python;
         }
         match std::fs::create_dir(&lock) {
@@ -141,14 +145,12 @@ pub fn python() -> PathBuf {
         .arg(format!(
             "python3 -m venv {v} && {v}/bin/pip install -q -r {req}",
             v = venv.display(),
-            req = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/requirements.txt")
-                .display()
+            req = requirements.display()
         ))
         .status();
     let ok = status.is_ok_and(|s| s.success());
     if ok {
-        std::fs::write(&ready, "").unwrap();
+        std::fs::write(&ready, &wanted).unwrap();
     }
     let _ = std::fs::remove_dir(&lock);
     assert!(

@@ -1,0 +1,57 @@
+//! Policy Advisor: least-privilege pod policies from workload manifests.
+//!
+//! The pipeline is one way: [`manifest`] turns YAML/JSON documents into typed [`Workload`]s
+//! (k8s-openapi structs); [`pss`] evaluates each against the Pod Security Standards as Pod
+//! Security Admission does, per Kubernetes version; [`needs`] says what the workload needs
+//! (privileges, host access, identities); the emitters build the policies that admit exactly
+//! that: Pod Security Admission labels per namespace ([`psa`]), a ValidatingAdmissionPolicy
+//! ([`vap`]), a legacy PodSecurityPolicy ([`psp`]) and a securityContext hardening patch
+//! ([`harden`]). [`report`] ties them together; [`diff`] compares two manifest sets.
+//!
+//! Nothing here reads the store: generation is pure. Validation against recorded history
+//! lives with the surfaces that can query.
+
+pub mod diff;
+pub mod harden;
+pub mod manifest;
+pub mod needs;
+pub mod psa;
+pub mod psp;
+pub mod pss;
+pub mod report;
+pub mod vap;
+
+use std::path::PathBuf;
+
+pub use manifest::{Diagnostic, Loaded, Workload, load_paths, load_str};
+pub use pss::{Level, Version, Violation};
+
+/// What can go wrong in the Policy Advisor.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// A manifest file or directory could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A document is not YAML, not a Kubernetes object, or not a valid workload of its kind.
+    #[error("{path}: document {document} (line {line}): {reason}")]
+    Document {
+        path: PathBuf,
+        /// 1-based document number in the file.
+        document: usize,
+        /// 1-based line where the document starts.
+        line: usize,
+        reason: String,
+    },
+    /// A `--k8s-version` that is neither `latest` nor `v1.N` / `1.N`.
+    #[error("invalid Kubernetes version {0:?}: expected latest, v1.N or 1.N")]
+    Version(String),
+    /// A generated policy could not be written as YAML or JSON (a bug).
+    #[error("could not serialise {what}: {reason}")]
+    Serialise { what: String, reason: String },
+}
+
+pub type Result<T> = std::result::Result<T, PolicyError>;

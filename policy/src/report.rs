@@ -1,0 +1,235 @@
+//! `policy generate`: every workload's Pod Security Standards verdict, needs and policies, and
+//! every namespace's labels — as one JSON report, or as kubectl-ready YAML files.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::PolicyError;
+use crate::harden::{Hardening, hardening};
+use crate::manifest::{Diagnostic, Loaded, Owner, Source, Workload};
+use crate::needs::{ContainerNeeds, HostPath, Needs, needs};
+use crate::psa::{Assessed, NamespaceAdvice, namespace_object, namespaces};
+use crate::pss::{Level, Version, Violation, evaluate, level_met};
+use crate::{psp, vap};
+
+/// One workload in the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct WorkloadReport {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub source: Source,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
+    pub pss_level: Level,
+    pub violations: Vec<Violation>,
+    pub containers: Vec<ContainerNeeds>,
+    pub host_network: bool,
+    pub host_pid: bool,
+    pub host_ipc: bool,
+    pub host_ports: Vec<i32>,
+    pub host_paths: Vec<HostPath>,
+    pub volume_types: Vec<String>,
+    pub sysctls: Vec<String>,
+    pub service_account: String,
+    pub hardening: Hardening,
+    /// The name of the generated ValidatingAdmissionPolicy / PodSecurityPolicy / Role.
+    pub policy_name: String,
+    /// The stem of this workload's files under `-o DIR`: `namespace.kind.name`, with `.2`,
+    /// `.3`, ... when the input holds the same workload more than once.
+    pub file_stem: String,
+    #[serde(skip)]
+    pub needs: Needs,
+    #[serde(skip)]
+    pub workload: Workload,
+}
+
+/// The whole answer.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub k8s_version: String,
+    pub workloads: Vec<WorkloadReport>,
+    pub namespaces: Vec<NamespaceAdvice>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Assesses every loaded workload at `version`.
+pub fn generate(loaded: Loaded, version: Version) -> Report {
+    let mut workloads: Vec<WorkloadReport> = loaded
+        .workloads
+        .into_iter()
+        .map(|w| assess(w, version))
+        .collect();
+    workloads
+        .sort_by(|a, b| (&a.namespace, &a.kind, &a.name).cmp(&(&b.namespace, &b.kind, &b.name)));
+    // The same workload twice (two versions in two files): both kept, named apart.
+    let mut seen: std::collections::HashMap<String, usize> = Default::default();
+    for w in &mut workloads {
+        let n = seen.entry(w.file_stem.clone()).or_default();
+        *n += 1;
+        if *n > 1 {
+            w.file_stem = format!("{}.{n}", w.file_stem);
+            w.policy_name = format!("{}-{n}", w.policy_name);
+        }
+    }
+    let assessed: Vec<Assessed<'_>> = workloads
+        .iter()
+        .map(|w| Assessed {
+            namespace: &w.namespace,
+            workload: format!("{}/{}", w.kind, w.name),
+            level: w.pss_level,
+            violations: &w.violations,
+        })
+        .collect();
+    let namespaces = namespaces(&assessed, version);
+    Report {
+        k8s_version: version.label(),
+        workloads,
+        namespaces,
+        diagnostics: loaded.diagnostics,
+    }
+}
+
+/// Assesses one workload.
+pub fn assess(w: Workload, version: Version) -> WorkloadReport {
+    let violations = evaluate(&w, version);
+    let n = needs(&w, version);
+    WorkloadReport {
+        kind: w.kind.clone(),
+        namespace: w.namespace.clone(),
+        name: w.name.clone(),
+        source: w.source.clone(),
+        owner: w.owner.clone(),
+        pss_level: level_met(&violations),
+        violations,
+        containers: n.containers.clone(),
+        host_network: n.host_network,
+        host_pid: n.host_pid,
+        host_ipc: n.host_ipc,
+        host_ports: n.host_ports.clone(),
+        host_paths: n.host_paths.clone(),
+        volume_types: n.volume_types.clone(),
+        sysctls: n.sysctls.clone(),
+        service_account: n.service_account.clone(),
+        hardening: hardening(&w, &n),
+        policy_name: vap::object_name(&w),
+        file_stem: file_stem(&w),
+        needs: n,
+        workload: w,
+    }
+}
+
+impl WorkloadReport {
+    /// The policies of this workload as Kubernetes objects: the ValidatingAdmissionPolicy and
+    /// its binding, then the legacy PodSecurityPolicy, Role and RoleBinding.
+    pub fn policies(&self) -> Vec<Value> {
+        let (policy, binding) = vap::policy(&self.policy_name, &self.workload, &self.needs);
+        let mut out = vec![to_value(&policy), to_value(&binding)];
+        out.extend(psp::for_workload(
+            &self.policy_name,
+            &self.workload,
+            &self.needs,
+        ));
+        out
+    }
+}
+
+/// `namespace.kind.name`, lowercased, safe as a file name.
+fn file_stem(w: &Workload) -> String {
+    format!("{}.{}.{}", w.namespace, w.kind, w.name)
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn to_value<T: Serialize>(t: &T) -> Value {
+    serde_json::to_value(t).expect("Kubernetes objects serialise to JSON")
+}
+
+/// YAML documents separated by `---`.
+pub fn yaml_documents(docs: &[Value]) -> crate::Result<String> {
+    let mut out = String::new();
+    for (i, doc) in docs.iter().enumerate() {
+        if i > 0 {
+            out.push_str("---\n");
+        }
+        out.push_str(
+            &serde_saphyr::to_string(doc).map_err(|e| PolicyError::Serialise {
+                what: "YAML".into(),
+                reason: e.to_string(),
+            })?,
+        );
+    }
+    Ok(out)
+}
+
+/// Writes the report as kubectl-ready YAML under `dir`: per workload `<stem>.yaml` (its
+/// policies) and `<stem>.patch.yaml` (the hardening patch), and `namespaces.yaml` (the
+/// Pod Security Admission labels). Returns the files written.
+pub fn write_yaml(report: &Report, dir: &Path) -> crate::Result<Vec<PathBuf>> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| PolicyError::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let mut written = Vec::new();
+    let mut write = |name: String, text: String| -> crate::Result<()> {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(io(&path))?;
+        written.push(path);
+        Ok(())
+    };
+    for w in &report.workloads {
+        let header = format!(
+            "# ktrail policy generate: {kind} {ns}/{name} ({file}, document {doc})\n\
+             # Pod Security Standards {version}: meets {level}.\n",
+            kind = w.kind,
+            ns = w.namespace,
+            name = w.name,
+            file = w.source.file.display(),
+            doc = w.source.document,
+            version = report.k8s_version,
+            level = w.pss_level,
+        );
+        write(
+            format!("{}.yaml", w.file_stem),
+            format!("{header}{}", yaml_documents(&w.policies())?),
+        )?;
+        let mut patch = format!(
+            "# Hardening patch: kubectl -n {ns} patch {kind} {name} --patch-file {stem}.patch.yaml\n",
+            ns = w.namespace,
+            kind = w.kind.to_ascii_lowercase(),
+            name = w.name,
+            stem = w.file_stem,
+        );
+        for s in &w.hardening.skipped {
+            patch.push_str(&format!("# left out: {s}\n"));
+        }
+        patch.push_str(&yaml_documents(std::slice::from_ref(&w.hardening.patch))?);
+        write(format!("{}.patch.yaml", w.file_stem), patch)?;
+    }
+    if !report.namespaces.is_empty() {
+        let docs: Vec<Value> = report
+            .namespaces
+            .iter()
+            .map(|n| to_value(&namespace_object(n)))
+            .collect();
+        write(
+            "namespaces.yaml".into(),
+            format!(
+                "# Pod Security Admission labels: enforce the strictest level every workload meets.\n{}",
+                yaml_documents(&docs)?
+            ),
+        )?;
+    }
+    Ok(written)
+}

@@ -1,0 +1,648 @@
+//! Policy Advisor end to end: every sample manifest and PSP audit trace (real third-party
+//! data, `../shared/samples`, attribution in its README) assessed; the generated objects
+//! checked against the Kubernetes OpenAPI schemas and, for the ValidatingAdmissionPolicies, by
+//! a CEL interpreter; `policy diff` over kube-psp-advisor's own before/after pairs.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{ktrail, stderr, stdout};
+use policy::report::{Report, WorkloadReport, generate, write_yaml};
+use policy::{Level, Version};
+use serde_json::{Value, json};
+
+fn samples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/samples")
+}
+
+fn sample_report() -> Report {
+    let loaded = policy::load_paths(&[samples().join("manifests")]).unwrap();
+    generate(loaded, Version::Latest)
+}
+
+fn find<'a>(r: &'a Report, ns: &str, kind: &str, name: &str, file: &str) -> &'a WorkloadReport {
+    r.workloads
+        .iter()
+        .find(|w| {
+            w.namespace == ns
+                && w.kind == kind
+                && w.name == name
+                && w.source.file.to_string_lossy().ends_with(file)
+        })
+        .unwrap_or_else(|| panic!("no {ns}/{kind}/{name} from {file}"))
+}
+
+fn baseline_controls(w: &WorkloadReport) -> Vec<&'static str> {
+    let set: BTreeSet<&'static str> = w
+        .violations
+        .iter()
+        .filter(|v| v.level == Level::Baseline)
+        .map(|v| v.control)
+        .collect();
+    set.into_iter().collect()
+}
+
+/// Every sample manifest: the one unrenderable template is the one error; non-workloads are
+/// skipped by name; each workload's level, baseline controls and needs are as its spec says.
+#[test]
+fn every_sample_manifest_is_assessed() {
+    let r = sample_report();
+    let errors: Vec<String> = r
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == policy::manifest::Severity::Error)
+        .map(|d| d.to_string())
+        .collect();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0].contains("kubernetes_kube-proxy-ds.TEMPLATE.yaml: document 1 (line 37): error: not valid YAML at line 37"),
+        "{}",
+        errors[0]
+    );
+    assert_eq!(r.workloads.len(), 24);
+
+    // (namespace, kind, name, file, level, baseline controls)
+    type Expected<'a> = (&'a str, &'a str, &'a str, &'a str, Level, &'a [&'a str]);
+    let expected: [Expected<'_>; 24] = [
+        (
+            "default",
+            "DaemonSet",
+            "falco-daemonset",
+            "falco-daemonset-configmap.yaml",
+            Level::Privileged,
+            &["hostPathVolumes", "privileged"],
+        ),
+        (
+            "default",
+            "Deployment",
+            "apache-unomi-aaa",
+            "web-deployment.yaml",
+            Level::Privileged,
+            &["hostNamespaces", "hostPathVolumes", "hostPorts"],
+        ),
+        (
+            "default",
+            "Deployment",
+            "falco-event-generator-deployment",
+            "falco-event-generator-deployment.yaml",
+            Level::Baseline,
+            &[],
+        ),
+        (
+            "default",
+            "Deployment",
+            "falco-k8s-audit",
+            "falco-k8s-audit-deployment.yaml",
+            Level::Privileged,
+            &["privileged"],
+        ),
+        (
+            "default",
+            "Pod",
+            "my-lamp-site",
+            "test-yaml_subpath.yaml",
+            Level::Baseline,
+            &[],
+        ),
+        (
+            "default",
+            "Pod",
+            "nginx",
+            "srcYamls_nginx.yaml",
+            Level::Baseline,
+            &[],
+        ),
+        (
+            "default",
+            "Pod",
+            "nginx",
+            "targetYamls_nginx.yaml",
+            Level::Privileged,
+            &["hostNamespaces", "hostPathVolumes", "privileged"],
+        ),
+        (
+            "default",
+            "Pod",
+            "security-context-pod",
+            "test-opa.yaml",
+            Level::Privileged,
+            &["capabilities_baseline", "hostPathVolumes", "hostPorts"],
+        ),
+        (
+            "kube-system",
+            "DaemonSet",
+            "calico-node",
+            "calico-node-daemonset.yaml",
+            Level::Privileged,
+            &[
+                "hostNamespaces",
+                "hostPathVolumes",
+                "hostProbesAndHostLifecycle",
+                "privileged",
+            ],
+        ),
+        (
+            "monitoring",
+            "DaemonSet",
+            "node-exporter",
+            "nodeExporter-daemonset.yaml",
+            Level::Privileged,
+            &[
+                "capabilities_baseline",
+                "hostNamespaces",
+                "hostPathVolumes",
+                "hostPorts",
+            ],
+        ),
+        (
+            "privileged",
+            "Pod",
+            "privileged-busybox-0",
+            "examples_pods-allow.yaml",
+            Level::Privileged,
+            &["hostNamespaces"],
+        ),
+        (
+            "privileged",
+            "Pod",
+            "privileged-busybox-1",
+            "examples_pods-deny.yaml",
+            Level::Privileged,
+            &["privileged"],
+        ),
+        (
+            "privileged",
+            "Pod",
+            "privileged-busybox-base",
+            "examples_pods.yaml",
+            Level::Privileged,
+            &["capabilities_baseline", "hostNamespaces", "privileged"],
+        ),
+        (
+            "psp-test",
+            "DaemonSet",
+            "busy-ds",
+            "base-busybox.yaml",
+            Level::Privileged,
+            &["hostPathVolumes", "sysctls"],
+        ),
+        (
+            "psp-test",
+            "Deployment",
+            "busy-deploy",
+            "base-busybox.yaml",
+            Level::Privileged,
+            &["capabilities_baseline", "hostNamespaces", "hostPathVolumes"],
+        ),
+        (
+            "psp-test",
+            "Job",
+            "busy-job",
+            "base-busybox.yaml",
+            Level::Privileged,
+            &["hostNamespaces", "hostPathVolumes"],
+        ),
+        (
+            "psp-test",
+            "Pod",
+            "busy-pod",
+            "base-busybox.yaml",
+            Level::Privileged,
+            &["hostNamespaces", "hostPathVolumes", "sysctls"],
+        ),
+        (
+            "psp-test",
+            "Pod",
+            "my-busybox",
+            "srcYamls_busy-box.yaml",
+            Level::Privileged,
+            &["capabilities_baseline", "hostNamespaces", "privileged"],
+        ),
+        (
+            "psp-test",
+            "Pod",
+            "my-busybox",
+            "targetYamls_busy-box.yaml",
+            Level::Privileged,
+            &["hostNamespaces"],
+        ),
+        (
+            "psp-test",
+            "ReplicaSet",
+            "busy-rs",
+            "base-busybox.yaml",
+            Level::Privileged,
+            &["capabilities_baseline", "hostNamespaces"],
+        ),
+        (
+            "psp-test",
+            "ReplicationController",
+            "busy-rc",
+            "base-busybox.yaml",
+            Level::Privileged,
+            &["hostPathVolumes", "privileged"],
+        ),
+        (
+            "restricted",
+            "Pod",
+            "restricted-busybox-0",
+            "examples_pods-allow.yaml",
+            Level::Baseline,
+            &[],
+        ),
+        (
+            "restricted",
+            "Pod",
+            "restricted-busybox-1",
+            "examples_pods-deny.yaml",
+            Level::Privileged,
+            &["privileged"],
+        ),
+        (
+            "restricted",
+            "Pod",
+            "restricted-busybox-base",
+            "examples_pods.yaml",
+            Level::Baseline,
+            &[],
+        ),
+    ];
+    for (ns, kind, name, file, level, controls) in expected {
+        let w = find(&r, ns, kind, name, file);
+        assert_eq!(
+            w.pss_level, level,
+            "{ns}/{kind}/{name}: {:#?}",
+            w.violations
+        );
+        assert_eq!(
+            baseline_controls(w),
+            controls.to_vec(),
+            "{ns}/{kind}/{name}"
+        );
+    }
+
+    // Needs, where the manifests are well known.
+    let ne = find(
+        &r,
+        "monitoring",
+        "DaemonSet",
+        "node-exporter",
+        "nodeExporter-daemonset.yaml",
+    );
+    assert!(ne.host_network && ne.host_pid && !ne.host_ipc);
+    assert_eq!(ne.host_ports, vec![9100]);
+    let paths: Vec<(&str, bool)> = ne
+        .host_paths
+        .iter()
+        .map(|h| (h.path.as_str(), h.read_only))
+        .collect();
+    assert_eq!(paths, vec![("/", true), ("/sys", true)]);
+    assert_eq!(ne.containers[0].capabilities_add, vec!["SYS_TIME"]);
+    assert_eq!(ne.containers[0].run_as_user, Some(65534));
+
+    let calico = find(
+        &r,
+        "kube-system",
+        "DaemonSet",
+        "calico-node",
+        "calico-node-daemonset.yaml",
+    );
+    assert_eq!(calico.host_paths.len(), 7);
+    assert!(
+        calico
+            .containers
+            .iter()
+            .any(|c| c.init && c.name == "install-cni")
+    );
+    assert!(calico.containers.iter().any(|c| !c.init && c.privileged));
+
+    let falco = find(
+        &r,
+        "default",
+        "DaemonSet",
+        "falco-daemonset",
+        "falco-daemonset-configmap.yaml",
+    );
+    assert_eq!(falco.host_paths.len(), 8);
+    // kube-psp-advisor forced every host path read-only; the docker socket is mounted writable.
+    let sock = falco
+        .host_paths
+        .iter()
+        .find(|h| h.path == "/var/run/docker.sock")
+        .unwrap();
+    assert!(!sock.read_only);
+
+    // Namespaces: enforce the weakest workload's level, audit/warn restricted, exemptions named.
+    let mon = r
+        .namespaces
+        .iter()
+        .find(|n| n.name == "monitoring")
+        .unwrap();
+    assert_eq!(mon.pss_level, Level::Privileged);
+    assert_eq!(
+        mon.labels["pod-security.kubernetes.io/enforce"],
+        "privileged"
+    );
+    assert_eq!(mon.labels["pod-security.kubernetes.io/warn"], "restricted");
+    assert_eq!(
+        mon.labels["pod-security.kubernetes.io/enforce-version"],
+        "latest"
+    );
+    assert_eq!(mon.exemptions[0].workload, "DaemonSet/node-exporter");
+}
+
+/// Each PSP audit trace varies one securityContext attribute of a pod `create`; the pod in
+/// its `requestObject` is read and the attribute lands where it should.
+#[test]
+fn psp_audit_traces_are_read_as_their_attribute_says() {
+    let dir = samples().join("k8s-audit/psp-traces");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 32);
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let objects: Vec<Value> = serde_json::Deserializer::from_str(&text)
+            .into_iter::<Value>()
+            .map(|v| v.unwrap())
+            .filter_map(|e| e.get("requestObject").cloned())
+            .collect();
+        assert_eq!(objects.len(), 1, "{}", file.display());
+        let loaded = policy::load_str(&file, &objects[0].to_string());
+        assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
+        let w = policy::report::assess(
+            loaded.workloads.into_iter().next().unwrap(),
+            Version::Latest,
+        );
+        let stem = file.file_stem().unwrap().to_str().unwrap();
+        let c = &w.containers[0];
+        let has = |control: &str| w.violations.iter().any(|v| v.control == control);
+        let ok = match stem {
+            "capability_add_sys_nice" => {
+                c.capabilities_add == ["SYS_NICE"] && has("capabilities_baseline")
+            }
+            "capability_add_sys_time" => {
+                c.capabilities_add == ["SYS_TIME"] && has("capabilities_baseline")
+            }
+            "create_vanilla_nginx_deployment" => w.pss_level == Level::Baseline,
+            "flex_volumes" => {
+                w.volume_types.contains(&"flexVolume".to_string()) && has("restrictedVolumes")
+            }
+            "fs_group" => w.needs.fs_group == Some(2000),
+            "host_ipc" => w.host_ipc && has("hostNamespaces"),
+            "host_network" => w.host_network && has("hostNamespaces"),
+            "host_network_ports" => !w.host_ports.is_empty() && has("hostPorts"),
+            "host_pid" => w.host_pid && has("hostNamespaces"),
+            "mount_etc_using_host_path" => w.host_paths.iter().any(|h| h.path == "/etc"),
+            "privilege_escalation" => c.allow_privilege_escalation == Some(true),
+            "privileged" => c.privileged && has("privileged"),
+            "proc_mount_type_default" => c.proc_mount == "Default" && !has("procMount"),
+            "proc_mount_type_unmasked" => c.proc_mount == "Unmasked" && has("procMount"),
+            "read_only_root_fs" => c.read_only_root_filesystem == Some(true),
+            "supplemental_groups_10_20" => w.needs.supplemental_groups == [10, 20],
+            s if s.starts_with("run_as_user_") || s.starts_with("run_as_group_") => {
+                // The container's id where it sets one, else the pod's (`sec_ctx`).
+                let ids: Vec<i64> = s.split('_').filter_map(|p| p.parse().ok()).collect();
+                let effective = if s.ends_with("_container") {
+                    *ids.last().unwrap()
+                } else {
+                    ids[0]
+                };
+                let got = if s.starts_with("run_as_user_") {
+                    c.run_as_user
+                } else {
+                    c.run_as_group
+                };
+                // Pod Security Admission flags every explicit 0, even one a container overrides.
+                let root_flagged =
+                    !s.starts_with("run_as_user_") || ids.contains(&0) == has("runAsUser");
+                got == Some(effective) && root_flagged
+            }
+            other => panic!("no expectation for {other}"),
+        };
+        assert!(ok, "{stem}: {:#?}", w);
+    }
+}
+
+/// The generated objects validate against the Kubernetes OpenAPI schemas, and every
+/// ValidatingAdmissionPolicy admits its workload's own pod and nothing more privileged.
+#[test]
+fn generated_policies_validate_and_admit_exactly_their_workload() {
+    let r = sample_report();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("policies");
+    write_yaml(&r, &out).unwrap();
+    let cases: Vec<Value> = r
+        .workloads
+        .iter()
+        .map(|w| {
+            let mut spec = serde_json::to_value(&w.workload.spec).unwrap();
+            if w.needs.service_account_token {
+                // What the ServiceAccount admission plugin adds before validation runs.
+                let volumes = spec.as_object_mut().unwrap().entry("volumes").or_insert(json!([]));
+                volumes.as_array_mut().unwrap().push(json!({
+                    "name": "kube-api-access-x",
+                    "projected": {"sources": [{"serviceAccountToken": {"path": "token"}}]}
+                }));
+            }
+            let mut meta = serde_json::to_value(&w.workload.pod_meta).unwrap();
+            meta["namespace"] = json!(w.namespace);
+            if w.kind == "Pod" {
+                meta["name"] = json!(w.name);
+            } else {
+                meta["generateName"] = json!(format!("{}-", w.name));
+                meta["name"] = json!(format!("{}-x7k2p", w.name));
+            }
+            if w.kind == "Job" {
+                // The label the Job controller adds to its pods.
+                meta["labels"]["job-name"] = json!(w.name);
+            }
+            json!({"file": format!("{}.yaml", w.file_stem), "pod": {"metadata": meta, "spec": spec}})
+        })
+        .collect();
+    let cases_file = dir.path().join("cases.json");
+    std::fs::write(&cases_file, serde_json::to_string(&cases).unwrap()).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/policy/check.py");
+    let o = Command::new(common::python())
+        .arg(script)
+        .arg(&out)
+        .arg(&cases_file)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(o.status.success(), "{text}");
+    // 24 workloads × (policy, binding, PSP, Role, RoleBinding) + 6 namespaces.
+    assert!(
+        text.contains("schema-valid objects: 126; policies checked with CEL: 24; failures: 0"),
+        "{text}"
+    );
+}
+
+/// kube-psp-advisor's own before/after pairs: the target manifests escalate.
+#[test]
+fn diff_reports_the_escalations_of_a_change() {
+    let dir = samples().join("manifests/kube-psp-advisor");
+    let data = tempfile::tempdir().unwrap();
+    let src = dir.join("test-yaml_srcYamls_nginx.yaml");
+    let target = dir.join("test-yaml_targetYamls_nginx.yaml");
+    let o = ktrail(
+        data.path(),
+        &[
+            "policy",
+            "diff",
+            "--format",
+            "json",
+            src.to_str().unwrap(),
+            target.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let report: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let changes: BTreeSet<String> = report["escalations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e["change"].as_str().unwrap(),
+                e["detail"].as_str().unwrap()
+            )
+        })
+        .collect();
+    for want in [
+        "pss_level: meets privileged (was baseline)",
+        "host_namespace: hostNetwork: true",
+        "host_namespace: hostPID: true",
+        "host_namespace: hostIPC: true",
+        "privileged: privileged: true",
+        "host_path: /tmp (read-write)",
+        "run_as_root: was non-root, now no non-root user",
+        "read_only_root_filesystem: root filesystem no longer read-only",
+    ] {
+        assert!(changes.contains(want), "missing {want:?} in {changes:#?}");
+    }
+
+    // The same set against itself: nothing, exit 0.
+    let o = ktrail(
+        data.path(),
+        &[
+            "policy",
+            "diff",
+            src.to_str().unwrap(),
+            src.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(stdout(&o).trim(), "no escalations");
+}
+
+/// The command line: JSON report fields, bad documents named on stderr with exit 1, YAML
+/// files written per workload.
+#[test]
+fn generate_reports_json_and_names_bad_documents() {
+    let data = tempfile::tempdir().unwrap();
+    let wellknown = samples().join("manifests/wellknown");
+    let o = ktrail(
+        data.path(),
+        &[
+            "policy",
+            "generate",
+            "--format",
+            "json",
+            wellknown.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "the template is bad input");
+    assert!(stderr(&o).contains(
+        "kubernetes_kube-proxy-ds.TEMPLATE.yaml: document 1 (line 37): error: not valid YAML"
+    ));
+    let report: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let w = &report["workloads"][0];
+    for key in [
+        "kind",
+        "namespace",
+        "name",
+        "pss_level",
+        "violations",
+        "containers",
+        "host_network",
+        "host_pid",
+        "host_ipc",
+        "host_ports",
+        "host_paths",
+    ] {
+        assert!(w.get(key).is_some(), "missing {key}");
+    }
+    for key in ["control", "level", "path", "value"] {
+        assert!(
+            w["violations"][0].get(key).is_some(),
+            "missing violations[].{key}"
+        );
+    }
+    for key in [
+        "name",
+        "init",
+        "privileged",
+        "capabilities_add",
+        "run_as_user",
+    ] {
+        assert!(
+            w["containers"][0].get(key).is_some(),
+            "missing containers[].{key}"
+        );
+    }
+    for key in ["name", "pss_level", "labels"] {
+        assert!(
+            report["namespaces"][0].get(key).is_some(),
+            "missing namespaces[].{key}"
+        );
+    }
+    assert_eq!(
+        w["violations"][0]["path"]
+            .as_str()
+            .unwrap()
+            .split('.')
+            .next(),
+        Some("spec")
+    );
+
+    let out = data.path().join("out");
+    let node_exporter = wellknown.join("kube-prometheus_nodeExporter-daemonset.yaml");
+    let o = ktrail(
+        data.path(),
+        &[
+            "policy",
+            "generate",
+            "--k8s-version",
+            "v1.30",
+            "-o",
+            out.to_str().unwrap(),
+            node_exporter.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut files: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "monitoring.daemonset.node-exporter.patch.yaml",
+            "monitoring.daemonset.node-exporter.yaml",
+            "namespaces.yaml"
+        ]
+    );
+    let ns = std::fs::read_to_string(out.join("namespaces.yaml")).unwrap();
+    assert!(
+        ns.contains("pod-security.kubernetes.io/enforce-version: v1.30"),
+        "{ns}"
+    );
+}
