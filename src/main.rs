@@ -312,7 +312,7 @@ fn main() -> ExitCode {
         Command::Verify => verify_cmd(&cli.data),
         Command::Compact => compact_cmd(&cli.data),
         Command::Networks { action } => networks_cmd(&cli.data, action),
-        Command::Policy { action } => policy::run(action),
+        Command::Policy { action } => policy::run(&cli.data, action),
     };
     match result {
         Ok(code) => code,

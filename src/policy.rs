@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Subcommand, ValueEnum};
 use policy::report::{Report, generate, write_yaml, yaml_documents};
+use policy::validate::{Break, Verdict};
 use policy::{Loaded, Version};
 
 use crate::CliError;
@@ -28,6 +29,29 @@ pub enum PolicyAction {
         k8s_version: Version,
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+    },
+    /// Replays recorded history against a candidate policy: a Pod Security Standards level
+    /// (`privileged`, `baseline`, `restricted`) or a file holding PodSecurityPolicies (any, or
+    /// one `generate` wrote). Per workload `ok` or `would break`, with counts, first and last
+    /// time, the evidence rows and the SQL that finds them; exit 3 when something would break.
+    Validate {
+        /// The candidate: a level name or a YAML/JSON file.
+        #[arg(long)]
+        policy: String,
+        /// Only this namespace (default: the one the policy names, else all).
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Only this workload (default: the one the policy names, else all).
+        #[arg(long)]
+        workload: Option<String>,
+        /// Start of the window (a timestamp SQL understands, e.g. 2026-11-25T00:00:00Z).
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the window.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, value_enum, default_value_t = DiffFormat::Text)]
+        format: DiffFormat,
     },
     /// Escalations from the OLD manifests to the NEW ones (new privileged containers, host
     /// namespaces, capabilities, host paths, root where it was non-root, ...): exit 3 on any.
@@ -63,8 +87,19 @@ impl From<policy::PolicyError> for CliError {
     }
 }
 
-pub fn run(action: PolicyAction) -> Result<ExitCode, CliError> {
+pub fn run(data: &PathBuf, action: PolicyAction) -> Result<ExitCode, CliError> {
     match action {
+        PolicyAction::Validate {
+            policy,
+            namespace,
+            workload,
+            from,
+            to,
+            format,
+        } => {
+            let window = Window { from, to };
+            validate_cmd(data, &policy, namespace, workload, &window, format)
+        }
         PolicyAction::Generate {
             format,
             out,
@@ -188,4 +223,300 @@ fn json(report: &Report) -> Result<String, CliError> {
 
 fn io(path: &Path, e: std::io::Error) -> CliError {
     CliError::Other(format!("{}: {e}", path.display()))
+}
+
+struct Window {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+impl Window {
+    fn sql(&self) -> String {
+        let mut out = String::new();
+        if let Some(f) = &self.from {
+            out.push_str(&format!(" AND ts >= CAST({} AS TIMESTAMP)", quote(f)));
+        }
+        if let Some(t) = &self.to {
+            out.push_str(&format!(" AND ts < CAST({} AS TIMESTAMP)", quote(t)));
+        }
+        out
+    }
+}
+
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn load_constraints(policy: &str) -> Result<Vec<policy::validate::Constraints>, CliError> {
+    use policy::validate::Constraints;
+    if let Some(level) = policy::Level::parse(policy) {
+        return Ok(vec![Constraints::level(level)]);
+    }
+    let loaded_text = std::fs::read_to_string(policy).map_err(|e| io(Path::new(policy), e))?;
+    let mut docs = Vec::new();
+    for doc in loaded_text.split("\n---") {
+        match policy::manifest::yaml_value(doc) {
+            Ok(Some(v)) => docs.push(v),
+            Ok(None) => {}
+            Err(e) => return Err(CliError::Other(format!("{policy}: {e}"))),
+        }
+    }
+    let found = Constraints::from_documents(policy, &docs);
+    if found.is_empty() {
+        return Err(CliError::Other(format!(
+            "{policy}: no PodSecurityPolicy in it, and not a level (privileged, baseline, restricted)"
+        )));
+    }
+    Ok(found)
+}
+
+fn validate_cmd(
+    data: &PathBuf,
+    policy: &str,
+    namespace: Option<String>,
+    workload: Option<String>,
+    window: &Window,
+    format: DiffFormat,
+) -> Result<ExitCode, CliError> {
+    let mut all = Vec::new();
+    let rt = crate::runtime();
+    let store = crate::open_store(data, false)?;
+    let ctx = rt.block_on(crate::local_session(
+        &store,
+        false,
+        &query::remote::QueryLimits::default(),
+    ))?;
+    for mut c in load_constraints(policy)? {
+        if namespace.is_some() {
+            c.namespace = namespace.clone();
+        }
+        if workload.is_some() {
+            c.workload = workload.clone();
+        }
+        let verdicts = rt.block_on(judge(&ctx, &c, window))?;
+        all.push((c, verdicts));
+    }
+    let broken = all.iter().any(|(_, v)| v.iter().any(|v| v.verdict != "ok"));
+    match format {
+        DiffFormat::Json => {
+            let out: Vec<serde_json::Value> = all
+                .iter()
+                .map(|(c, v)| serde_json::json!({"policy": c.policy, "results": v}))
+                .collect();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({ "policies": out }))
+                    .map_err(|e| CliError::Other(e.to_string()))?
+            );
+        }
+        DiffFormat::Text => {
+            for (c, verdicts) in &all {
+                println!("policy: {}", c.policy);
+                if verdicts.is_empty() {
+                    println!("  no recorded workload in scope");
+                }
+                for v in verdicts {
+                    println!("  {}: {}", v.workload, v.verdict);
+                    for b in &v.breaks {
+                        println!(
+                            "    {}: {} ({} times, {} .. {})",
+                            b.check, b.detail, b.count, b.first, b.last
+                        );
+                        for e in b.evidence.iter().take(3) {
+                            println!("      {e}");
+                        }
+                        println!("      sql: {}", b.sql);
+                    }
+                }
+            }
+        }
+    }
+    Ok(if broken {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn rows(
+    ctx: &datafusion::prelude::SessionContext,
+    sql: &str,
+) -> Result<Vec<serde_json::Value>, CliError> {
+    let batches = ctx.sql(sql).await?.collect().await?;
+    let mut writer = datafusion::arrow::json::ArrayWriter::new(Vec::new());
+    for b in &batches {
+        writer
+            .write(b)
+            .map_err(|e| CliError::Other(e.to_string()))?;
+    }
+    writer
+        .finish()
+        .map_err(|e| CliError::Other(e.to_string()))?;
+    let bytes = writer.into_inner();
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    serde_json::from_slice(&bytes).map_err(|e| CliError::Other(e.to_string()))
+}
+
+/// Every workload in scope, judged: processes and pod specs recorded in the window.
+async fn judge(
+    ctx: &datafusion::prelude::SessionContext,
+    c: &policy::validate::Constraints,
+    window: &Window,
+) -> Result<Vec<Verdict>, CliError> {
+    use std::collections::BTreeMap;
+    let mut scope = String::new();
+    if let Some(ns) = &c.namespace {
+        scope.push_str(&format!(" AND namespace = {}", quote(ns)));
+    }
+    if let Some(w) = &c.workload {
+        scope.push_str(&format!(
+            " AND (workload_name = {q} OR pod = {q})",
+            q = quote(w)
+        ));
+    }
+    let mut verdicts: BTreeMap<String, Vec<Break>> = BTreeMap::new();
+
+    // Processes: binaries that need a capability the candidate drops; root where it forbids.
+    let binaries: Vec<(&str, &str)> = policy::validate::CAPABILITY_BINARIES
+        .iter()
+        .copied()
+        .filter(|(_, cap)| c.drops(cap))
+        .collect();
+    let mut wanted = Vec::new();
+    if !binaries.is_empty() {
+        let names: Vec<String> = binaries.iter().map(|(b, _)| quote(b)).collect();
+        wanted.push(format!(
+            "regexp_replace(exe, '^.*/', '') IN ({})",
+            names.join(", ")
+        ));
+    }
+    if c.non_root {
+        wanted.push("uid = 0".into());
+    }
+    let workload_of = |r: &serde_json::Value| {
+        let ns = r["namespace"].as_str().unwrap_or("");
+        let w = r["workload_name"]
+            .as_str()
+            .or(r["pod"].as_str())
+            .unwrap_or("");
+        format!("{ns}/{w}")
+    };
+    if !wanted.is_empty() {
+        let sql = format!(
+            "SELECT ts, namespace, pod, workload_kind, workload_name, container_name, exe, args, uid \
+             FROM process_events WHERE kind = 'process_exec' AND namespace IS NOT NULL{scope}{window} \
+             AND ({wanted}) ORDER BY ts",
+            window = window.sql(),
+            wanted = wanted.join(" OR ")
+        );
+        let mut groups: BTreeMap<(String, &'static str, String), Vec<serde_json::Value>> =
+            BTreeMap::new();
+        for r in rows(ctx, &sql).await? {
+            let exe = r["exe"].as_str().unwrap_or("");
+            let base = exe.rsplit('/').next().unwrap_or(exe);
+            if let Some((_, cap)) = binaries.iter().find(|(b, _)| *b == base) {
+                let detail = format!("{base} needs {cap}, which the policy drops");
+                groups
+                    .entry((workload_of(&r), "capability", detail))
+                    .or_default()
+                    .push(r.clone());
+            }
+            if c.non_root && r["uid"].as_i64() == Some(0) {
+                let detail =
+                    "processes run as root (uid 0); the policy requires non-root".to_string();
+                groups
+                    .entry((workload_of(&r), "run_as_root", detail))
+                    .or_default()
+                    .push(r);
+            }
+        }
+        for ((w, check, detail), evidence) in groups {
+            verdicts
+                .entry(w)
+                .or_default()
+                .push(Break::new(check, detail, evidence, &sql));
+        }
+    }
+
+    // Pod specs the apiserver admitted (audit requestObjects).
+    let mut audit_scope = String::new();
+    if let Some(ns) = &c.namespace {
+        audit_scope.push_str(&format!(" AND object_namespace = {}", quote(ns)));
+    }
+    let sql = format!(
+        "SELECT ts, audit_id, object_namespace, object_name, verb, k8s_user, raw FROM k8s_audit \
+         WHERE resource = 'pods' AND (subresource IS NULL OR subresource = '') \
+         AND verb IN ('create', 'update'){audit_scope}{window} ORDER BY ts",
+        window = window.sql()
+    );
+    let mut seen = std::collections::HashSet::new();
+    let mut groups: BTreeMap<(String, String), Vec<serde_json::Value>> = BTreeMap::new();
+    for r in rows(ctx, &sql).await? {
+        let id = r["audit_id"].as_str().unwrap_or("").to_string();
+        let raw: serde_json::Value = r["raw"]
+            .as_str()
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or_default();
+        let Some(object) = raw.get("requestObject").filter(|o| o.is_object()) else {
+            continue;
+        };
+        if !seen.insert(id) {
+            continue;
+        }
+        let loaded = policy::load_str(Path::new("audit"), &object.to_string());
+        for w in loaded.workloads {
+            let name = workload_name(&w);
+            if c.workload.as_ref().is_some_and(|want| *want != name) {
+                continue;
+            }
+            let needs = policy::needs::needs(&w, Version::Latest);
+            let key = format!(
+                "{}/{name}",
+                r["object_namespace"].as_str().unwrap_or(&w.namespace)
+            );
+            let mut evidence = r.clone();
+            evidence.as_object_mut().map(|o| o.remove("raw"));
+            for detail in policy::validate::pod_breaks(c, &w, &needs) {
+                groups
+                    .entry((key.clone(), detail))
+                    .or_default()
+                    .push(evidence.clone());
+            }
+            verdicts.entry(key).or_default();
+        }
+    }
+    for ((w, detail), evidence) in groups {
+        verdicts
+            .entry(w)
+            .or_default()
+            .push(Break::new("pod_spec", detail, evidence, &sql));
+    }
+    // Workloads seen running in scope, even with nothing against them.
+    let sql = format!(
+        "SELECT DISTINCT namespace, pod, workload_name FROM process_events \
+         WHERE namespace IS NOT NULL{scope}{window}",
+        window = window.sql()
+    );
+    for r in rows(ctx, &sql).await? {
+        verdicts.entry(workload_of(&r)).or_default();
+    }
+    Ok(verdicts
+        .into_iter()
+        .map(|(workload, breaks)| Verdict::new(workload, breaks))
+        .collect())
+}
+
+/// The workload a recorded pod belongs to: its controller's name (a ReplicaSet's minus the
+/// pod-template hash), else its own.
+fn workload_name(w: &policy::Workload) -> String {
+    match &w.owner {
+        Some(o) if o.kind == "ReplicaSet" => o
+            .name
+            .rsplit_once('-')
+            .map_or(o.name.clone(), |(d, _)| d.to_string()),
+        Some(o) => o.name.clone(),
+        None => w.name.clone(),
+    }
 }

@@ -19,6 +19,7 @@ pub mod psa;
 pub mod psp;
 pub mod pss;
 pub mod report;
+pub mod validate;
 pub mod vap;
 
 use std::path::PathBuf;

@@ -561,6 +561,11 @@ fn split_documents(text: &str) -> Vec<(usize, String)> {
     docs
 }
 
+/// One YAML (or JSON) document as a JSON value; `None` when it is empty.
+pub fn yaml_value(doc: &str) -> Result<Option<Value>, String> {
+    serde_saphyr::from_str::<Option<Value>>(doc).map_err(|e| yaml_error(&e, 1).1)
+}
+
 /// The file line of a YAML error in a document starting at `start`, and its message
 /// without the parser's own position prefix or source snippet.
 fn yaml_error(e: &serde_saphyr::Error, start: usize) -> (usize, String) {
