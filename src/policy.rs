@@ -27,7 +27,11 @@ pub enum PolicyAction {
         /// Pod Security Standards version to check against: `latest` or `v1.N`.
         #[arg(long, default_value = "latest", value_parser = parse_version)]
         k8s_version: Version,
-        #[arg(required = true)]
+        /// Also the workloads recorded in the store: the `kubectl get -o json` inventory and
+        /// the objects in audit `create`/`update` events (the newest version of each).
+        #[arg(long)]
+        from_store: bool,
+        #[arg(required_unless_present = "from_store")]
         paths: Vec<PathBuf>,
     },
     /// Replays recorded history against a candidate policy: a Pod Security Standards level
@@ -104,8 +108,17 @@ pub fn run(data: &PathBuf, action: PolicyAction) -> Result<ExitCode, CliError> {
             format,
             out,
             k8s_version,
+            from_store,
             paths,
-        } => generate_cmd(&paths, format, out.as_deref(), k8s_version),
+        } => {
+            let mut loaded = load(&paths)?;
+            if from_store {
+                loaded.extend(load_from_store(data)?);
+                loaded.keep_latest();
+                loaded.drop_owned();
+            }
+            generate_cmd(loaded, format, out.as_deref(), k8s_version)
+        }
         PolicyAction::Diff {
             format,
             k8s_version,
@@ -124,13 +137,57 @@ fn load(paths: &[PathBuf]) -> Result<Loaded, CliError> {
     Ok(loaded)
 }
 
+/// The workload objects the store recorded: inventory rows (`raw` is the object) and audit
+/// events (`responseObject`, the object as stored, else `requestObject`), oldest first.
+fn load_from_store(data: &PathBuf) -> Result<Loaded, CliError> {
+    let kinds = "('pods', 'deployments', 'daemonsets', 'statefulsets', 'replicasets', \
+                 'replicationcontrollers', 'jobs', 'cronjobs')";
+    let sql = format!(
+        "SELECT DISTINCT ts, source, audit_id, raw FROM events WHERE resource IN {kinds} AND \
+         ((source = 'k8s_objects') OR (source = 'k8s_audit' AND verb IN ('create', 'update') \
+         AND (subresource IS NULL OR subresource = ''))) ORDER BY ts"
+    );
+    let rt = crate::runtime();
+    let store = crate::open_store(data, false)?;
+    let ctx = rt.block_on(crate::local_session(
+        &store,
+        false,
+        &query::remote::QueryLimits::default(),
+    ))?;
+    let mut loaded = Loaded::default();
+    for r in rt.block_on(rows(&ctx, &sql))? {
+        let Some(raw) = r["raw"].as_str() else {
+            continue;
+        };
+        let Ok(raw) = serde_json::from_str::<serde_json::Value>(raw) else {
+            continue;
+        };
+        let (label, object) = if r["source"] == "k8s_audit" {
+            let object = raw
+                .get("responseObject")
+                .filter(|o| o.get("spec").is_some())
+                .or_else(|| raw.get("requestObject"))
+                .cloned();
+            (
+                format!("store:audit/{}", r["audit_id"].as_str().unwrap_or("")),
+                object,
+            )
+        } else {
+            ("store:k8s_objects".to_string(), Some(raw))
+        };
+        if let Some(object) = object.filter(|o| o.is_object()) {
+            loaded.extend(policy::load_str(Path::new(&label), &object.to_string()));
+        }
+    }
+    Ok(loaded)
+}
+
 fn generate_cmd(
-    paths: &[PathBuf],
+    loaded: Loaded,
     format: GenerateFormat,
     out: Option<&Path>,
     version: Version,
 ) -> Result<ExitCode, CliError> {
-    let loaded = load(paths)?;
     let errors = loaded.errors();
     let report = generate(loaded, version);
     match (format, out) {

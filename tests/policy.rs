@@ -790,3 +790,64 @@ fn validate_replays_recorded_pod_specs() {
         stdout(&o)
     );
 }
+
+/// `--from-store`: the pod specs the store recorded (the `kubectl get` inventory and audit
+/// objects) are assessed like manifests; the newest version of each workload counts.
+#[test]
+fn generate_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::exec_scenario_store(dir.path());
+    let traces = samples().join("k8s-audit/psp-traces");
+    let o = ktrail(
+        &data,
+        &["ingest", traces.join("privileged.json").to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = ktrail(
+        &data,
+        &["policy", "generate", "--from-store", "--format", "json"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let found: Vec<(String, String, String)> = report["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                format!(
+                    "{}/{}/{}",
+                    w["namespace"].as_str().unwrap(),
+                    w["kind"].as_str().unwrap(),
+                    w["name"].as_str().unwrap()
+                ),
+                w["pss_level"].as_str().unwrap().to_string(),
+                w["source"]["file"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want = |key: &str, level: &str, source: &str| {
+        assert!(
+            found
+                .iter()
+                .any(|(k, l, s)| k == key && l == level && s.starts_with(source)),
+            "no {key} at {level} from {source} in {found:#?}"
+        );
+    };
+    want(
+        "billing/Pod/invoice-api-7d9f8b6c5-abc12",
+        "baseline",
+        "store:k8s_objects",
+    );
+    want(
+        "billing/Job/ledger-backup-29345760",
+        "baseline",
+        "store:k8s_objects",
+    );
+    // The object as stored (`responseObject`), with the name the apiserver generated.
+    want(
+        "default/Pod/nginx-deployment-5cdcc99dbf-rgw6z",
+        "privileged",
+        "store:audit/a362d22b",
+    );
+}

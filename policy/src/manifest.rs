@@ -149,6 +149,30 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// Adds another load's workloads and diagnostics.
+    pub fn extend(&mut self, other: Loaded) {
+        self.workloads.extend(other.workloads);
+        self.diagnostics.extend(other.diagnostics);
+    }
+
+    /// Keeps the last of every `namespace/kind/name` (recorded history: the newest version).
+    pub fn keep_latest(&mut self) {
+        let mut seen = HashSet::new();
+        let mut latest: Vec<Workload> = Vec::new();
+        for w in self.workloads.drain(..).rev() {
+            if seen.insert(w.key()) {
+                latest.push(w);
+            }
+        }
+        latest.reverse();
+        self.workloads = latest;
+    }
+
+    /// Drops workloads whose owner is loaded too (see [`load_paths`]).
+    pub fn drop_owned(&mut self) {
+        drop_covered_by_owner(&mut self.workloads);
+    }
+
     pub fn errors(&self) -> usize {
         self.diagnostics
             .iter()
@@ -188,7 +212,7 @@ pub fn load_paths(paths: &[PathBuf]) -> crate::Result<Loaded> {
             }),
         }
     }
-    drop_covered_by_owner(&mut loaded.workloads);
+    loaded.drop_owned();
     Ok(loaded)
 }
 
