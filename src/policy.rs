@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Subcommand, ValueEnum};
-use policy::report::{Report, generate, write_yaml, yaml_documents};
+use policy::report::{PspScope, Report, generate, write_yaml, yaml_documents};
 use policy::validate::{Break, Verdict};
 use policy::{Loaded, Version};
 
@@ -27,6 +27,10 @@ pub enum PolicyAction {
         /// Pod Security Standards version to check against: `latest` or `v1.N`.
         #[arg(long, default_value = "latest", value_parser = parse_version)]
         k8s_version: Version,
+        /// What one legacy PodSecurityPolicy covers: `workload`, or `service-account` (one per
+        /// service account, admitting what all its workloads need; kube-psp-advisor's way).
+        #[arg(long, value_enum, default_value_t = PspScopeArg::Workload)]
+        psp_scope: PspScopeArg,
         /// Also the workloads recorded in the store: the `kubectl get -o json` inventory and
         /// the objects in audit `create`/`update` events (the newest version of each).
         #[arg(long)]
@@ -76,6 +80,12 @@ pub enum GenerateFormat {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+pub enum PspScopeArg {
+    Workload,
+    ServiceAccount,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 pub enum DiffFormat {
     Text,
     Json,
@@ -108,6 +118,7 @@ pub fn run(data: &PathBuf, action: PolicyAction) -> Result<ExitCode, CliError> {
             format,
             out,
             k8s_version,
+            psp_scope,
             from_store,
             paths,
         } => {
@@ -117,7 +128,11 @@ pub fn run(data: &PathBuf, action: PolicyAction) -> Result<ExitCode, CliError> {
                 loaded.keep_latest();
                 loaded.drop_owned();
             }
-            generate_cmd(loaded, format, out.as_deref(), k8s_version)
+            let scope = match psp_scope {
+                PspScopeArg::Workload => PspScope::Workload,
+                PspScopeArg::ServiceAccount => PspScope::ServiceAccount,
+            };
+            generate_cmd(loaded, format, out.as_deref(), k8s_version, scope)
         }
         PolicyAction::Diff {
             format,
@@ -187,9 +202,11 @@ fn generate_cmd(
     format: GenerateFormat,
     out: Option<&Path>,
     version: Version,
+    psp_scope: PspScope,
 ) -> Result<ExitCode, CliError> {
     let errors = loaded.errors();
-    let report = generate(loaded, version);
+    let mut report = generate(loaded, version);
+    report.psp_scope = psp_scope;
     match (format, out) {
         (GenerateFormat::Json, None) => println!("{}", json(&report)?),
         (GenerateFormat::Json, Some(dir)) => {
@@ -203,19 +220,7 @@ fn generate_cmd(
             print_summary(&report);
             println!("wrote {} files to {}", written.len(), dir.display());
         }
-        (GenerateFormat::Yaml, None) => {
-            let mut docs = Vec::new();
-            for w in &report.workloads {
-                docs.extend(w.policies());
-            }
-            for n in &report.namespaces {
-                docs.push(
-                    serde_json::to_value(policy::psa::namespace_object(n))
-                        .map_err(|e| CliError::Other(e.to_string()))?,
-                );
-            }
-            print!("{}", yaml_documents(&docs)?);
-        }
+        (GenerateFormat::Yaml, None) => print!("{}", yaml_documents(&report.objects())?),
     }
     Ok(if errors > 0 {
         ExitCode::FAILURE

@@ -851,3 +851,67 @@ fn generate_from_the_store() {
         "store:audit/a362d22b",
     );
 }
+
+/// `--psp-scope service-account` on kube-psp-advisor's own multi-workload file: one
+/// PodSecurityPolicy per service account admitting what its workloads need together, as the
+/// sample's expected `psp-grant.yaml` has it — plus the sysctl and privilege escalation
+/// busy-pod asks for, which kube-psp-advisor leaves out. The objects are schema-valid.
+#[test]
+fn psp_per_service_account() {
+    let data = tempfile::tempdir().unwrap();
+    let out = data.path().join("out");
+    let input = samples().join("manifests/kube-psp-advisor/test-yaml_base-busybox.yaml");
+    let o = ktrail(
+        data.path(),
+        &[
+            "policy",
+            "generate",
+            "--psp-scope",
+            "service-account",
+            "-o",
+            out.to_str().unwrap(),
+            input.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let read = |name: &str| std::fs::read_to_string(out.join(name)).unwrap();
+    let docs = |name: &str| -> Vec<Value> {
+        read(name)
+            .split("\n---\n")
+            .map(|d| policy::manifest::yaml_value(d).unwrap().unwrap())
+            .collect()
+    };
+    let sa1 = &docs("psp-test.serviceaccount.sa-1.yaml")[0];
+    assert_eq!(sa1["kind"], "PodSecurityPolicy");
+    let spec = &sa1["spec"];
+    assert_eq!(spec["allowedCapabilities"], json!(["SYS_ADMIN"]));
+    assert_eq!(
+        spec["allowedHostPaths"],
+        json!([{"pathPrefix": "/usr/bin", "readOnly": true}])
+    );
+    assert_eq!(
+        (
+            spec["hostIPC"].clone(),
+            spec["hostNetwork"].clone(),
+            spec["hostPID"].clone()
+        ),
+        (json!(true), json!(true), json!(true))
+    );
+    assert_eq!(spec["allowedUnsafeSysctls"], json!(["net.core.somaxconn"]));
+    assert_eq!(spec["runAsUser"]["rule"], "RunAsAny");
+    let binding = &docs("psp-test.serviceaccount.sa-1.yaml")[2];
+    assert_eq!(binding["subjects"][0]["name"], "sa-1");
+    // Workload files carry no PodSecurityPolicy of their own in this scope.
+    assert!(!read("psp-test.pod.busy-pod.yaml").contains("kind: PodSecurityPolicy"));
+
+    let cases = data.path().join("cases.json");
+    std::fs::write(&cases, "[]").unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/policy/check.py");
+    let o = Command::new(common::python())
+        .arg(script)
+        .arg(&out)
+        .arg(&cases)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+}

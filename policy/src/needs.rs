@@ -99,6 +99,50 @@ impl Needs {
     }
 }
 
+/// What several workloads need together (those sharing a service account, for one
+/// PodSecurityPolicy): every container, every host access, each id only when all agree.
+pub fn merge<'a>(all: impl IntoIterator<Item = &'a Needs>) -> Option<Needs> {
+    let mut iter = all.into_iter();
+    let mut out = iter.next()?.clone();
+    for n in iter {
+        out.containers.extend(n.containers.iter().cloned());
+        out.host_network |= n.host_network;
+        out.host_pid |= n.host_pid;
+        out.host_ipc |= n.host_ipc;
+        let union = |a: &mut Vec<String>, b: &[String]| {
+            let set: BTreeSet<String> = a.iter().chain(b).cloned().collect();
+            *a = set.into_iter().collect();
+        };
+        union(&mut out.volume_types, &n.volume_types);
+        union(&mut out.sysctls, &n.sysctls);
+        union(&mut out.unsafe_sysctls, &n.unsafe_sysctls);
+        union(&mut out.selinux, &n.selinux);
+        let ports: BTreeSet<i32> = out
+            .host_ports
+            .iter()
+            .chain(&n.host_ports)
+            .copied()
+            .collect();
+        out.host_ports = ports.into_iter().collect();
+        for h in &n.host_paths {
+            match out.host_paths.iter_mut().find(|x| x.path == h.path) {
+                Some(x) => x.read_only &= h.read_only,
+                None => out.host_paths.push(h.clone()),
+            }
+        }
+        out.host_paths.sort();
+        if out.fs_group != n.fs_group {
+            out.fs_group = None;
+        }
+        if out.supplemental_groups != n.supplemental_groups {
+            out.supplemental_groups.clear();
+        }
+        out.windows_host_process |= n.windows_host_process;
+        out.service_account_token |= n.service_account_token;
+    }
+    Some(out)
+}
+
 /// Reads the needs of one workload.
 pub fn needs(w: &Workload, version: Version) -> Needs {
     let spec = &w.spec;

@@ -7,7 +7,7 @@
 //! `hostPort: 0`, keeps the pod's user when a container has a securityContext, and covers
 //! seccomp, AppArmor, procMount, sysctls and ephemeral containers.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -174,16 +174,26 @@ pub fn pod_security_policy(name: &str, labels: &Value, needs: &Needs) -> Value {
     })
 }
 
-/// The PodSecurityPolicy of one workload (named `name`), and the Role + RoleBinding that let its service
-/// account use it.
+/// The PodSecurityPolicy of one workload (named `name`), and the Role + RoleBinding that let
+/// its service account use it.
 pub fn for_workload(name: &str, w: &Workload, needs: &Needs) -> Vec<Value> {
+    bundle(name, &w.namespace, managed_labels(w), needs)
+}
+
+/// The PodSecurityPolicy for everything `needs` asks (merged over the workloads of one
+/// service account), and the Role + RoleBinding that let that service account use it.
+pub fn bundle(
+    name: &str,
+    namespace: &str,
+    labels: BTreeMap<String, String>,
+    needs: &Needs,
+) -> Vec<Value> {
     let name = name.to_string();
-    let labels = managed_labels(w);
     let psp = pod_security_policy(&name, &json!(labels), needs);
     let role = Role {
         metadata: ObjectMeta {
             name: Some(name.clone()),
-            namespace: Some(w.namespace.clone()),
+            namespace: Some(namespace.to_string()),
             labels: Some(labels.clone()),
             ..Default::default()
         },
@@ -198,7 +208,7 @@ pub fn for_workload(name: &str, w: &Workload, needs: &Needs) -> Vec<Value> {
     let binding = RoleBinding {
         metadata: ObjectMeta {
             name: Some(name.clone()),
-            namespace: Some(w.namespace.clone()),
+            namespace: Some(namespace.to_string()),
             labels: Some(labels),
             ..Default::default()
         },
@@ -210,7 +220,7 @@ pub fn for_workload(name: &str, w: &Workload, needs: &Needs) -> Vec<Value> {
         subjects: Some(vec![Subject {
             kind: "ServiceAccount".into(),
             name: needs.service_account.clone(),
-            namespace: Some(w.namespace.clone()),
+            namespace: Some(namespace.to_string()),
             api_group: None,
         }]),
     };

@@ -46,10 +46,23 @@ pub struct WorkloadReport {
     pub workload: Workload,
 }
 
+/// What one legacy PodSecurityPolicy covers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PspScope {
+    /// One per workload (it still binds to the workload's service account: workloads that
+    /// share one can use each other's policy).
+    #[default]
+    Workload,
+    /// One per service account, admitting what all its workloads need together.
+    ServiceAccount,
+}
+
 /// The whole answer.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
     pub k8s_version: String,
+    pub psp_scope: PspScope,
     pub workloads: Vec<WorkloadReport>,
     pub namespaces: Vec<NamespaceAdvice>,
     pub diagnostics: Vec<Diagnostic>,
@@ -86,6 +99,7 @@ pub fn generate(loaded: Loaded, version: Version) -> Report {
     let namespaces = namespaces(&assessed, version);
     Report {
         k8s_version: version.label(),
+        psp_scope: PspScope::Workload,
         workloads,
         namespaces,
         diagnostics: loaded.diagnostics,
@@ -123,23 +137,82 @@ pub fn assess(w: Workload, version: Version) -> WorkloadReport {
 
 impl WorkloadReport {
     /// The policies of this workload as Kubernetes objects: the ValidatingAdmissionPolicy and
-    /// its binding, then the legacy PodSecurityPolicy, Role and RoleBinding.
-    pub fn policies(&self) -> Vec<Value> {
+    /// its binding, then (per-workload scope) the legacy PodSecurityPolicy, Role and
+    /// RoleBinding.
+    pub fn policies(&self, scope: PspScope) -> Vec<Value> {
         let (policy, binding) = vap::policy(&self.policy_name, &self.workload, &self.needs);
         let mut out = vec![to_value(&policy), to_value(&binding)];
-        out.extend(psp::for_workload(
-            &self.policy_name,
-            &self.workload,
-            &self.needs,
-        ));
+        if scope == PspScope::Workload {
+            out.extend(psp::for_workload(
+                &self.policy_name,
+                &self.workload,
+                &self.needs,
+            ));
+        }
         out
+    }
+}
+
+impl Report {
+    /// Every object to apply: each workload's policies, the per-service-account
+    /// PodSecurityPolicies when that is the scope, and the namespaces' labels.
+    pub fn objects(&self) -> Vec<Value> {
+        let mut out: Vec<Value> = self
+            .workloads
+            .iter()
+            .flat_map(|w| w.policies(self.psp_scope))
+            .collect();
+        for (_, docs) in self.service_account_policies() {
+            out.extend(docs);
+        }
+        out.extend(
+            self.namespaces
+                .iter()
+                .map(|n| to_value(&namespace_object(n))),
+        );
+        out
+    }
+
+    /// Per service account (when that is the scope): the file stem
+    /// `namespace.serviceaccount.name` and the PodSecurityPolicy, Role and RoleBinding
+    /// admitting what all its workloads need.
+    pub fn service_account_policies(&self) -> Vec<(String, Vec<Value>)> {
+        if self.psp_scope != PspScope::ServiceAccount {
+            return Vec::new();
+        }
+        let mut by_sa: std::collections::BTreeMap<(&str, &str), Vec<&Needs>> = Default::default();
+        for w in &self.workloads {
+            by_sa
+                .entry((&w.namespace, &w.service_account))
+                .or_default()
+                .push(&w.needs);
+        }
+        by_sa
+            .into_iter()
+            .filter_map(|((ns, sa), needs)| {
+                let merged = crate::needs::merge(needs)?;
+                let name = vap::dns_name(&format!("ktrail-{ns}-sa-{sa}"));
+                let labels = std::collections::BTreeMap::from([
+                    (
+                        "app.kubernetes.io/managed-by".to_string(),
+                        "ktrail".to_string(),
+                    ),
+                    ("ktrail.dev/service-account".to_string(), sa.to_string()),
+                ]);
+                let stem = sanitise_stem(&format!("{ns}.serviceaccount.{sa}"));
+                Some((stem, psp::bundle(&name, ns, labels, &merged)))
+            })
+            .collect()
     }
 }
 
 /// `namespace.kind.name`, lowercased, safe as a file name.
 fn file_stem(w: &Workload) -> String {
-    format!("{}.{}.{}", w.namespace, w.kind, w.name)
-        .to_ascii_lowercase()
+    sanitise_stem(&format!("{}.{}.{}", w.namespace, w.kind, w.name))
+}
+
+fn sanitise_stem(s: &str) -> String {
+    s.to_ascii_lowercase()
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
@@ -202,7 +275,7 @@ pub fn write_yaml(report: &Report, dir: &Path) -> crate::Result<Vec<PathBuf>> {
         );
         write(
             format!("{}.yaml", w.file_stem),
-            format!("{header}{}", yaml_documents(&w.policies())?),
+            format!("{header}{}", yaml_documents(&w.policies(report.psp_scope))?),
         )?;
         let mut patch = format!(
             "# Hardening patch: kubectl -n {ns} patch {kind} {name} --patch-file {stem}.patch.yaml\n",
@@ -216,6 +289,16 @@ pub fn write_yaml(report: &Report, dir: &Path) -> crate::Result<Vec<PathBuf>> {
         }
         patch.push_str(&yaml_documents(std::slice::from_ref(&w.hardening.patch))?);
         write(format!("{}.patch.yaml", w.file_stem), patch)?;
+    }
+    for (stem, docs) in report.service_account_policies() {
+        write(
+            format!("{stem}.yaml"),
+            format!(
+                "# ktrail policy generate: the legacy PodSecurityPolicy of a service account,\n\
+                 # admitting what all its workloads need together.\n{}",
+                yaml_documents(&docs)?
+            ),
+        )?;
     }
     if !report.namespaces.is_empty() {
         let docs: Vec<Value> = report

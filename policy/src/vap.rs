@@ -82,7 +82,12 @@ pub fn policy(
 
 /// `ktrail-<namespace>-<kind>-<name>`, as a DNS subdomain.
 pub fn object_name(w: &Workload) -> String {
-    let raw = format!("ktrail-{}-{}-{}", w.namespace, w.kind, w.name).to_ascii_lowercase();
+    dns_name(&format!("ktrail-{}-{}-{}", w.namespace, w.kind, w.name))
+}
+
+/// `raw` lowercased, with what a DNS subdomain cannot hold replaced, at most 253 long.
+pub fn dns_name(raw: &str) -> String {
+    let raw = raw.to_ascii_lowercase();
     let mut name: String = raw
         .chars()
         .map(|c| {
