@@ -323,10 +323,16 @@ fn load_constraints(policy: &str) -> Result<Vec<policy::validate::Constraints>, 
             Err(e) => return Err(CliError::Other(format!("{policy}: {e}"))),
         }
     }
-    let found = Constraints::from_documents(policy, &docs);
+    let mut found = Constraints::from_documents(policy, &docs);
+    if found.is_empty()
+        && let [patch] = docs.as_slice()
+    {
+        found.extend(Constraints::from_patch(policy, &loaded_text, patch));
+    }
     if found.is_empty() {
         return Err(CliError::Other(format!(
-            "{policy}: no PodSecurityPolicy in it, and not a level (privileged, baseline, restricted)"
+            "{policy}: no PodSecurityPolicy or hardening patch in it, and not a level \
+             (privileged, baseline, restricted)"
         )));
     }
     Ok(found)
@@ -438,6 +444,10 @@ async fn judge(
             q = quote(w)
         ));
     }
+    if let Some(names) = &c.containers {
+        let names: Vec<String> = names.iter().map(|n| quote(n)).collect();
+        scope.push_str(&format!(" AND container_name IN ({})", names.join(", ")));
+    }
     let mut verdicts: BTreeMap<String, Vec<Break>> = BTreeMap::new();
 
     // Processes: binaries that need a capability the candidate drops; root where it forbids.
@@ -499,6 +509,58 @@ async fn judge(
                 .entry(w)
                 .or_default()
                 .push(Break::new(check, detail, evidence, &sql));
+        }
+    }
+
+    // Writes below a read-only root filesystem: Tetragon's security_file_permission with
+    // MAY_WRITE, and Falco's `Write below ...` rules. Writes under the workload's recorded
+    // volume mounts and to /proc, /sys, /dev are not the root filesystem's.
+    if c.read_only_root {
+        let mounts = volume_mounts(ctx, c).await?;
+        let tetragon = format!(
+            "SELECT ts, namespace, pod, workload_name, container_name, exe, \
+             json_get_str(raw, 'process_kprobe', 'args', 0, 'file_arg', 'path') AS path \
+             FROM events WHERE kind = 'file_access' AND source = 'tetragon'{scope}{window} \
+             AND json_get_str(raw, 'process_kprobe', 'function_name') = 'security_file_permission' \
+             AND (json_get_int(raw, 'process_kprobe', 'args', 1, 'int_arg') & 2) = 2 ORDER BY ts",
+            window = window.sql()
+        );
+        let falco = format!(
+            "SELECT ts, namespace, pod, workload_name, container_name, exe, \
+             json_get_str(raw, 'output_fields', 'fd.name') AS path, rule \
+             FROM falco_alerts WHERE rule LIKE 'Write below%'{scope}{window} ORDER BY ts",
+            window = window.sql()
+        );
+        for sql in [tetragon, falco] {
+            let mut groups: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+            for r in rows(ctx, &sql).await? {
+                let path = r["path"].as_str().unwrap_or("");
+                let special = ["/proc/", "/sys/", "/dev/"]
+                    .iter()
+                    .any(|p| path.starts_with(p));
+                let mounted = mounts.iter().any(|m| {
+                    path == m || path.starts_with(&format!("{}/", m.trim_end_matches('/')))
+                });
+                if !special && !mounted {
+                    groups.entry(workload_of(&r)).or_default().push(r);
+                }
+            }
+            for (w, evidence) in groups {
+                let mut paths: Vec<&str> =
+                    evidence.iter().filter_map(|r| r["path"].as_str()).collect();
+                paths.sort_unstable();
+                paths.dedup();
+                let detail = format!(
+                    "writes below the root filesystem, which the policy makes read-only: {}",
+                    paths.iter().take(5).copied().collect::<Vec<_>>().join(", ")
+                );
+                verdicts.entry(w).or_default().push(Break::new(
+                    "read_only_root",
+                    detail,
+                    evidence,
+                    &sql,
+                ));
+            }
         }
     }
 
@@ -568,6 +630,51 @@ async fn judge(
         .into_iter()
         .map(|(workload, breaks)| Verdict::new(workload, breaks))
         .collect())
+}
+
+/// The volume mount paths recorded (inventory and audit pod specs) for the pods in scope.
+async fn volume_mounts(
+    ctx: &datafusion::prelude::SessionContext,
+    c: &policy::validate::Constraints,
+) -> Result<Vec<String>, CliError> {
+    let mut scope = String::new();
+    if let Some(ns) = &c.namespace {
+        scope.push_str(&format!(" AND namespace = {}", quote(ns)));
+    }
+    let sql = format!(
+        "SELECT DISTINCT raw FROM events WHERE resource = 'pods' AND \
+         source IN ('k8s_objects', 'k8s_audit'){scope}"
+    );
+    let mut out = std::collections::BTreeSet::new();
+    for r in rows(ctx, &sql).await? {
+        let Some(raw) = r["raw"]
+            .as_str()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+        else {
+            continue;
+        };
+        let object = raw.get("requestObject").cloned().unwrap_or(raw);
+        let loaded = policy::load_str(Path::new("store"), &object.to_string());
+        for w in loaded.workloads {
+            if c.workload
+                .as_ref()
+                .is_some_and(|want| *want != workload_name(&w))
+            {
+                continue;
+            }
+            for cn in w
+                .spec
+                .containers
+                .iter()
+                .chain(w.spec.init_containers.iter().flatten())
+            {
+                for m in cn.volume_mounts.iter().flatten() {
+                    out.insert(m.mount_path.clone());
+                }
+            }
+        }
+    }
+    Ok(out.into_iter().collect())
 }
 
 /// The workload a recorded pod belongs to: its controller's name (a ReplicaSet's minus the

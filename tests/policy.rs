@@ -915,3 +915,77 @@ fn psp_per_service_account() {
         .unwrap();
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
 }
+
+/// The hardening patch `generate` wrote for billing/invoice-api, replayed against what the
+/// workload did: it drops NET_RAW (tcpdump ran) and makes the root filesystem read-only
+/// (the app wrote `/app/cache/session.db`); the read of /etc/passwd and the write to /proc
+/// are no evidence.
+#[test]
+fn validate_a_hardening_patch() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::exec_scenario_store(dir.path());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let o = ktrail(
+        &data,
+        &[
+            "ingest",
+            root.join("tests/data/policy/file_access.jsonl")
+                .to_str()
+                .unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = dir.path().join("out");
+    let manifest = root.join("tests/data/policy/invoice-api.yaml");
+    let o = ktrail(
+        &data,
+        &[
+            "policy",
+            "generate",
+            "-o",
+            out.to_str().unwrap(),
+            manifest.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let patch = out.join("billing.deployment.invoice-api.patch.yaml");
+    let o = ktrail(
+        &data,
+        &[
+            "policy",
+            "validate",
+            "--policy",
+            patch.to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let report: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let results = report["policies"][0]["results"].as_array().unwrap();
+    assert_eq!(results.len(), 1, "{results:#?}");
+    assert_eq!(results[0]["workload"], "billing/invoice-api");
+    let breaks: Vec<(String, String, u64)> = results[0]["breaks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["check"].as_str().unwrap().into(),
+                b["detail"].as_str().unwrap().into(),
+                b["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        breaks,
+        vec![
+            ("capability".into(), "tcpdump needs NET_RAW, which the policy drops".into(), 1),
+            (
+                "read_only_root".into(),
+                "writes below the root filesystem, which the policy makes read-only: /app/cache/session.db".into(),
+                2
+            ),
+        ]
+    );
+}

@@ -658,6 +658,29 @@ mod tests {
         assert!(loaded.diagnostics[1].reason.contains("Namespace x"));
     }
 
+    /// kube-psp-advisor skipped every Pod and ReplicaSet with an owner, so one whose owner
+    /// is not in the input vanished. Kept here; dropped only when the owner is loaded too.
+    #[test]
+    fn owned_objects_are_kept_unless_their_owner_is_loaded() {
+        let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web-5c6d-x\n  ownerReferences:\n  \
+                   - {apiVersion: apps/v1, kind: ReplicaSet, name: web-5c6d, uid: u, controller: true}\n\
+                   spec: {containers: [{name: c, image: i}]}\n";
+        let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  \
+                          selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    \
+                          spec: {containers: [{name: c, image: i}]}\n";
+        let mut alone = load_str(Path::new("p.yaml"), pod);
+        alone.drop_owned();
+        assert_eq!(alone.workloads.len(), 1);
+        assert_eq!(
+            alone.workloads[0].owner.as_ref().map(|o| o.name.as_str()),
+            Some("web-5c6d")
+        );
+        let mut both = load_str(Path::new("b.yaml"), &format!("{pod}---\n{deployment}"));
+        both.drop_owned();
+        let kinds: Vec<&str> = both.workloads.iter().map(|w| w.kind.as_str()).collect();
+        assert_eq!(kinds, vec!["Deployment"]);
+    }
+
     #[test]
     fn legacy_deployment_without_selector_reads_as_apps_v1() {
         let text = "apiVersion: extensions/v1beta1\nkind: Deployment\nmetadata: {name: d, namespace: web}\n\

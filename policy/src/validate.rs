@@ -58,6 +58,10 @@ pub struct Constraints {
     pub host_ipc: bool,
     /// Host path prefixes allowed (None = any).
     pub host_paths: Option<Vec<String>>,
+    /// The root filesystem is read-only: writes outside volumes fail.
+    pub read_only_root: bool,
+    /// The containers the constraints are for (a patch names them); None = every one.
+    pub containers: Option<BTreeSet<String>>,
 }
 
 impl Constraints {
@@ -84,6 +88,8 @@ impl Constraints {
             host_pid: level == Level::Privileged,
             host_ipc: level == Level::Privileged,
             host_paths: (level != Level::Privileged).then(Vec::new),
+            read_only_root: false,
+            containers: None,
         }
     }
 
@@ -145,10 +151,73 @@ impl Constraints {
                             .filter_map(|p| p["pathPrefix"].as_str().map(str::to_string))
                             .collect()
                     }),
+                    read_only_root: spec["readOnlyRootFilesystem"].as_bool().unwrap_or(false),
+                    containers: None,
                 });
             }
         }
         out
+    }
+
+    /// Reads a hardening patch `generate` wrote: the securityContext it sets, for the
+    /// containers it names, of the workload its first line names
+    /// (`# Hardening patch: kubectl -n NS patch KIND NAME ...`).
+    pub fn from_patch(file: &str, text: &str, patch: &Value) -> Option<Constraints> {
+        let pod = [
+            &patch["spec"]["template"]["spec"],
+            &patch["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+            &patch["spec"],
+        ]
+        .into_iter()
+        .find(|s| s.get("containers").is_some() || s.get("securityContext").is_some())?;
+        let (namespace, workload) = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# Hardening patch: kubectl -n "))
+            .and_then(|rest| {
+                let words: Vec<&str> = rest.split_whitespace().collect();
+                match words.as_slice() {
+                    [ns, "patch", _kind, name, ..] => Some((ns.to_string(), name.to_string())),
+                    _ => None,
+                }
+            })
+            .unzip();
+        let mut containers = BTreeSet::new();
+        let mut dropped = BTreeSet::new();
+        let mut allowed = BTreeSet::new();
+        let mut non_root = pod["securityContext"]["runAsNonRoot"] == true;
+        let mut read_only_root = false;
+        for list in ["containers", "initContainers"] {
+            for c in pod[list].as_array().into_iter().flatten() {
+                let sc = &c["securityContext"];
+                containers.insert(c["name"].as_str().unwrap_or("").to_string());
+                for d in sc["capabilities"]["drop"].as_array().into_iter().flatten() {
+                    dropped.extend(d.as_str().map(str::to_string));
+                }
+                for a in sc["capabilities"]["add"].as_array().into_iter().flatten() {
+                    allowed.extend(a.as_str().map(str::to_string));
+                }
+                non_root |= sc["runAsNonRoot"] == true;
+                read_only_root |= sc["readOnlyRootFilesystem"] == true;
+            }
+        }
+        Some(Constraints {
+            policy: format!("hardening patch ({file})"),
+            namespace,
+            workload,
+            level: None,
+            dropped_capabilities: (!dropped.is_empty()).then_some(dropped),
+            allowed_capabilities: allowed,
+            non_root,
+            // A patch does not take away what the manifest already allows.
+            privileged: true,
+            host_network: true,
+            host_pid: true,
+            host_ipc: true,
+            host_paths: None,
+            read_only_root,
+            containers: (!containers.is_empty()).then_some(containers),
+        })
     }
 }
 
