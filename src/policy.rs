@@ -152,6 +152,27 @@ fn load(paths: &[PathBuf]) -> Result<Loaded, CliError> {
     Ok(loaded)
 }
 
+/// A query session over the store at `data` (keep the store alive while it is used).
+fn store_session(
+    data: &PathBuf,
+) -> Result<
+    (
+        tokio::runtime::Runtime,
+        storage::Store,
+        datafusion::prelude::SessionContext,
+    ),
+    CliError,
+> {
+    let rt = crate::runtime();
+    let store = crate::open_store(data, false)?;
+    let ctx = rt.block_on(crate::local_session(
+        &store,
+        false,
+        &query::remote::QueryLimits::default(),
+    ))?;
+    Ok((rt, store, ctx))
+}
+
 /// The workload objects the store recorded: inventory rows (`raw` is the object) and audit
 /// events (`responseObject`, the object as stored, else `requestObject`), oldest first.
 fn load_from_store(data: &PathBuf) -> Result<Loaded, CliError> {
@@ -162,13 +183,7 @@ fn load_from_store(data: &PathBuf) -> Result<Loaded, CliError> {
          ((source = 'k8s_objects') OR (source = 'k8s_audit' AND verb IN ('create', 'update') \
          AND (subresource IS NULL OR subresource = ''))) ORDER BY ts"
     );
-    let rt = crate::runtime();
-    let store = crate::open_store(data, false)?;
-    let ctx = rt.block_on(crate::local_session(
-        &store,
-        false,
-        &query::remote::QueryLimits::default(),
-    ))?;
+    let (rt, _store, ctx) = store_session(data)?;
     let mut loaded = Loaded::default();
     for r in rt.block_on(rows(&ctx, &sql))? {
         let Some(raw) = r["raw"].as_str() else {
@@ -347,13 +362,7 @@ fn validate_cmd(
     format: DiffFormat,
 ) -> Result<ExitCode, CliError> {
     let mut all = Vec::new();
-    let rt = crate::runtime();
-    let store = crate::open_store(data, false)?;
-    let ctx = rt.block_on(crate::local_session(
-        &store,
-        false,
-        &query::remote::QueryLimits::default(),
-    ))?;
+    let (rt, _store, ctx) = store_session(data)?;
     for mut c in load_constraints(policy)? {
         if namespace.is_some() {
             c.namespace = namespace.clone();

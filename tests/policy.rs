@@ -292,16 +292,17 @@ fn every_sample_manifest_is_assessed() {
         "node-exporter",
         "nodeExporter-daemonset.yaml",
     );
-    assert!(ne.host_network && ne.host_pid && !ne.host_ipc);
-    assert_eq!(ne.host_ports, vec![9100]);
+    assert!(ne.needs.host_network && ne.needs.host_pid && !ne.needs.host_ipc);
+    assert_eq!(ne.needs.host_ports, vec![9100]);
     let paths: Vec<(&str, bool)> = ne
+        .needs
         .host_paths
         .iter()
         .map(|h| (h.path.as_str(), h.read_only))
         .collect();
     assert_eq!(paths, vec![("/", true), ("/sys", true)]);
-    assert_eq!(ne.containers[0].capabilities_add, vec!["SYS_TIME"]);
-    assert_eq!(ne.containers[0].run_as_user, Some(65534));
+    assert_eq!(ne.needs.containers[0].capabilities_add, vec!["SYS_TIME"]);
+    assert_eq!(ne.needs.containers[0].run_as_user, Some(65534));
 
     let calico = find(
         &r,
@@ -310,14 +311,21 @@ fn every_sample_manifest_is_assessed() {
         "calico-node",
         "calico-node-daemonset.yaml",
     );
-    assert_eq!(calico.host_paths.len(), 7);
+    assert_eq!(calico.needs.host_paths.len(), 7);
     assert!(
         calico
+            .needs
             .containers
             .iter()
             .any(|c| c.init && c.name == "install-cni")
     );
-    assert!(calico.containers.iter().any(|c| !c.init && c.privileged));
+    assert!(
+        calico
+            .needs
+            .containers
+            .iter()
+            .any(|c| !c.init && c.privileged)
+    );
 
     let falco = find(
         &r,
@@ -326,9 +334,10 @@ fn every_sample_manifest_is_assessed() {
         "falco-daemonset",
         "falco-daemonset-configmap.yaml",
     );
-    assert_eq!(falco.host_paths.len(), 8);
+    assert_eq!(falco.needs.host_paths.len(), 8);
     // kube-psp-advisor forced every host path read-only; the docker socket is mounted writable.
     let sock = falco
+        .needs
         .host_paths
         .iter()
         .find(|h| h.path == "/var/run/docker.sock")
@@ -380,7 +389,7 @@ fn psp_audit_traces_are_read_as_their_attribute_says() {
             Version::Latest,
         );
         let stem = file.file_stem().unwrap().to_str().unwrap();
-        let c = &w.containers[0];
+        let c = &w.needs.containers[0];
         let has = |control: &str| w.violations.iter().any(|v| v.control == control);
         let ok = match stem {
             "capability_add_sys_nice" => {
@@ -391,14 +400,14 @@ fn psp_audit_traces_are_read_as_their_attribute_says() {
             }
             "create_vanilla_nginx_deployment" => w.pss_level == Level::Baseline,
             "flex_volumes" => {
-                w.volume_types.contains(&"flexVolume".to_string()) && has("restrictedVolumes")
+                w.needs.volume_types.contains(&"flexVolume".to_string()) && has("restrictedVolumes")
             }
             "fs_group" => w.needs.fs_group == Some(2000),
-            "host_ipc" => w.host_ipc && has("hostNamespaces"),
-            "host_network" => w.host_network && has("hostNamespaces"),
-            "host_network_ports" => !w.host_ports.is_empty() && has("hostPorts"),
-            "host_pid" => w.host_pid && has("hostNamespaces"),
-            "mount_etc_using_host_path" => w.host_paths.iter().any(|h| h.path == "/etc"),
+            "host_ipc" => w.needs.host_ipc && has("hostNamespaces"),
+            "host_network" => w.needs.host_network && has("hostNamespaces"),
+            "host_network_ports" => !w.needs.host_ports.is_empty() && has("hostPorts"),
+            "host_pid" => w.needs.host_pid && has("hostNamespaces"),
+            "mount_etc_using_host_path" => w.needs.host_paths.iter().any(|h| h.path == "/etc"),
             "privilege_escalation" => c.allow_privilege_escalation == Some(true),
             "privileged" => c.privileged && has("privileged"),
             "proc_mount_type_default" => c.proc_mount == "Default" && !has("procMount"),

@@ -74,7 +74,7 @@ fn compare(
             format!("meets {} ({what} {old_level})", new.pss_level),
         );
     }
-    let empty = empty_needs();
+    let empty = Needs::default();
     let o: &Needs = old.map_or(&empty, |o| &o.needs);
     let n = &new.needs;
     for (was, is, field) in [
@@ -128,22 +128,8 @@ fn compare(
         }
     }
     let fresh = ContainerNeeds {
-        name: String::new(),
-        init: false,
-        ephemeral: false,
-        image: None,
-        privileged: false,
-        capabilities_add: Vec::new(),
-        capabilities_drop: Vec::new(),
-        run_as_user: None,
-        run_as_group: None,
-        run_as_non_root: None,
-        allow_privilege_escalation: None,
-        read_only_root_filesystem: None,
         proc_mount: "Default".into(),
-        seccomp: None,
-        apparmor: None,
-        host_ports: Vec::new(),
+        ..Default::default()
     };
     for c in &n.containers {
         let known = o.containers.iter().find(|x| x.name == c.name);
@@ -201,25 +187,5 @@ fn compare(
         if c.proc_mount != "Default" && was.proc_mount == "Default" {
             push(name, "proc_mount", format!("procMount {}", c.proc_mount));
         }
-    }
-}
-
-fn empty_needs() -> Needs {
-    Needs {
-        containers: Vec::new(),
-        host_network: false,
-        host_pid: false,
-        host_ipc: false,
-        host_ports: Vec::new(),
-        host_paths: Vec::new(),
-        volume_types: Vec::new(),
-        sysctls: Vec::new(),
-        unsafe_sysctls: Vec::new(),
-        fs_group: None,
-        supplemental_groups: Vec::new(),
-        selinux: Vec::new(),
-        windows_host_process: false,
-        service_account: "default".into(),
-        service_account_token: true,
     }
 }

@@ -14,7 +14,7 @@ use crate::manifest::Workload;
 use crate::pss::{ContainerRef, Version, containers, safe_sysctl, volume_type};
 
 /// One container's needs and identity.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ContainerNeeds {
     pub name: String,
     pub init: bool,
@@ -31,7 +31,7 @@ pub struct ContainerNeeds {
     pub run_as_non_root: Option<bool>,
     pub allow_privilege_escalation: Option<bool>,
     pub read_only_root_filesystem: Option<bool>,
-    /// `Default` unless the container asks for `Unmasked`.
+    /// `Default` unless the container asks for `Unmasked` (empty only in a blank value).
     pub proc_mount: String,
     /// Effective seccomp profile type (container, else pod, else legacy annotation); None =
     /// the runtime's default.
@@ -59,8 +59,8 @@ pub struct HostPath {
     pub volume: String,
 }
 
-/// Everything a workload needs.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// Everything a workload needs. `Needs::default()` needs nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Needs {
     pub containers: Vec<ContainerNeeds>,
     pub host_network: bool,

@@ -139,53 +139,38 @@ impl ContainerRef<'_> {
     }
 }
 
+/// A `ContainerRef` from a `Container` or an `EphemeralContainer` (same field names, two
+/// types in the API).
+macro_rules! container_ref {
+    ($field:expr, $index:expr, $c:expr) => {
+        ContainerRef {
+            field: $field,
+            index: $index,
+            name: &$c.name,
+            image: $c.image.as_deref(),
+            security_context: $c.security_context.as_ref(),
+            ports: $c.ports.as_deref().unwrap_or(&[]),
+            volume_mounts: $c.volume_mounts.as_deref().unwrap_or(&[]),
+            probes: [
+                $c.liveness_probe.as_ref(),
+                $c.readiness_probe.as_ref(),
+                $c.startup_probe.as_ref(),
+            ],
+            lifecycle: $c.lifecycle.as_ref(),
+        }
+    };
+}
+
 /// Every container of the pod: init containers, containers, then ephemeral containers.
 pub fn containers(w: &Workload) -> Vec<ContainerRef<'_>> {
     let spec = &w.spec;
-    let mut out = Vec::new();
-    for (field, list) in [
-        (
-            "initContainers",
-            spec.init_containers.as_deref().unwrap_or(&[]),
-        ),
-        ("containers", &spec.containers[..]),
-    ] {
-        for (index, c) in list.iter().enumerate() {
-            out.push(ContainerRef {
-                field,
-                index,
-                name: &c.name,
-                image: c.image.as_deref(),
-                security_context: c.security_context.as_ref(),
-                ports: c.ports.as_deref().unwrap_or(&[]),
-                volume_mounts: c.volume_mounts.as_deref().unwrap_or(&[]),
-                probes: [
-                    c.liveness_probe.as_ref(),
-                    c.readiness_probe.as_ref(),
-                    c.startup_probe.as_ref(),
-                ],
-                lifecycle: c.lifecycle.as_ref(),
-            });
-        }
-    }
-    for (index, c) in spec.ephemeral_containers.iter().flatten().enumerate() {
-        out.push(ContainerRef {
-            field: "ephemeralContainers",
-            index,
-            name: &c.name,
-            image: c.image.as_deref(),
-            security_context: c.security_context.as_ref(),
-            ports: c.ports.as_deref().unwrap_or(&[]),
-            volume_mounts: c.volume_mounts.as_deref().unwrap_or(&[]),
-            probes: [
-                c.liveness_probe.as_ref(),
-                c.readiness_probe.as_ref(),
-                c.startup_probe.as_ref(),
-            ],
-            lifecycle: c.lifecycle.as_ref(),
-        });
-    }
-    out
+    let init = spec.init_containers.iter().flatten().enumerate();
+    let regular = spec.containers.iter().enumerate();
+    let ephemeral = spec.ephemeral_containers.iter().flatten().enumerate();
+    init.map(|(i, c)| container_ref!("initContainers", i, c))
+        .chain(regular.map(|(i, c)| container_ref!("containers", i, c)))
+        .chain(ephemeral.map(|(i, c)| container_ref!("ephemeralContainers", i, c)))
+        .collect()
 }
 
 /// Capabilities baseline allows containers to add.
@@ -413,69 +398,41 @@ pub fn evaluate(w: &Workload, version: Version) -> Vec<Violation> {
                 "true",
             );
         }
-        // hostProbesAndHostLifecycle (1.34+)
+        // hostProbesAndHostLifecycle (1.34+): no `host` in probes or lifecycle handlers.
         if version.at_least(34) {
+            let mut handlers: Vec<(String, [Option<&str>; 2])> = Vec::new();
             let probe_fields = ["livenessProbe", "readinessProbe", "startupProbe"];
             for (probe, field) in c.probes.iter().zip(probe_fields) {
-                let Some(p) = probe else { continue };
-                let base = format!("{}[{}].{field}", c.field, c.index);
-                if let Some(h) = p
-                    .http_get
-                    .as_ref()
-                    .and_then(|h| h.host.as_deref())
-                    .filter(|h| !h.is_empty())
-                {
-                    out.push(
-                        "hostProbesAndHostLifecycle",
-                        Level::Baseline,
-                        &format!("{base}.httpGet.host"),
-                        h,
-                    );
-                }
-                if let Some(h) = p
-                    .tcp_socket
-                    .as_ref()
-                    .and_then(|t| t.host.as_deref())
-                    .filter(|h| !h.is_empty())
-                {
-                    out.push(
-                        "hostProbesAndHostLifecycle",
-                        Level::Baseline,
-                        &format!("{base}.tcpSocket.host"),
-                        h,
-                    );
+                if let Some(p) = probe {
+                    let hosts = [
+                        p.http_get.as_ref().and_then(|h| h.host.as_deref()),
+                        p.tcp_socket.as_ref().and_then(|t| t.host.as_deref()),
+                    ];
+                    handlers.push((format!("{}[{}].{field}", c.field, c.index), hosts));
                 }
             }
-            if let Some(l) = c.lifecycle {
-                for (handler, field) in [
+            for (handler, field) in c.lifecycle.iter().flat_map(|l| {
+                [
                     (l.post_start.as_ref(), "postStart"),
                     (l.pre_stop.as_ref(), "preStop"),
-                ] {
-                    let Some(h) = handler else { continue };
+                ]
+            }) {
+                if let Some(h) = handler {
+                    let hosts = [
+                        h.http_get.as_ref().and_then(|h| h.host.as_deref()),
+                        h.tcp_socket.as_ref().and_then(|t| t.host.as_deref()),
+                    ];
                     let base = format!("{}[{}].lifecycle.{field}", c.field, c.index);
-                    if let Some(host) = h
-                        .http_get
-                        .as_ref()
-                        .and_then(|h| h.host.as_deref())
-                        .filter(|h| !h.is_empty())
-                    {
+                    handlers.push((base, hosts));
+                }
+            }
+            for (base, hosts) in handlers {
+                for (host, action) in hosts.into_iter().zip(["httpGet", "tcpSocket"]) {
+                    if let Some(host) = host.filter(|h| !h.is_empty()) {
                         out.push(
                             "hostProbesAndHostLifecycle",
                             Level::Baseline,
-                            &format!("{base}.httpGet.host"),
-                            host,
-                        );
-                    }
-                    if let Some(host) = h
-                        .tcp_socket
-                        .as_ref()
-                        .and_then(|t| t.host.as_deref())
-                        .filter(|h| !h.is_empty())
-                    {
-                        out.push(
-                            "hostProbesAndHostLifecycle",
-                            Level::Baseline,
-                            &format!("{base}.tcpSocket.host"),
+                            &format!("{base}.{action}.host"),
                             host,
                         );
                     }

@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::PolicyError;
 use crate::harden::{Hardening, hardening};
 use crate::manifest::{Diagnostic, Loaded, Owner, Source, Workload};
-use crate::needs::{ContainerNeeds, HostPath, Needs, needs};
+use crate::needs::{Needs, needs};
 use crate::psa::{Assessed, NamespaceAdvice, namespace_object, namespaces};
 use crate::pss::{Level, Version, Violation, evaluate, level_met};
 use crate::{psp, vap};
@@ -25,23 +25,16 @@ pub struct WorkloadReport {
     pub owner: Option<Owner>,
     pub pss_level: Level,
     pub violations: Vec<Violation>,
-    pub containers: Vec<ContainerNeeds>,
-    pub host_network: bool,
-    pub host_pid: bool,
-    pub host_ipc: bool,
-    pub host_ports: Vec<i32>,
-    pub host_paths: Vec<HostPath>,
-    pub volume_types: Vec<String>,
-    pub sysctls: Vec<String>,
-    pub service_account: String,
+    /// What it needs: `containers[]`, `host_network`, `host_pid`, `host_ipc`, `host_ports`,
+    /// `host_paths[]`, ... at the top level of the workload's JSON.
+    #[serde(flatten)]
+    pub needs: Needs,
     pub hardening: Hardening,
     /// The name of the generated ValidatingAdmissionPolicy / PodSecurityPolicy / Role.
     pub policy_name: String,
     /// The stem of this workload's files under `-o DIR`: `namespace.kind.name`, with `.2`,
     /// `.3`, ... when the input holds the same workload more than once.
     pub file_stem: String,
-    #[serde(skip)]
-    pub needs: Needs,
     #[serde(skip)]
     pub workload: Workload,
 }
@@ -118,15 +111,6 @@ pub fn assess(w: Workload, version: Version) -> WorkloadReport {
         owner: w.owner.clone(),
         pss_level: level_met(&violations),
         violations,
-        containers: n.containers.clone(),
-        host_network: n.host_network,
-        host_pid: n.host_pid,
-        host_ipc: n.host_ipc,
-        host_ports: n.host_ports.clone(),
-        host_paths: n.host_paths.clone(),
-        volume_types: n.volume_types.clone(),
-        sysctls: n.sysctls.clone(),
-        service_account: n.service_account.clone(),
         hardening: hardening(&w, &n),
         policy_name: vap::object_name(&w),
         file_stem: file_stem(&w),
@@ -183,7 +167,7 @@ impl Report {
         let mut by_sa: std::collections::BTreeMap<(&str, &str), Vec<&Needs>> = Default::default();
         for w in &self.workloads {
             by_sa
-                .entry((&w.namespace, &w.service_account))
+                .entry((&w.namespace, &w.needs.service_account))
                 .or_default()
                 .push(&w.needs);
         }
