@@ -58,14 +58,14 @@ pub enum PolicyAction {
         /// End of the window.
         #[arg(long)]
         to: Option<String>,
-        #[arg(long, value_enum, default_value_t = DiffFormat::Text)]
-        format: DiffFormat,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        format: ReportFormat,
     },
     /// Escalations from the OLD manifests to the NEW ones (new privileged containers, host
     /// namespaces, capabilities, host paths, root where it was non-root, ...): exit 3 on any.
     Diff {
-        #[arg(long, value_enum, default_value_t = DiffFormat::Text)]
-        format: DiffFormat,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        format: ReportFormat,
         #[arg(long, default_value = "latest", value_parser = parse_version)]
         k8s_version: Version,
         old: PathBuf,
@@ -86,7 +86,7 @@ pub enum PspScopeArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-pub enum DiffFormat {
+pub enum ReportFormat {
     Text,
     Json,
 }
@@ -186,11 +186,20 @@ fn load_from_store(data: &PathBuf) -> Result<Loaded, CliError> {
     let (rt, _store, ctx) = store_session(data)?;
     let mut loaded = Loaded::default();
     for r in rt.block_on(rows(&ctx, &sql))? {
-        let Some(raw) = r["raw"].as_str() else {
-            continue;
-        };
-        let Ok(raw) = serde_json::from_str::<serde_json::Value>(raw) else {
-            continue;
+        let raw = match r["raw"]
+            .as_str()
+            .map(serde_json::from_str::<serde_json::Value>)
+        {
+            Some(Ok(raw)) => raw,
+            // The store keeps every record's raw JSON; anything else is damage to report.
+            other => {
+                let reason = other.map_or("no raw record".to_string(), |e| {
+                    e.err()
+                        .map_or(String::new(), |e| format!("raw is not JSON: {e}"))
+                });
+                eprintln!("store: {} event at {}: {reason}", r["source"], r["ts"]);
+                continue;
+            }
         };
         let (label, object) = if r["source"] == "k8s_audit" {
             let object = raw
@@ -267,20 +276,20 @@ fn print_summary(report: &Report) {
 fn diff_cmd(
     old: &Path,
     new: &Path,
-    format: DiffFormat,
+    format: ReportFormat,
     version: Version,
 ) -> Result<ExitCode, CliError> {
     let old = generate(load(&[old.to_path_buf()])?, version);
     let new = generate(load(&[new.to_path_buf()])?, version);
     let escalations = policy::diff::diff(&old.workloads, &new.workloads);
     match format {
-        DiffFormat::Json => println!(
+        ReportFormat::Json => println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({ "escalations": escalations }))
                 .map_err(|e| CliError::Other(e.to_string()))?
         ),
-        DiffFormat::Text if escalations.is_empty() => println!("no escalations"),
-        DiffFormat::Text => {
+        ReportFormat::Text if escalations.is_empty() => println!("no escalations"),
+        ReportFormat::Text => {
             for e in &escalations {
                 println!("ESCALATION {e}");
             }
@@ -331,11 +340,11 @@ fn load_constraints(policy: &str) -> Result<Vec<policy::validate::Constraints>, 
     }
     let loaded_text = std::fs::read_to_string(policy).map_err(|e| io(Path::new(policy), e))?;
     let mut docs = Vec::new();
-    for doc in loaded_text.split("\n---") {
-        match policy::manifest::yaml_value(doc) {
+    for (_, parsed) in policy::manifest::documents(&loaded_text) {
+        match parsed {
             Ok(Some(v)) => docs.push(v),
             Ok(None) => {}
-            Err(e) => return Err(CliError::Other(format!("{policy}: {e}"))),
+            Err((line, e)) => return Err(CliError::Other(format!("{policy}:{line}: {e}"))),
         }
     }
     let mut found = Constraints::from_documents(policy, &docs);
@@ -359,7 +368,7 @@ fn validate_cmd(
     namespace: Option<String>,
     workload: Option<String>,
     window: &Window,
-    format: DiffFormat,
+    format: ReportFormat,
 ) -> Result<ExitCode, CliError> {
     let mut all = Vec::new();
     let (rt, _store, ctx) = store_session(data)?;
@@ -375,7 +384,7 @@ fn validate_cmd(
     }
     let broken = all.iter().any(|(_, v)| v.iter().any(|v| v.verdict != "ok"));
     match format {
-        DiffFormat::Json => {
+        ReportFormat::Json => {
             let out: Vec<serde_json::Value> = all
                 .iter()
                 .map(|(c, v)| serde_json::json!({"policy": c.policy, "results": v}))
@@ -386,7 +395,7 @@ fn validate_cmd(
                     .map_err(|e| CliError::Other(e.to_string()))?
             );
         }
-        DiffFormat::Text => {
+        ReportFormat::Text => {
             for (c, verdicts) in &all {
                 println!("policy: {}", c.policy);
                 if verdicts.is_empty() {

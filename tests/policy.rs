@@ -885,9 +885,9 @@ fn psp_per_service_account() {
     assert!(o.status.success(), "{}", stderr(&o));
     let read = |name: &str| std::fs::read_to_string(out.join(name)).unwrap();
     let docs = |name: &str| -> Vec<Value> {
-        read(name)
-            .split("\n---\n")
-            .map(|d| policy::manifest::yaml_value(d).unwrap().unwrap())
+        policy::manifest::documents(&read(name))
+            .into_iter()
+            .filter_map(|(_, d)| d.unwrap())
             .collect()
     };
     let sa1 = &docs("psp-test.serviceaccount.sa-1.yaml")[0];

@@ -248,14 +248,12 @@ fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> crate::Result<()> {
 /// [`load_paths`]).
 pub fn load_str(file: &Path, text: &str) -> Loaded {
     let mut loaded = Loaded::default();
-    for (index, (line, doc)) in split_documents(text).into_iter().enumerate() {
+    for (index, (line, parsed)) in documents(text).into_iter().enumerate() {
         let document = index + 1;
-        let value: Value = match serde_saphyr::from_str::<Option<Value>>(&doc) {
+        let value: Value = match parsed {
             Ok(Some(v)) => v,
             Ok(None) => continue,
-            Err(e) => {
-                // The parser counts lines from the document's start.
-                let (at, reason) = yaml_error(&e, line);
+            Err((at, reason)) => {
                 loaded.diagnostics.push(Diagnostic {
                     file: file.to_path_buf(),
                     document,
@@ -585,9 +583,21 @@ fn split_documents(text: &str) -> Vec<(usize, String)> {
     docs
 }
 
-/// One YAML (or JSON) document as a JSON value; `None` when it is empty.
-pub fn yaml_value(doc: &str) -> Result<Option<Value>, String> {
-    serde_saphyr::from_str::<Option<Value>>(doc).map_err(|e| yaml_error(&e, 1).1)
+/// One parsed document: its value (`None` when empty), or the line of the error and why.
+pub type ParsedDocument = Result<Option<Value>, (usize, String)>;
+
+/// The documents of a YAML stream, each with the line it starts on, parsed one by one (a
+/// broken one does not stop the others).
+pub fn documents(text: &str) -> Vec<(usize, ParsedDocument)> {
+    split_documents(text)
+        .into_iter()
+        .map(|(line, doc)| {
+            // The parser counts lines from the document's start.
+            let parsed =
+                serde_saphyr::from_str::<Option<Value>>(&doc).map_err(|e| yaml_error(&e, line));
+            (line, parsed)
+        })
+        .collect()
 }
 
 /// The file line of a YAML error in a document starting at `start`, and its message
