@@ -749,6 +749,52 @@ mod tests {
         );
     }
 
+    /// kube-psp-advisor ignored seccomp, AppArmor and procMount; these are baseline controls.
+    #[test]
+    fn seccomp_apparmor_and_proc_mount_are_checked() {
+        let w = pod(
+            "  securityContext: {seccompProfile: {type: Unconfined}}\n  containers:\n  - name: app\n    \
+                     image: nginx\n    securityContext:\n      appArmorProfile: {type: Unconfined}\n      \
+                     procMount: Unmasked\n",
+        );
+        let got: Vec<(&str, String)> = evaluate(&w, Version::Latest)
+            .into_iter()
+            .filter(|v| v.level == Level::Baseline)
+            .map(|v| (v.control, v.path))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "appArmorProfile",
+                    "spec.containers[0].securityContext.appArmorProfile.type".into()
+                ),
+                (
+                    "procMount",
+                    "spec.containers[0].securityContext.procMount".into()
+                ),
+                (
+                    "seccompProfile_baseline",
+                    "spec.securityContext.seccompProfile.type".into()
+                ),
+            ]
+        );
+        // Before 1.30 AppArmor was an annotation only.
+        assert!(!controls(&w, Version::Minor(29)).contains(&("appArmorProfile", Level::Baseline)));
+        let annotated = load_str(
+            Path::new("a.yaml"),
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations:\n    \
+             container.apparmor.security.beta.kubernetes.io/app: unconfined\n\
+             spec: {containers: [{name: app, image: nginx}]}\n",
+        )
+        .workloads
+        .remove(0);
+        assert!(
+            controls(&annotated, Version::Minor(25))
+                .contains(&("appArmorProfile", Level::Baseline))
+        );
+    }
+
     #[test]
     fn versions_parse() {
         assert_eq!(Version::parse("latest").unwrap(), Version::Latest);
