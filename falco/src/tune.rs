@@ -1,0 +1,558 @@
+//! Falco Tuning: find recurring alert noise, propose the narrowest exception for each
+//! recurring group, and prove it by replay.
+//!
+//! 1. **Noise**: a rule's alerts are grouped by its output fields with the volatile ones
+//!    dropped (pids, ephemeral ports, container ids, times) and the rest normalised (digits
+//!    and hashes in paths and names); groups are ranked by count, hosts, days and steadiness.
+//! 2. **Proposals**: for each recurring group the first field combination (image, executable
+//!    and path prefix; image and executable; namespace and image; ...; never one field alone)
+//!    whose values are the same in every alert of the group.
+//! 3. **Proof**: every stored alert is replayed through the proposals exactly as Falco applies
+//!    exceptions; a proposal that would hide a labelled true positive is narrowed with more
+//!    fields, or dropped, and the report says which.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::condition::Op;
+use crate::eval::{Fields, excepts};
+use crate::rules::{Exception, Ruleset};
+
+/// One stored alert.
+#[derive(Clone, Debug)]
+pub struct Alert {
+    /// Nanoseconds since the epoch.
+    pub ts: i64,
+    pub rule: String,
+    pub host: String,
+    pub output: String,
+    pub fields: Fields,
+    /// Labelled as a true positive: never to be suppressed.
+    pub true_positive: bool,
+}
+
+/// Tuning knobs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// A group needs at least this many alerts to be noise.
+    pub min_count: usize,
+    /// ... and to recur: in this many distinct hours, or on two hosts.
+    pub min_hours: usize,
+    /// The expiry date written on every suggestion (`YYYY-MM-DD`).
+    pub expires: String,
+}
+
+/// Fields whose values change with every event: never part of a group or an exception.
+const VOLATILE: [&str; 22] = [
+    "proc.pid",
+    "proc.ppid",
+    "proc.vpid",
+    "proc.pvpid",
+    "proc.sid",
+    "proc.vpgid",
+    "proc.tty",
+    "thread.tid",
+    "thread.vtid",
+    "evt.time",
+    "evt.time.s",
+    "evt.time.iso8601",
+    "evt.datetime",
+    "evt.rawtime",
+    "evt.num",
+    "fd.num",
+    "fd.lport",
+    "fd.cport",
+    "container.id",
+    "k8s.pod.uid",
+    "k8s.pod.id",
+    "ka.auditid",
+];
+
+/// Field combinations tried in order for an exception: the narrowest first, never one field.
+const COMBINATIONS: [&[&str]; 12] = [
+    &["container.image.repository", "proc.exepath", "fd.name"],
+    &["container.image.repository", "proc.exepath", "fd.directory"],
+    &["container.image.repository", "proc.exepath"],
+    &["container.image.repository", "proc.name"],
+    &["k8s.ns.name", "container.image.repository"],
+    &["k8s.ns.name", "proc.exepath"],
+    &["k8s.ns.name", "proc.name"],
+    &["proc.exepath", "proc.cmdline"],
+    &["proc.pname", "proc.exepath"],
+    &["ka.user.name", "ka.target.namespace", "ka.target.resource"],
+    &["ka.user.name", "ka.target.resource"],
+    &["ka.user.name", "ka.verb"],
+];
+
+/// Fields that can narrow a proposal that would hide a true positive.
+const NARROWERS: [&str; 8] = [
+    "proc.cmdline",
+    "user.name",
+    "k8s.ns.name",
+    "proc.pname",
+    "container.image.tag",
+    "fd.name",
+    "ka.target.namespace",
+    "ka.target.name",
+];
+
+/// Paths whose tail can vary: an exception uses their common directory with `startswith`.
+const PATH_FIELDS: [&str; 4] = ["fd.name", "fd.directory", "fs.path.name", "proc.cwd"];
+
+/// `value` with what changes between runs of the same thing replaced by `*`: runs of 4+
+/// digits, hex/base32-ish ids of 8+ characters, the client port of a socket tuple, the
+/// generated suffixes of pod names.
+pub fn normalise(field: &str, value: &str) -> String {
+    if field == "k8s.pod.name" {
+        return pod_base(value);
+    }
+    if field == "fd.name"
+        && let Some((client, server)) = value.split_once("->")
+    {
+        let client = client
+            .rsplit_once(':')
+            .map_or(client.to_string(), |(ip, _)| format!("{ip}:*"));
+        return format!("{client}->{server}");
+    }
+    let mut out = String::new();
+    for token in split_keep(value) {
+        let digits = token.chars().all(|c| c.is_ascii_digit());
+        let idish = token.len() >= 8
+            && token.chars().all(|c| c.is_ascii_alphanumeric())
+            && token.chars().any(|c| c.is_ascii_digit())
+            && token.chars().any(|c| c.is_ascii_alphabetic());
+        if (digits && token.len() >= 4) || idish {
+            out.push('*');
+        } else {
+            out.push_str(token);
+        }
+    }
+    out
+}
+
+/// Splits into alphanumeric runs and the separators between them.
+fn split_keep(s: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut alnum = None;
+    for (i, c) in s.char_indices() {
+        let a = c.is_ascii_alphanumeric();
+        if alnum.is_some_and(|p| p != a) {
+            out.push(&s[start..i]);
+            start = i;
+        }
+        alnum = Some(a);
+    }
+    if start < s.len() {
+        out.push(&s[start..]);
+    }
+    out
+}
+
+/// `web-7d9f8b6c5-x7k2p` → `web-*`, `node-exporter-x7k2p` → `node-exporter-*`,
+/// `ledger-0` stays. Kubernetes makes pod-template hashes and name suffixes from an alphabet
+/// without vowels and look-alike digits, which tells them from words like `nginx`.
+fn pod_base(name: &str) -> String {
+    const ALPHABET: &str = "bcdfghjklmnpqrstvwxz2456789";
+    let generated = |s: &str, lens: std::ops::RangeInclusive<usize>| {
+        lens.contains(&s.len()) && s.chars().all(|c| ALPHABET.contains(c))
+    };
+    let parts: Vec<&str> = name.split('-').collect();
+    match parts.as_slice() {
+        [base @ .., h, r] if !base.is_empty() && generated(h, 8..=10) && generated(r, 5..=5) => {
+            format!("{}-*", base.join("-"))
+        }
+        [base @ .., r] if !base.is_empty() && generated(r, 5..=5) => {
+            format!("{}-*", base.join("-"))
+        }
+        _ => name.to_string(),
+    }
+}
+
+/// A group of alerts of one rule with the same normalised fields.
+#[derive(Clone, Debug, Serialize)]
+pub struct Group {
+    pub rule: String,
+    /// The normalised, non-volatile fields that define it.
+    pub key: BTreeMap<String, String>,
+    pub count: usize,
+    /// Its share of all alerts (0..1).
+    pub share: f64,
+    pub hosts: usize,
+    pub days: usize,
+    pub hours: usize,
+    /// Hours with alerts over hours from first to last (0..1]: 1 = every hour.
+    pub steadiness: f64,
+    pub first_ns: i64,
+    pub last_ns: i64,
+    pub recurring: bool,
+    #[serde(skip)]
+    pub members: Vec<usize>,
+}
+
+/// Groups the alerts per rule, noisiest rules first and noisiest groups first within each.
+pub fn groups(alerts: &[Alert], opts: &Options) -> Vec<Group> {
+    let mut by_key: BTreeMap<(String, BTreeMap<String, String>), Vec<usize>> = BTreeMap::new();
+    for (i, a) in alerts.iter().enumerate() {
+        let key: BTreeMap<String, String> = a
+            .fields
+            .iter()
+            .filter(|(f, _)| !VOLATILE.contains(&f.as_str()))
+            .map(|(f, v)| (f.clone(), normalise(f, v)))
+            .collect();
+        by_key.entry((a.rule.clone(), key)).or_default().push(i);
+    }
+    let total = alerts.len().max(1) as f64;
+    let mut per_rule: BTreeMap<String, usize> = BTreeMap::new();
+    for a in alerts {
+        *per_rule.entry(a.rule.clone()).or_default() += 1;
+    }
+    const HOUR: i64 = 3_600_000_000_000;
+    let mut out: Vec<Group> = by_key
+        .into_iter()
+        .map(|((rule, key), members)| {
+            let ts: Vec<i64> = members.iter().map(|&i| alerts[i].ts).collect();
+            let (first, last) = (
+                *ts.iter().min().unwrap_or(&0),
+                *ts.iter().max().unwrap_or(&0),
+            );
+            let hours: BTreeSet<i64> = ts.iter().map(|t| t.div_euclid(HOUR)).collect();
+            let days: BTreeSet<i64> = ts.iter().map(|t| t.div_euclid(24 * HOUR)).collect();
+            let hosts: BTreeSet<&str> = members.iter().map(|&i| alerts[i].host.as_str()).collect();
+            let span = (last.div_euclid(HOUR) - first.div_euclid(HOUR) + 1).max(1);
+            let count = members.len();
+            Group {
+                recurring: count >= opts.min_count
+                    && (hours.len() >= opts.min_hours || hosts.len() >= 2),
+                rule,
+                key,
+                count,
+                share: count as f64 / total,
+                hosts: hosts.len(),
+                days: days.len(),
+                hours: hours.len(),
+                steadiness: hours.len() as f64 / span as f64,
+                first_ns: first,
+                last_ns: last,
+                members,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        per_rule[&b.rule]
+            .cmp(&per_rule[&a.rule])
+            .then(a.rule.cmp(&b.rule))
+            .then(b.count.cmp(&a.count))
+            .then(b.hosts.cmp(&a.hosts))
+    });
+    out
+}
+
+/// A proposed exception for one group, with its evidence and what replay proved.
+#[derive(Clone, Debug, Serialize)]
+pub struct Suggestion {
+    pub rule: String,
+    pub exception: Exception,
+    /// `exceptions` (appended to the rule) or the `user_known_*` macro it is appended to.
+    pub via: String,
+    /// Alerts the replay suppresses with this suggestion.
+    pub suppressed: usize,
+    pub evidence: Evidence,
+    /// Set when the first proposal would have hidden a true positive and was narrowed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub narrowed: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Evidence {
+    pub count: usize,
+    pub hosts: Vec<String>,
+    pub first_seen_ns: i64,
+    pub last_seen_ns: i64,
+    pub sample: String,
+    pub expires: String,
+    /// What the excepted alerts ran as, for `check-exceptions` to notice a change.
+    pub images: Vec<String>,
+    pub namespaces: Vec<String>,
+}
+
+/// A recurring group that got no suggestion, and why.
+#[derive(Clone, Debug, Serialize)]
+pub struct Dropped {
+    pub rule: String,
+    pub key: BTreeMap<String, String>,
+    pub count: usize,
+    pub reason: String,
+}
+
+/// The whole answer.
+#[derive(Clone, Debug, Serialize)]
+pub struct Tuning {
+    pub total_alerts: usize,
+    pub groups: Vec<Group>,
+    pub suggestions: Vec<Suggestion>,
+    pub dropped: Vec<Dropped>,
+    /// Alerts suppressed by at least one suggestion (each counted once).
+    pub suppressed_total: usize,
+    pub reduction: f64,
+    pub true_positives: usize,
+    /// True positives any suggestion would suppress: zero by construction, re-checked.
+    pub true_positives_suppressed: usize,
+}
+
+/// Finds the noise, proposes exceptions, and replays every alert through them.
+pub fn tune(ruleset: &Ruleset, alerts: &[Alert], opts: &Options) -> Tuning {
+    let groups = groups(alerts, opts);
+    let mut suggestions: Vec<Suggestion> = Vec::new();
+    let mut dropped = Vec::new();
+    for g in groups.iter().filter(|g| g.recurring) {
+        let rule = ruleset.rule(&g.rule);
+        let output_fields: Vec<String> = rule.map(|r| r.output_fields()).unwrap_or_default();
+        let usable = |f: &str| output_fields.is_empty() || output_fields.iter().any(|o| o == f);
+        let members: Vec<&Alert> = g.members.iter().map(|&i| &alerts[i]).collect();
+        let positives: Vec<&Alert> = alerts
+            .iter()
+            .filter(|a| a.true_positive && a.rule == g.rule)
+            .collect();
+        let Some((fields, comps, values)) = COMBINATIONS.iter().find_map(|combo| {
+            if !combo.iter().all(|f| usable(f)) {
+                return None;
+            }
+            constant_values(combo, &members)
+        }) else {
+            dropped.push(Dropped {
+                rule: g.rule.clone(),
+                key: g.key.clone(),
+                count: g.count,
+                reason: "no field combination is the same in every alert of the group".into(),
+            });
+            continue;
+        };
+        let mut exception = Exception {
+            name: String::new(),
+            fields,
+            comps,
+            values: vec![values],
+        };
+        let mut narrowed = None;
+        let hides = |e: &Exception| positives.iter().filter(|a| excepts(e, &a.fields)).count();
+        let hidden = hides(&exception);
+        if hidden > 0 {
+            // Add the first narrowing field that is constant in the group and sets every
+            // true positive apart.
+            let better = NARROWERS
+                .iter()
+                .filter(|f| usable(f) && !exception.fields.iter().any(|x| x == *f))
+                .find_map(|f| {
+                    let (fs, cs, vs) = constant_values(&[f], &members)?;
+                    let mut e = exception.clone();
+                    e.fields.extend(fs);
+                    e.comps.extend(cs);
+                    e.values[0].extend(vs);
+                    (hides(&e) == 0).then_some((f.to_string(), e))
+                });
+            match better {
+                Some((f, e)) => {
+                    narrowed = Some(format!(
+                        "narrowed with {f}: the first proposal would have hidden {hidden} true positive(s)"
+                    ));
+                    exception = e;
+                }
+                None => {
+                    dropped.push(Dropped {
+                        rule: g.rule.clone(),
+                        key: g.key.clone(),
+                        count: g.count,
+                        reason: format!(
+                            "every exception that covers it would hide {hidden} labelled true positive(s)"
+                        ),
+                    });
+                    continue;
+                }
+            }
+        }
+        // Two groups can land on the same exception (normalisation kept them apart).
+        if let Some(s) = suggestions.iter_mut().find(|s| {
+            s.rule == g.rule
+                && s.exception.fields == exception.fields
+                && s.exception.comps == exception.comps
+                && s.exception.values == exception.values
+        }) {
+            s.evidence.count += g.count;
+            continue;
+        }
+        let index = suggestions.iter().filter(|s| s.rule == g.rule).count() + 1;
+        exception.name = format!("ktrail_{}_{index}", slug(&exception.fields));
+        let via = rule
+            .and_then(|r| ruleset.user_known_macro(r))
+            .map_or("exceptions".to_string(), |m| format!("macro {m}"));
+        let set = |f: &str| -> Vec<String> {
+            members
+                .iter()
+                .filter_map(|a| a.fields.get(f).cloned())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect()
+        };
+        suggestions.push(Suggestion {
+            rule: g.rule.clone(),
+            via,
+            suppressed: 0,
+            evidence: Evidence {
+                count: g.count,
+                hosts: members
+                    .iter()
+                    .map(|a| a.host.clone())
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect(),
+                first_seen_ns: g.first_ns,
+                last_seen_ns: g.last_ns,
+                sample: members
+                    .first()
+                    .map(|a| a.output.clone())
+                    .unwrap_or_default(),
+                expires: opts.expires.clone(),
+                images: set("container.image.repository")
+                    .into_iter()
+                    .zip(std::iter::repeat(()))
+                    .map(|(r, ())| {
+                        let digest = members
+                            .iter()
+                            .find(|a| a.fields.get("container.image.repository") == Some(&r))
+                            .and_then(|a| {
+                                a.fields
+                                    .get("container.image.digest")
+                                    .or(a.fields.get("container.image.tag"))
+                            });
+                        digest.map_or(r.clone(), |d| format!("{r}@{d}"))
+                    })
+                    .collect(),
+                namespaces: set("k8s.ns.name"),
+            },
+            exception,
+            narrowed,
+        });
+    }
+
+    // Replay: every alert through every suggestion of its rule.
+    let mut suppressed_total = 0;
+    let mut tp_suppressed = 0;
+    for a in alerts {
+        let mut any = false;
+        for s in suggestions.iter_mut().filter(|s| s.rule == a.rule) {
+            if excepts(&s.exception, &a.fields) {
+                s.suppressed += 1;
+                any = true;
+            }
+        }
+        if any {
+            suppressed_total += 1;
+            tp_suppressed += usize::from(a.true_positive);
+        }
+    }
+    Tuning {
+        total_alerts: alerts.len(),
+        reduction: suppressed_total as f64 / alerts.len().max(1) as f64,
+        true_positives: alerts.iter().filter(|a| a.true_positive).count(),
+        true_positives_suppressed: tp_suppressed,
+        groups,
+        suggestions,
+        dropped,
+        suppressed_total,
+    }
+}
+
+/// An exception's fields, comparisons and one value tuple.
+type Columns = (Vec<String>, Vec<Op>, Vec<Vec<String>>);
+
+/// The values of `fields` if every member has the same one (paths: the common directory,
+/// compared with `startswith`); None if any field varies or is missing.
+fn constant_values(fields: &[&str], members: &[&Alert]) -> Option<Columns> {
+    let mut fs = Vec::new();
+    let mut comps = Vec::new();
+    let mut values = Vec::new();
+    for f in fields {
+        let vals: BTreeSet<&str> = members
+            .iter()
+            .map(|a| a.fields.get(*f).map(String::as_str))
+            .collect::<Option<_>>()?;
+        let (op, value) = match vals.len() {
+            1 => {
+                let v = *vals.iter().next()?;
+                if v.is_empty() || v == "<NA>" {
+                    return None;
+                }
+                (Op::Eq, v.to_string())
+            }
+            _ if PATH_FIELDS.contains(f) => {
+                let prefix = common_directory(&vals)?;
+                (Op::Startswith, prefix)
+            }
+            _ => return None,
+        };
+        fs.push(f.to_string());
+        comps.push(op);
+        values.push(vec![value]);
+    }
+    Some((fs, comps, values))
+}
+
+/// The longest common directory (ending in `/`) of absolute paths, at least two levels
+/// deep (`/var/lib/`): `/` or `/tmp/` alone would be far too broad.
+fn common_directory(paths: &BTreeSet<&str>) -> Option<String> {
+    let first = *paths.iter().next()?;
+    let mut prefix = first.to_string();
+    for p in paths {
+        while !p.starts_with(&prefix) {
+            prefix.pop();
+        }
+    }
+    let dir = &prefix[..prefix.rfind('/')? + 1];
+    (dir.starts_with('/') && dir.matches('/').count() >= 3).then(|| dir.to_string())
+}
+
+fn slug(fields: &[String]) -> String {
+    fields
+        .iter()
+        .map(|f| f.rsplit('.').next().unwrap_or(f))
+        .collect::<Vec<_>>()
+        .join("_")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalisation() {
+        assert_eq!(
+            normalise("fd.name", "10.0.0.5:43122->10.96.0.1:443"),
+            "10.0.0.5:*->10.96.0.1:443"
+        );
+        assert_eq!(normalise("k8s.pod.name", "web-7d9f8b6c5-x7k2p"), "web-*");
+        assert_eq!(
+            normalise("k8s.pod.name", "node-exporter-x7k2p"),
+            "node-exporter-*"
+        );
+        assert_eq!(normalise("k8s.pod.name", "ledger-0"), "ledger-0");
+        assert_eq!(normalise("k8s.pod.name", "my-nginx"), "my-nginx");
+        assert_eq!(normalise("fd.name", "/proc/12345/status"), "/proc/*/status");
+        assert_eq!(
+            normalise("fd.name", "/tmp/tmp.a8f3k2j9x1/out"),
+            "/tmp/tmp.*/out"
+        );
+        assert_eq!(normalise("proc.cmdline", "sleep 30"), "sleep 30");
+    }
+
+    #[test]
+    fn common_directories_are_deep_enough() {
+        let set = |v: &[&'static str]| v.iter().copied().collect::<BTreeSet<&str>>();
+        assert_eq!(
+            common_directory(&set(&["/var/lib/app/a.db", "/var/lib/app/b.db"])).as_deref(),
+            Some("/var/lib/app/")
+        );
+        assert_eq!(common_directory(&set(&["/tmp/a", "/tmp/b"])), None);
+    }
+}
