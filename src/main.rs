@@ -2,6 +2,7 @@
 
 mod dead_letter;
 mod demo;
+mod falco;
 mod flight;
 mod grpc;
 mod output;
@@ -167,6 +168,11 @@ enum Command {
         #[command(subcommand)]
         action: NetworksAction,
     },
+    /// Falco Tuning: recurring alert noise, the narrowest exceptions, proven by replay.
+    Falco {
+        #[command(subcommand)]
+        action: falco::FalcoAction,
+    },
     /// Policy Advisor: least-privilege pod policies from workload manifests.
     Policy {
         #[command(subcommand)]
@@ -313,6 +319,7 @@ fn main() -> ExitCode {
         Command::Compact => compact_cmd(&cli.data),
         Command::Networks { action } => networks_cmd(&cli.data, action),
         Command::Policy { action } => policy::run(&cli.data, action),
+        Command::Falco { action } => falco::run(&cli.data, action),
     };
     match result {
         Ok(code) => code,

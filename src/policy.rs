@@ -153,7 +153,7 @@ fn load(paths: &[PathBuf]) -> Result<Loaded, CliError> {
 }
 
 /// A query session over the store at `data` (keep the store alive while it is used).
-fn store_session(
+pub(crate) fn store_session(
     data: &PathBuf,
 ) -> Result<
     (
@@ -424,7 +424,7 @@ fn validate_cmd(
     })
 }
 
-async fn rows(
+pub(crate) async fn rows(
     ctx: &datafusion::prelude::SessionContext,
     sql: &str,
 ) -> Result<Vec<serde_json::Value>, CliError> {

@@ -6,6 +6,7 @@
 //! Each carries its evidence as comments, and one `# ktrail: {...}` line (JSON) that
 //! `check-exceptions` reads back: expiry, images, namespaces and hosts it was seen with.
 
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::condition::Op;
@@ -68,26 +69,76 @@ fn iso(ns: i64) -> String {
     )
 }
 
+/// `override: {key: append}`.
+#[derive(Serialize)]
+struct Append {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    condition: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exceptions: Option<&'static str>,
+}
+
+/// A rules-file item, its keys in the order people write them.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Item<'a> {
+    Macro {
+        #[serde(rename = "macro")]
+        name: &'a str,
+        condition: String,
+        #[serde(rename = "override")]
+        append: Append,
+    },
+    Rule {
+        rule: &'a str,
+        exceptions: Vec<ExceptionItem<'a>>,
+        #[serde(rename = "override")]
+        append: Append,
+    },
+}
+
+#[derive(Serialize)]
+struct ExceptionItem<'a> {
+    name: &'a str,
+    fields: &'a [String],
+    comps: Vec<&'static str>,
+    /// A single value as a scalar, a list (for `in`) as a list.
+    values: Vec<Vec<Value>>,
+}
+
 /// One suggestion's rules-file item.
-fn item(s: &Suggestion) -> Value {
+fn item(s: &Suggestion) -> Item<'_> {
     match s.via.strip_prefix("macro ") {
-        Some(m) => json!({
-            "macro": m,
-            "condition": format!("or {}", condition(&s.exception)),
-            "override": {"condition": "append"},
-        }),
-        None => json!({
-            "rule": s.rule,
-            "exceptions": [{
-                "name": s.exception.name,
-                "fields": s.exception.fields,
-                "comps": s.exception.comps.iter().map(|c| Op::as_str(*c)).collect::<Vec<_>>(),
-                "values": s.exception.values.iter().map(|t| t.iter().map(|v| {
-                    if v.len() == 1 { json!(v[0]) } else { json!(v) }
-                }).collect::<Vec<_>>()).collect::<Vec<_>>(),
+        Some(m) => Item::Macro {
+            name: m,
+            condition: format!("or {}", condition(&s.exception)),
+            append: Append {
+                condition: Some("append"),
+                exceptions: None,
+            },
+        },
+        None => Item::Rule {
+            rule: &s.rule,
+            exceptions: vec![ExceptionItem {
+                name: &s.exception.name,
+                fields: &s.exception.fields,
+                comps: s.exception.comps.iter().map(|c| c.as_str()).collect(),
+                values: s
+                    .exception
+                    .values
+                    .iter()
+                    .map(|t| {
+                        t.iter()
+                            .map(|v| if v.len() == 1 { json!(v[0]) } else { json!(v) })
+                            .collect()
+                    })
+                    .collect(),
             }],
-            "override": {"exceptions": "append"},
-        }),
+            append: Append {
+                condition: None,
+                exceptions: Some("append"),
+            },
+        },
     }
 }
 
@@ -135,12 +186,133 @@ pub fn render(tuning: &Tuning, today: &str) -> String {
     out
 }
 
-/// The `# ktrail: {...}` metadata lines of an overrides file.
-pub fn metadata(text: &str) -> Vec<Value> {
-    text.lines()
+/// An exception read back from an overrides file, with what it was proposed on.
+#[derive(Clone, Debug)]
+pub struct ReadBack {
+    pub rule: String,
+    pub exception: Exception,
+    pub expires: String,
+    pub images: Vec<String>,
+    pub namespaces: Vec<String>,
+    pub hosts: Vec<String>,
+}
+
+/// Reads an overrides file `render` wrote: each item with the `# ktrail: {...}` line before
+/// it. Items without one (added by hand) are not ktrail's and are left out.
+pub fn read_back(text: &str) -> Result<Vec<ReadBack>, String> {
+    let items: Vec<Value> = serde_saphyr::from_str::<Option<Vec<Value>>>(text)
+        .map_err(|e| e.without_snippet().to_string())?
+        .unwrap_or_default();
+    let metas: Vec<Value> = text
+        .lines()
         .filter_map(|l| l.strip_prefix("# ktrail: "))
-        .filter_map(|j| serde_json::from_str(j).ok())
-        .collect()
+        .map(|j| {
+            serde_json::from_str(j).map_err(|e| format!("a `# ktrail:` line is not JSON: {e}"))
+        })
+        .collect::<Result<_, _>>()?;
+    if metas.len() != items.len() {
+        return Err(format!(
+            "{} items but {} `# ktrail:` lines: not a file ktrail falco tune wrote",
+            items.len(),
+            metas.len()
+        ));
+    }
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(str::to_string))
+            .collect()
+    };
+    let mut out = Vec::new();
+    for (item, meta) in items.iter().zip(&metas) {
+        let name = meta["exception"].as_str().unwrap_or("").to_string();
+        let exception = if let Some(cond) = item["condition"].as_str() {
+            from_condition(&name, cond.trim_start().strip_prefix("or ").unwrap_or(cond))?
+        } else {
+            let e = &item["exceptions"][0];
+            let comps = strings(&e["comps"])
+                .iter()
+                .map(|c| Op::parse(c).ok_or(format!("unknown comparison {c:?}")))
+                .collect::<Result<Vec<_>, _>>()?;
+            let values = e["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| {
+                    t.as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|v| match v {
+                            Value::Array(_) => strings(v),
+                            Value::String(s) => vec![s.clone()],
+                            other => vec![other.to_string()],
+                        })
+                        .collect()
+                })
+                .collect();
+            Exception {
+                name,
+                fields: strings(&e["fields"]),
+                comps,
+                values,
+            }
+        };
+        out.push(ReadBack {
+            rule: meta["rule"].as_str().unwrap_or("").to_string(),
+            exception,
+            expires: meta["expires"].as_str().unwrap_or("").to_string(),
+            images: strings(&meta["images"]),
+            namespaces: strings(&meta["namespaces"]),
+            hosts: strings(&meta["hosts"]),
+        });
+    }
+    Ok(out)
+}
+
+/// `(f1 op v1 and f2 op v2) or (...)` (as [`condition`] writes it) back to an exception.
+fn from_condition(name: &str, text: &str) -> Result<Exception, String> {
+    use crate::condition::Expr;
+    let expr = crate::condition::parse(text).map_err(|e| e.to_string())?;
+    let tuples = match expr {
+        Expr::Or(v) => v,
+        other => vec![other],
+    };
+    let mut e = Exception {
+        name: name.to_string(),
+        fields: Vec::new(),
+        comps: Vec::new(),
+        values: Vec::new(),
+    };
+    for t in tuples {
+        let terms = match t {
+            Expr::And(v) => v,
+            other => vec![other],
+        };
+        let mut fields = Vec::new();
+        let mut comps = Vec::new();
+        let mut values = Vec::new();
+        for term in terms {
+            let Expr::Compare {
+                field,
+                op,
+                values: v,
+            } = term
+            else {
+                return Err(format!("not an exception condition: {text}"));
+            };
+            fields.push(field.to_string());
+            comps.push(op);
+            values.push(v.iter().map(|i| i.text().to_string()).collect());
+        }
+        if e.fields.is_empty() {
+            (e.fields, e.comps) = (fields, comps);
+        } else if e.fields != fields || e.comps != comps {
+            return Err(format!("tuples with different fields: {text}"));
+        }
+        e.values.push(values);
+    }
+    Ok(e)
 }
 
 #[cfg(test)]

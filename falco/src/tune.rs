@@ -101,7 +101,7 @@ const NARROWERS: [&str; 8] = [
 const PATH_FIELDS: [&str; 4] = ["fd.name", "fd.directory", "fs.path.name", "proc.cwd"];
 
 /// `value` with what changes between runs of the same thing replaced by `*`: runs of 4+
-/// digits, hex/base32-ish ids of 8+ characters, the client port of a socket tuple, the
+/// digits (any digits in paths), hex/base32-ish ids of 8+ characters, the client port of a socket tuple, the
 /// generated suffixes of pod names.
 pub fn normalise(field: &str, value: &str) -> String {
     if field == "k8s.pod.name" {
@@ -122,7 +122,9 @@ pub fn normalise(field: &str, value: &str) -> String {
             && token.chars().all(|c| c.is_ascii_alphanumeric())
             && token.chars().any(|c| c.is_ascii_digit())
             && token.chars().any(|c| c.is_ascii_alphabetic());
-        if (digits && token.len() >= 4) || idish {
+        // In paths any number varies (rotated logs, pids, dates); elsewhere long ones do.
+        let long = token.len() >= 4 || PATH_FIELDS.contains(&field);
+        if (digits && long) || idish {
             out.push('*');
         } else {
             out.push_str(token);
@@ -308,19 +310,18 @@ pub fn tune(ruleset: &Ruleset, alerts: &[Alert], opts: &Options) -> Tuning {
     let mut dropped = Vec::new();
     for g in groups.iter().filter(|g| g.recurring) {
         let rule = ruleset.rule(&g.rule);
-        let output_fields: Vec<String> = rule.map(|r| r.output_fields()).unwrap_or_default();
-        let usable = |f: &str| output_fields.is_empty() || output_fields.iter().any(|o| o == f);
         let members: Vec<&Alert> = g.members.iter().map(|&i| &alerts[i]).collect();
         let positives: Vec<&Alert> = alerts
             .iter()
             .filter(|a| a.true_positive && a.rule == g.rule)
             .collect();
-        let Some((fields, comps, values)) = COMBINATIONS.iter().find_map(|combo| {
-            if !combo.iter().all(|f| usable(f)) {
-                return None;
-            }
-            constant_values(combo, &members)
-        }) else {
+        // Any field the alerts carry will do (constant_values needs it in every one): Falco
+        // evaluates exceptions on the event, and deployments append container and
+        // Kubernetes fields to every rule's output.
+        let Some((fields, comps, values)) = COMBINATIONS
+            .iter()
+            .find_map(|combo| constant_values(combo, &members))
+        else {
             dropped.push(Dropped {
                 rule: g.rule.clone(),
                 key: g.key.clone(),
@@ -343,7 +344,7 @@ pub fn tune(ruleset: &Ruleset, alerts: &[Alert], opts: &Options) -> Tuning {
             // true positive apart.
             let better = NARROWERS
                 .iter()
-                .filter(|f| usable(f) && !exception.fields.iter().any(|x| x == *f))
+                .filter(|f| !exception.fields.iter().any(|x| x == *f))
                 .find_map(|f| {
                     let (fs, cs, vs) = constant_values(&[f], &members)?;
                     let mut e = exception.clone();
@@ -414,20 +415,12 @@ pub fn tune(ruleset: &Ruleset, alerts: &[Alert], opts: &Options) -> Tuning {
                     .map(|a| a.output.clone())
                     .unwrap_or_default(),
                 expires: opts.expires.clone(),
-                images: set("container.image.repository")
+                images: members
+                    .iter()
+                    .map(|a| image_of(&a.fields))
+                    .filter(|i| !i.is_empty())
+                    .collect::<BTreeSet<_>>()
                     .into_iter()
-                    .zip(std::iter::repeat(()))
-                    .map(|(r, ())| {
-                        let digest = members
-                            .iter()
-                            .find(|a| a.fields.get("container.image.repository") == Some(&r))
-                            .and_then(|a| {
-                                a.fields
-                                    .get("container.image.digest")
-                                    .or(a.fields.get("container.image.tag"))
-                            });
-                        digest.map_or(r.clone(), |d| format!("{r}@{d}"))
-                    })
                     .collect(),
                 namespaces: set("k8s.ns.name"),
             },
@@ -461,6 +454,21 @@ pub fn tune(ruleset: &Ruleset, alerts: &[Alert], opts: &Options) -> Tuning {
         suggestions,
         dropped,
         suppressed_total,
+    }
+}
+
+/// The image an alert ran: `repository@digest`, else `repository:tag`, as evidence records it.
+pub fn image_of(fields: &Fields) -> String {
+    let known = |f: &str| fields.get(f).filter(|v| !v.is_empty() && *v != "<NA>");
+    match (
+        known("container.image.repository"),
+        known("container.image.digest"),
+        known("container.image.tag"),
+    ) {
+        (None, ..) => String::new(),
+        (Some(r), Some(d), _) => format!("{r}@{d}"),
+        (Some(r), None, Some(t)) => format!("{r}:{t}"),
+        (Some(r), None, None) => r.clone(),
     }
 }
 
@@ -544,6 +552,10 @@ mod tests {
             "/tmp/tmp.*/out"
         );
         assert_eq!(normalise("proc.cmdline", "sleep 30"), "sleep 30");
+        assert_eq!(
+            normalise("fd.name", "/var/log/app/app-20261125-02.log"),
+            "/var/log/app/app-*-*.log"
+        );
     }
 
     #[test]

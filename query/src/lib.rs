@@ -51,6 +51,8 @@ pub async fn session(store: &Store, index: IndexUse) -> Result<SessionContext, Q
     }
     ctx.register_table("events", Arc::new(EventsTable::new(store.clone(), index)))?;
     ctx.register_table("known_networks", known_networks(&networks)?)?;
+    let labels = storage::falco_labels::load(store.dir())?;
+    ctx.register_table("falco_labels", falco_labels(&labels)?)?;
     ctx.register_table("exec_sessions", Arc::new(sessions::ExecSessionsTable))?;
     let all_views = views::BASE_VIEWS
         .iter()
@@ -74,18 +76,63 @@ pub fn is_ktrail_function(name: &str) -> bool {
 
 /// The allow-list as a table (`cidr`, `label`), read when the session opens.
 fn known_networks(nets: &[(String, String)]) -> Result<Arc<MemTable>, QueryError> {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("cidr", DataType::Utf8, false),
-        Field::new("label", DataType::Utf8, false),
-    ]));
-    let batch = RecordBatch::try_new(
-        schema.clone(),
-        vec![
-            Arc::new(StringArray::from_iter_values(nets.iter().map(|n| &n.0))),
-            Arc::new(StringArray::from_iter_values(nets.iter().map(|n| &n.1))),
-        ],
-    )
-    .map_err(datafusion::error::DataFusionError::from)?;
+    let rows = nets
+        .iter()
+        .map(|(cidr, label)| vec![Some(cidr.clone()), Some(label.clone())])
+        .collect();
+    string_table(&[("cidr", false), ("label", false)], rows)
+}
+
+/// Analysts' Falco labels as a table, read when the session opens: `label`, `uuid`, `rule`,
+/// `fields` (JSON object of output-field values), `from`, `to`, `note`, `labelled_at`.
+fn falco_labels(labels: &[storage::falco_labels::FalcoLabel]) -> Result<Arc<MemTable>, QueryError> {
+    let rows = labels
+        .iter()
+        .map(|l| {
+            vec![
+                Some(l.label.clone()),
+                l.uuid.clone(),
+                l.rule.clone(),
+                Some(serde_json::to_string(&l.fields).unwrap_or_default()),
+                l.from.clone(),
+                l.to.clone(),
+                Some(l.note.clone()),
+                Some(l.labelled_at.clone()),
+            ]
+        })
+        .collect();
+    let columns = [
+        ("label", false),
+        ("uuid", true),
+        ("rule", true),
+        ("fields", false),
+        ("from", true),
+        ("to", true),
+        ("note", false),
+        ("labelled_at", false),
+    ];
+    string_table(&columns, rows)
+}
+
+/// A table of text columns (`name`, nullable) from rows.
+fn string_table(
+    columns: &[(&str, bool)],
+    rows: Vec<Vec<Option<String>>>,
+) -> Result<Arc<MemTable>, QueryError> {
+    let schema = Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|(name, nullable)| Field::new(*name, DataType::Utf8, *nullable))
+            .collect::<Vec<_>>(),
+    ));
+    let arrays: Vec<datafusion::arrow::array::ArrayRef> = (0..columns.len())
+        .map(|c| {
+            Arc::new(StringArray::from_iter(rows.iter().map(|r| r[c].as_deref())))
+                as datafusion::arrow::array::ArrayRef
+        })
+        .collect();
+    let batch = RecordBatch::try_new(schema.clone(), arrays)
+        .map_err(datafusion::error::DataFusionError::from)?;
     Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
 }
 

@@ -9,8 +9,10 @@
 //! - The WAL is trimmed only after the manifest recording the flush is durable.
 
 mod error;
+pub mod falco_labels;
 pub mod fsutil;
 pub mod index;
+pub mod json_file;
 pub mod manifest;
 pub mod networks;
 pub mod segment;

@@ -3,12 +3,12 @@
 //! rather than in them, and it can be edited while a server holds the store's `LOCK` (readers
 //! load it when they open a session).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{IoContext, Result, StorageError};
-use crate::fsutil;
+use crate::error::Result;
+use crate::json_file;
 
 /// File name of the allow-list inside the store directory.
 pub const FILE: &str = "known_networks.json";
@@ -22,44 +22,21 @@ pub struct KnownNetwork {
     pub label: String,
 }
 
-fn path(dir: &Path) -> PathBuf {
-    dir.join(FILE)
-}
-
 /// The allow-list of the store at `dir` (empty when none was saved). A file that does not
 /// parse is reported as corruption, never read as empty.
 pub fn load(dir: &Path) -> Result<Vec<KnownNetwork>> {
-    let p = path(dir);
-    let bytes = match std::fs::read(&p) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).at(&p),
-    };
-    serde_json::from_slice(&bytes).map_err(|e| StorageError::Corruption {
-        path: p.clone(),
-        offset: byte_offset(&bytes, e.line(), e.column()),
-        reason: format!("known networks: {e}"),
-    })
+    json_file::load(dir, FILE, "known networks")
 }
 
 /// Replaces the allow-list of the store at `dir`, durably.
 pub fn save(dir: &Path, networks: &[KnownNetwork]) -> Result<()> {
-    let json = serde_json::to_vec_pretty(networks).expect("plain strings serialize");
-    fsutil::write_atomic(&path(dir), &json)
-}
-
-fn byte_offset(bytes: &[u8], line: usize, column: usize) -> u64 {
-    let start: usize = bytes
-        .split(|&b| b == b'\n')
-        .take(line.saturating_sub(1))
-        .map(|l| l.len() + 1)
-        .sum();
-    (start + column.saturating_sub(1)) as u64
+    json_file::save(dir, FILE, networks)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::StorageError;
 
     #[test]
     fn round_trip_and_corruption() {

@@ -1,0 +1,411 @@
+//! `ktrail falco`: Falco Tuning over the stored alerts (the `falco` crate does the work).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Subcommand, ValueEnum};
+use falco::eval::Fields;
+use falco::rules::Ruleset;
+use falco::tune::{Alert, Options, Tuning, tune};
+use storage::falco_labels::{self, FalcoLabel};
+
+use crate::CliError;
+
+#[derive(Subcommand)]
+pub enum FalcoAction {
+    /// Finds recurring noise in the stored alerts, proposes the narrowest Falco exceptions,
+    /// and proves each by replaying the alerts; labelled true positives are never
+    /// suppressed. A ranked report on stdout; the overrides rules file to `-o FILE`.
+    Tune {
+        /// The rules files the alerts came from, in Falco's load order.
+        #[arg(long, required = true, num_args = 1..)]
+        rules: Vec<PathBuf>,
+        /// Start of the window (RFC 3339).
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the window (RFC 3339).
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, value_enum, default_value_t = TuneFormat::Text)]
+        format: TuneFormat,
+        /// Where to write the overrides rules file.
+        #[arg(short = 'o', long = "output")]
+        out: Option<PathBuf>,
+        /// A group needs this many alerts to count as noise.
+        #[arg(long, default_value_t = 10)]
+        min_count: usize,
+        /// ... and to recur in this many distinct hours (or on two hosts).
+        #[arg(long, default_value_t = 3)]
+        min_hours: usize,
+        /// Days until each suggestion expires.
+        #[arg(long, default_value_t = 90)]
+        expires_in_days: i64,
+    },
+    /// Labels stored alerts: every alert the selector matches (by falcosidekick `--uuid`, or
+    /// `--rule`, `--field NAME=VALUE`..., `--from`/`--to`). Kept in the `falco_labels` table.
+    Label {
+        /// The alerts are true positives: tuning never suppresses them.
+        #[arg(long, required = true)]
+        true_positive: bool,
+        #[arg(long)]
+        uuid: Option<String>,
+        #[arg(long)]
+        rule: Option<String>,
+        /// An output field the alert carries with exactly this value (repeatable).
+        #[arg(long = "field", value_parser = parse_field)]
+        fields: Vec<(String, String)>,
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Checks an overrides file `tune` wrote: exceptions past their expiry, and excepted
+    /// tuples now seen (in alerts or process events) with an image, namespace or node they
+    /// were not seen with when proposed. Exit 3 when anything is reported.
+    CheckExceptions {
+        #[arg(long)]
+        rules: PathBuf,
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum TuneFormat {
+    Text,
+    Json,
+}
+
+fn parse_field(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not NAME=VALUE"))
+}
+
+impl From<falco::FalcoError> for CliError {
+    fn from(e: falco::FalcoError) -> Self {
+        CliError::Other(e.to_string())
+    }
+}
+
+pub fn run(data: &PathBuf, action: FalcoAction) -> Result<ExitCode, CliError> {
+    match action {
+        FalcoAction::Tune {
+            rules,
+            from,
+            to,
+            format,
+            out,
+            min_count,
+            min_hours,
+            expires_in_days,
+        } => {
+            let ruleset = Ruleset::load(&rules)?;
+            let alerts = stored_alerts(data, from.as_deref(), to.as_deref())?;
+            let today = chrono::Utc::now().date_naive();
+            let opts = Options {
+                min_count,
+                min_hours,
+                expires: (today + chrono::Days::new(expires_in_days.max(0) as u64)).to_string(),
+            };
+            let tuning = tune(&ruleset, &alerts, &opts);
+            if let Some(path) = &out {
+                let text = falco::overrides::render(&tuning, &today.to_string());
+                std::fs::write(path, text)
+                    .map_err(|e| CliError::Other(format!("{}: {e}", path.display())))?;
+            }
+            match format {
+                TuneFormat::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&tuning)
+                        .map_err(|e| CliError::Other(e.to_string()))?
+                ),
+                TuneFormat::Text => print_tuning(&tuning),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        FalcoAction::Label {
+            true_positive,
+            uuid,
+            rule,
+            fields,
+            from,
+            to,
+            note,
+        } => {
+            if !true_positive {
+                return Err(CliError::Other("only --true-positive labels exist".into()));
+            }
+            if uuid.is_none() && rule.is_none() && fields.is_empty() {
+                return Err(CliError::Other(
+                    "a label needs a selector: --uuid, --rule or --field".into(),
+                ));
+            }
+            for t in [&from, &to].into_iter().flatten() {
+                ns(t)?;
+            }
+            let label = FalcoLabel {
+                label: "true_positive".into(),
+                uuid,
+                rule,
+                fields: fields.into_iter().collect(),
+                from,
+                to,
+                note,
+                labelled_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            };
+            let labels = vec![label.clone()];
+            let matched = stored(data, None, None)?
+                .iter()
+                .filter(|a| labelled(a, &labels))
+                .count();
+            let mut all = falco_labels::load(data)?;
+            all.push(label);
+            falco_labels::save(data, &all)?;
+            println!("labelled: matches {matched} stored alert(s)");
+            Ok(ExitCode::SUCCESS)
+        }
+        FalcoAction::CheckExceptions { rules, from, to } => {
+            check_exceptions(data, &rules, from.as_deref(), to.as_deref())
+        }
+    }
+}
+
+/// Nanoseconds since the epoch of an RFC 3339 time.
+fn ns(t: &str) -> Result<i64, CliError> {
+    chrono::DateTime::parse_from_rfc3339(t)
+        .ok()
+        .and_then(|d| d.timestamp_nanos_opt())
+        .ok_or_else(|| CliError::Other(format!("{t:?} is not an RFC 3339 time")))
+}
+
+/// A stored alert with its uuid (falcosidekick), for labels.
+struct Stored {
+    alert: Alert,
+    uuid: Option<String>,
+}
+
+fn labelled(a: &Stored, labels: &[FalcoLabel]) -> bool {
+    labels.iter().any(|l| {
+        if let Some(u) = &l.uuid {
+            return a.uuid.as_ref() == Some(u);
+        }
+        let within = |bound: &Option<String>, after: bool| {
+            bound.as_deref().is_none_or(|b| {
+                ns(b).is_ok_and(|b| {
+                    if after {
+                        a.alert.ts >= b
+                    } else {
+                        a.alert.ts < b
+                    }
+                })
+            })
+        };
+        l.rule.as_ref().is_none_or(|r| *r == a.alert.rule)
+            && l.fields
+                .iter()
+                .all(|(k, v)| a.alert.fields.get(k) == Some(v))
+            && within(&l.from, true)
+            && within(&l.to, false)
+    })
+}
+
+/// The stored alerts in the window, each marked when a true-positive label matches it.
+fn stored_alerts(
+    data: &PathBuf,
+    from: Option<&str>,
+    to: Option<&str>,
+) -> Result<Vec<Alert>, CliError> {
+    let labels = falco_labels::load(data)?;
+    Ok(stored(data, from, to)?
+        .into_iter()
+        .map(|s| Alert {
+            true_positive: labelled(&s, &labels),
+            ..s.alert
+        })
+        .collect())
+}
+
+/// The stored alerts in the window, with their uuids.
+fn stored(data: &PathBuf, from: Option<&str>, to: Option<&str>) -> Result<Vec<Stored>, CliError> {
+    let mut window = String::new();
+    for (bound, op) in [(from, ">="), (to, "<")] {
+        if let Some(t) = bound {
+            ns(t)?;
+            window.push_str(&format!(
+                " AND ts {op} CAST('{}' AS TIMESTAMP)",
+                t.replace('\'', "''")
+            ));
+        }
+    }
+    let sql = format!(
+        "SELECT CAST(ts AS BIGINT) AS ts_ns, rule, node, output, raw FROM falco_alerts \
+         WHERE rule IS NOT NULL{window} ORDER BY ts"
+    );
+    let (rt, _store, ctx) = crate::policy::store_session(data)?;
+    let rows = rt.block_on(crate::policy::rows(&ctx, &sql))?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let raw: serde_json::Value = r["raw"]
+            .as_str()
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or_default();
+        let fields: Fields = raw["output_fields"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| {
+                let v = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    serde_json::Value::Null => "<NA>".to_string(),
+                    other => other.to_string(),
+                };
+                (k.clone(), v)
+            })
+            .collect();
+        let stored = Stored {
+            uuid: raw["uuid"].as_str().map(str::to_string),
+            alert: Alert {
+                ts: r["ts_ns"].as_i64().unwrap_or(0),
+                rule: r["rule"].as_str().unwrap_or("").to_string(),
+                host: r["node"].as_str().unwrap_or("").to_string(),
+                output: r["output"].as_str().unwrap_or("").to_string(),
+                fields,
+                true_positive: false,
+            },
+        };
+        out.push(stored);
+    }
+    Ok(out)
+}
+
+fn print_tuning(t: &Tuning) {
+    println!(
+        "{:>7} {:>6} {:>5} {:>4} {:>5} {:>6}  RULE / GROUP",
+        "ALERTS", "SHARE", "HOSTS", "DAYS", "HOURS", "STEADY"
+    );
+    for g in t.groups.iter().take(40) {
+        println!(
+            "{:>7} {:>5.1}% {:>5} {:>4} {:>5} {:>6.2}  {}{}",
+            g.count,
+            g.share * 100.0,
+            g.hosts,
+            g.days,
+            g.hours,
+            g.steadiness,
+            g.rule,
+            if g.recurring { "" } else { " (not recurring)" }
+        );
+        let key: Vec<String> = g
+            .key
+            .iter()
+            .filter(|(k, _)| {
+                matches!(
+                    k.as_str(),
+                    "container.image.repository"
+                        | "proc.exepath"
+                        | "fd.name"
+                        | "k8s.ns.name"
+                        | "proc.cmdline"
+                )
+            })
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!("{:>40}  {}", "", key.join(" "));
+    }
+    println!();
+    println!("SUGGESTIONS");
+    for s in &t.suggestions {
+        let values: Vec<String> = s.exception.values[0].iter().map(|v| v.join(",")).collect();
+        let comps: Vec<&str> = s.exception.comps.iter().map(|c| c.as_str()).collect();
+        println!(
+            "  {} [{}]: {} {:?} {:?} {:?} suppresses {}{}",
+            s.rule,
+            s.via,
+            s.exception.name,
+            s.exception.fields,
+            comps,
+            values,
+            s.suppressed,
+            s.narrowed
+                .as_ref()
+                .map_or(String::new(), |n| format!(" ({n})"))
+        );
+    }
+    for d in &t.dropped {
+        println!("  dropped: {} ({} alerts): {}", d.rule, d.count, d.reason);
+    }
+    println!();
+    println!(
+        "replay: {} of {} alerts suppressed ({:.1}%); true positives: {}, suppressed: {}",
+        t.suppressed_total,
+        t.total_alerts,
+        t.reduction * 100.0,
+        t.true_positives,
+        t.true_positives_suppressed
+    );
+}
+
+fn check_exceptions(
+    data: &PathBuf,
+    rules: &Path,
+    from: Option<&str>,
+    to: Option<&str>,
+) -> Result<ExitCode, CliError> {
+    let text = std::fs::read_to_string(rules)
+        .map_err(|e| CliError::Other(format!("{}: {e}", rules.display())))?;
+    let exceptions = falco::overrides::read_back(&text)
+        .map_err(|e| CliError::Other(format!("{}: {e}", rules.display())))?;
+    let today = chrono::Utc::now().date_naive().to_string();
+    let alerts = stored_alerts(data, from, to)?;
+    let mut findings = 0;
+    for x in &exceptions {
+        if x.expires.as_str() < today.as_str() {
+            findings += 1;
+            println!(
+                "EXPIRED {} / {}: expired {}",
+                x.rule, x.exception.name, x.expires
+            );
+        }
+        let mut seen: BTreeMap<(&'static str, String), usize> = BTreeMap::new();
+        for a in alerts.iter().filter(|a| a.rule == x.rule) {
+            if !falco::eval::excepts(&x.exception, &a.fields) {
+                continue;
+            }
+            let image = falco::tune::image_of(&a.fields);
+            if !image.is_empty() && !x.images.is_empty() && !x.images.contains(&image) {
+                *seen.entry(("image", image)).or_default() += 1;
+            }
+            if let Some(ns) = a.fields.get("k8s.ns.name")
+                && !x.namespaces.is_empty()
+                && !x.namespaces.contains(ns)
+            {
+                *seen.entry(("namespace", ns.clone())).or_default() += 1;
+            }
+            if !x.hosts.is_empty() && !x.hosts.contains(&a.host) {
+                *seen.entry(("node", a.host.clone())).or_default() += 1;
+            }
+        }
+        for ((what, value), count) in seen {
+            findings += 1;
+            println!(
+                "NEW {what} {} / {}: {value} ({count} alert(s) the exception would hide)",
+                x.rule, x.exception.name
+            );
+        }
+    }
+    println!(
+        "{} exception(s) checked, {findings} finding(s)",
+        exceptions.len()
+    );
+    Ok(if findings > 0 {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
