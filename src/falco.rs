@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Subcommand, ValueEnum};
-use falco::eval::Fields;
 use falco::rules::Ruleset;
 use falco::tune::{Alert, Options, Tuning, tune};
 use storage::falco_labels::{self, FalcoLabel};
@@ -255,19 +254,7 @@ fn stored(data: &PathBuf, from: Option<&str>, to: Option<&str>) -> Result<Vec<St
             .as_str()
             .and_then(|s| serde_json::from_str(s).ok())
             .unwrap_or_default();
-        let fields: Fields = raw["output_fields"]
-            .as_object()
-            .into_iter()
-            .flatten()
-            .map(|(k, v)| {
-                let v = match v {
-                    serde_json::Value::String(s) => s.clone(),
-                    serde_json::Value::Null => "<NA>".to_string(),
-                    other => other.to_string(),
-                };
-                (k.clone(), v)
-            })
-            .collect();
+        let fields = falco::eval::fields_of(&raw["output_fields"]);
         let stored = Stored {
             uuid: raw["uuid"].as_str().map(str::to_string),
             alert: Alert {

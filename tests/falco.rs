@@ -268,22 +268,6 @@ fn store_with_history(dir: &Path) -> (PathBuf, Vec<Value>) {
     (data, alerts)
 }
 
-fn fields_of(a: &Value) -> falco::eval::Fields {
-    a["output_fields"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| {
-            let v = match v {
-                Value::String(s) => s.clone(),
-                Value::Null => "<NA>".into(),
-                other => other.to_string(),
-            };
-            (k.clone(), v)
-        })
-        .collect()
-}
-
 #[test]
 fn tune_proposes_narrow_exceptions_proven_by_replay() {
     let dir = tempfile::tempdir().unwrap();
@@ -394,7 +378,7 @@ fn tune_proposes_narrow_exceptions_proven_by_replay() {
     assert_eq!(read.len(), 4);
     let mut suppressed = 0;
     for a in &alerts {
-        let f = fields_of(a);
+        let f = falco::eval::fields_of(&a["output_fields"]);
         let hit = read
             .iter()
             .any(|x| x.rule == a["rule"] && falco::eval::excepts(&x.exception, &f));

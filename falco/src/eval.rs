@@ -10,6 +10,24 @@ use crate::rules::Exception;
 /// An alert's field values, as text (`proc.pid` → `"4120"`).
 pub type Fields = BTreeMap<String, String>;
 
+/// A Falco alert's `output_fields` as text: numbers as written, `null` as Falco prints a
+/// missing value (`<NA>`).
+pub fn fields_of(output_fields: &serde_json::Value) -> Fields {
+    output_fields
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| {
+            let v = match v {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Null => "<NA>".to_string(),
+                other => other.to_string(),
+            };
+            (k.clone(), v)
+        })
+        .collect()
+}
+
 /// Whether `value` (the alert's) compares `op` to the right-hand side `rhs`.
 pub fn compare(value: &str, op: Op, rhs: &[String]) -> bool {
     let first = rhs.first().map(String::as_str).unwrap_or("");
