@@ -309,7 +309,16 @@ pub fn tune(ruleset: &Ruleset, alerts: &[Alert], opts: &Options) -> Tuning {
     let mut suggestions: Vec<Suggestion> = Vec::new();
     let mut dropped = Vec::new();
     for g in groups.iter().filter(|g| g.recurring) {
-        let rule = ruleset.rule(&g.rule);
+        let Some(rule) = ruleset.rule(&g.rule) else {
+            // An override of a rule Falco has not loaded fails to load.
+            dropped.push(Dropped {
+                rule: g.rule.clone(),
+                key: g.key.clone(),
+                count: g.count,
+                reason: "the rule is not in the rules files given".into(),
+            });
+            continue;
+        };
         let members: Vec<&Alert> = g.members.iter().map(|&i| &alerts[i]).collect();
         let positives: Vec<&Alert> = alerts
             .iter()
@@ -373,6 +382,31 @@ pub fn tune(ruleset: &Ruleset, alerts: &[Alert], opts: &Options) -> Tuning {
                 }
             }
         }
+        let sorted = |values: Vec<String>| -> Vec<String> {
+            let set: BTreeSet<String> = values
+                .into_iter()
+                .filter(|v| !v.is_empty() && v != "<NA>")
+                .collect();
+            set.into_iter().collect()
+        };
+        let evidence = Evidence {
+            count: g.count,
+            hosts: sorted(members.iter().map(|a| a.host.clone()).collect()),
+            first_seen_ns: g.first_ns,
+            last_seen_ns: g.last_ns,
+            sample: members
+                .first()
+                .map(|a| a.output.clone())
+                .unwrap_or_default(),
+            expires: opts.expires.clone(),
+            images: sorted(members.iter().map(|a| image_of(&a.fields)).collect()),
+            namespaces: sorted(
+                members
+                    .iter()
+                    .filter_map(|a| a.fields.get("k8s.ns.name").cloned())
+                    .collect(),
+            ),
+        };
         // Two groups can land on the same exception (normalisation kept them apart).
         if let Some(s) = suggestions.iter_mut().find(|s| {
             s.rule == g.rule
@@ -380,50 +414,25 @@ pub fn tune(ruleset: &Ruleset, alerts: &[Alert], opts: &Options) -> Tuning {
                 && s.exception.comps == exception.comps
                 && s.exception.values == exception.values
         }) {
-            s.evidence.count += g.count;
+            let e = &mut s.evidence;
+            e.count += evidence.count;
+            e.first_seen_ns = e.first_seen_ns.min(evidence.first_seen_ns);
+            e.last_seen_ns = e.last_seen_ns.max(evidence.last_seen_ns);
+            e.hosts = sorted(e.hosts.drain(..).chain(evidence.hosts).collect());
+            e.images = sorted(e.images.drain(..).chain(evidence.images).collect());
+            e.namespaces = sorted(e.namespaces.drain(..).chain(evidence.namespaces).collect());
             continue;
         }
         let index = suggestions.iter().filter(|s| s.rule == g.rule).count() + 1;
         exception.name = format!("ktrail_{}_{index}", slug(&exception.fields));
-        let via = rule
-            .and_then(|r| ruleset.user_known_macro(r))
+        let via = ruleset
+            .user_known_macro(rule)
             .map_or("exceptions".to_string(), |m| format!("macro {m}"));
-        let set = |f: &str| -> Vec<String> {
-            members
-                .iter()
-                .filter_map(|a| a.fields.get(f).cloned())
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect()
-        };
         suggestions.push(Suggestion {
             rule: g.rule.clone(),
             via,
             suppressed: 0,
-            evidence: Evidence {
-                count: g.count,
-                hosts: members
-                    .iter()
-                    .map(|a| a.host.clone())
-                    .collect::<BTreeSet<_>>()
-                    .into_iter()
-                    .collect(),
-                first_seen_ns: g.first_ns,
-                last_seen_ns: g.last_ns,
-                sample: members
-                    .first()
-                    .map(|a| a.output.clone())
-                    .unwrap_or_default(),
-                expires: opts.expires.clone(),
-                images: members
-                    .iter()
-                    .map(|a| image_of(&a.fields))
-                    .filter(|i| !i.is_empty())
-                    .collect::<BTreeSet<_>>()
-                    .into_iter()
-                    .collect(),
-                namespaces: set("k8s.ns.name"),
-            },
+            evidence,
             exception,
             narrowed,
         });
@@ -556,6 +565,81 @@ mod tests {
             normalise("fd.name", "/var/log/app/app-20261125-02.log"),
             "/var/log/app/app-*-*.log"
         );
+    }
+
+    fn ruleset() -> Ruleset {
+        let mut set = Ruleset::default();
+        let text = "- rule: Shell\n  desc: d\n  condition: proc.name = bash\n  \
+                    output: shell %proc.exepath %container.image.repository\n  priority: NOTICE\n";
+        set.add_file(std::path::Path::new("r.yaml"), text).unwrap();
+        set.compile().unwrap();
+        set
+    }
+
+    fn alert(rule: &str, hour: i64, tp: bool) -> Alert {
+        let fields: Fields = [
+            ("container.image.repository", "ci-runner"),
+            ("proc.exepath", "/bin/bash"),
+            ("proc.cmdline", "bash -l"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        Alert {
+            ts: hour * 3_600_000_000_000,
+            rule: rule.into(),
+            host: "n1".into(),
+            output: String::new(),
+            fields,
+            true_positive: tp,
+        }
+    }
+
+    fn opts() -> Options {
+        Options {
+            min_count: 10,
+            min_hours: 3,
+            expires: "2027-01-01".into(),
+        }
+    }
+
+    /// A true positive that looks exactly like the noise: no exception can tell them apart,
+    /// so there is no suggestion, and the report says why.
+    #[test]
+    fn a_true_positive_indistinguishable_from_noise_drops_the_suggestion() {
+        let mut alerts: Vec<Alert> = (0..12).map(|h| alert("Shell", h, false)).collect();
+        alerts.push(alert("Shell", 5, true));
+        let t = tune(&ruleset(), &alerts, &opts());
+        assert!(t.suggestions.is_empty());
+        assert_eq!(t.dropped.len(), 1);
+        assert!(
+            t.dropped[0]
+                .reason
+                .contains("would hide 1 labelled true positive"),
+            "{:?}",
+            t.dropped
+        );
+        assert_eq!((t.suppressed_total, t.true_positives_suppressed), (0, 0));
+    }
+
+    /// Alerts of a rule the given files do not define get no override (Falco would refuse it).
+    #[test]
+    fn rules_not_loaded_get_no_suggestion() {
+        let alerts: Vec<Alert> = (0..12).map(|h| alert("Elsewhere", h, false)).collect();
+        let t = tune(&ruleset(), &alerts, &opts());
+        assert!(t.suggestions.is_empty());
+        assert_eq!(
+            t.dropped[0].reason,
+            "the rule is not in the rules files given"
+        );
+        let ok: Vec<Alert> = (0..12).map(|h| alert("Shell", h, false)).collect();
+        let t = tune(&ruleset(), &ok, &opts());
+        assert_eq!(t.suggestions.len(), 1);
+        assert_eq!(
+            t.suggestions[0].exception.fields,
+            vec!["container.image.repository", "proc.exepath"]
+        );
+        assert_eq!(t.suppressed_total, 12);
     }
 
     #[test]
