@@ -36,8 +36,9 @@ pub struct Rule {
     pub source: String,
     pub enabled: bool,
     pub exceptions: Vec<Exception>,
-    /// The file that last defined or changed it.
+    /// The file that last defined or changed it, and the line there.
     pub file: PathBuf,
+    pub line: usize,
     /// The parsed condition (after [`Ruleset::compile`]).
     pub expr: Option<Expr>,
 }
@@ -83,6 +84,7 @@ pub struct Macro {
     pub name: String,
     pub condition: String,
     pub file: PathBuf,
+    pub line: usize,
     pub expr: Option<Expr>,
 }
 
@@ -289,6 +291,7 @@ impl Ruleset {
                     Mode::Replace => existing.condition = condition,
                 }
                 existing.file = path.to_path_buf();
+                existing.line = line;
             }
             None if Self::is_override(item) => {}
             None => {
@@ -298,6 +301,7 @@ impl Ruleset {
                         name: name.to_string(),
                         condition,
                         file: path.to_path_buf(),
+                        line,
                         expr: None,
                     },
                 );
@@ -390,6 +394,7 @@ impl Ruleset {
                 }
             }
             rule.file = path.to_path_buf();
+            rule.line = line;
             return Ok(());
         }
         for required in ["condition", "output", "priority"] {
@@ -408,6 +413,7 @@ impl Ruleset {
             enabled: item.get("enabled").and_then(Value::as_bool).unwrap_or(true),
             exceptions,
             file: path.to_path_buf(),
+            line,
             expr: None,
         };
         match existing {
@@ -448,7 +454,7 @@ impl Ruleset {
                     return Err(err(
                         &r.file,
                         &format!("rule {}", r.name),
-                        0,
+                        r.line,
                         format!("condition uses undefined macro `{missing}`"),
                     ));
                 }
