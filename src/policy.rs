@@ -582,6 +582,38 @@ async fn judge(
         }
     }
 
+    // The host network: connections from a node's own address (the inventory's node
+    // addresses) made by a pod's process.
+    if !c.host_network {
+        let sql = format!(
+            "SELECT ts, namespace, pod, workload_name, container_name, exe, src_ip, dst_ip, dst_port \
+             FROM network_events WHERE namespace IS NOT NULL{scope}{window} AND src_ip IN \
+             (SELECT DISTINCT src_ip FROM events WHERE source = 'k8s_objects' AND resource = 'nodes' \
+             AND src_ip IS NOT NULL) ORDER BY ts",
+            window = window.sql()
+        );
+        let mut groups: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+        for r in rows(ctx, &sql).await? {
+            groups.entry(workload_of(&r)).or_default().push(r);
+        }
+        for (w, evidence) in groups {
+            let mut addrs: Vec<&str> = evidence
+                .iter()
+                .filter_map(|r| r["src_ip"].as_str())
+                .collect();
+            addrs.sort_unstable();
+            addrs.dedup();
+            let detail = format!(
+                "connects from the node's address (hostNetwork), which the policy forbids: {}",
+                addrs.join(", ")
+            );
+            verdicts
+                .entry(w)
+                .or_default()
+                .push(Break::new("host_network", detail, evidence, &sql));
+        }
+    }
+
     // Pod specs the apiserver admitted (audit requestObjects).
     let mut audit_scope = String::new();
     if let Some(ns) = &c.namespace {

@@ -998,3 +998,53 @@ fn validate_a_hardening_patch() {
         ]
     );
 }
+
+/// Host-namespace activity: a pod's connection from a node's own address (the inventory's)
+/// is the host network; baseline forbids it, privileged does not.
+#[test]
+fn validate_sees_the_host_network_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::exec_scenario_store(dir.path());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let o = ktrail(
+        &data,
+        &[
+            "ingest",
+            root.join("tests/data/policy/host_network.jsonl")
+                .to_str()
+                .unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = ktrail(
+        &data,
+        &[
+            "policy",
+            "validate",
+            "--policy",
+            "baseline",
+            "--namespace",
+            "monitoring",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let report: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let result = &report["policies"][0]["results"][0];
+    assert_eq!(result["workload"], "monitoring/node-exporter");
+    assert_eq!(result["breaks"][0]["check"], "host_network");
+    assert_eq!(result["breaks"][0]["evidence"][0]["src_ip"], "172.18.0.3");
+    let o = ktrail(
+        &data,
+        &[
+            "policy",
+            "validate",
+            "--policy",
+            "privileged",
+            "--namespace",
+            "monitoring",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+}

@@ -224,7 +224,7 @@ impl Constraints {
 /// One way recorded history breaks a candidate, with its evidence.
 #[derive(Clone, Debug, Serialize)]
 pub struct Break {
-    /// `capability`, `run_as_root` or `pod_spec`.
+    /// `capability`, `run_as_root`, `read_only_root`, `host_network` or `pod_spec`.
     pub check: &'static str,
     pub detail: String,
     pub count: usize,
