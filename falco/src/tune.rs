@@ -70,12 +70,14 @@ const VOLATILE: [&str; 22] = [
 ];
 
 /// Field combinations tried in order for an exception: the narrowest first, never one field.
-const COMBINATIONS: [&[&str]; 12] = [
+const COMBINATIONS: [&[&str]; 13] = [
     &["container.image.repository", "proc.exepath", "fd.name"],
     &["container.image.repository", "proc.exepath", "fd.directory"],
     &["container.image.repository", "proc.exepath"],
     &["container.image.repository", "proc.name"],
     &["k8s.ns.name", "container.image.repository"],
+    // Namespace + workload (its pods' common name).
+    &["k8s.ns.name", "k8s.pod.name"],
     &["k8s.ns.name", "proc.exepath"],
     &["k8s.ns.name", "proc.name"],
     &["proc.exepath", "proc.cmdline"],
@@ -507,6 +509,15 @@ fn constant_values(fields: &[&str], members: &[&Alert]) -> Option<Columns> {
                 let prefix = common_directory(&vals)?;
                 (Op::Startswith, prefix)
             }
+            // The pods of one workload: `web-7d9f8b6c5-x7k2p`, `web-7d9f8b6c5-b5m2x` → `web-`.
+            _ if *f == "k8s.pod.name" => {
+                let bases: BTreeSet<String> = vals.iter().map(|v| pod_base(v)).collect();
+                if bases.len() != 1 {
+                    return None;
+                }
+                let base = bases.into_iter().next()?;
+                (Op::Startswith, base.strip_suffix('*')?.to_string())
+            }
             _ => return None,
         };
         fs.push(f.to_string());
@@ -640,6 +651,26 @@ mod tests {
             vec!["container.image.repository", "proc.exepath"]
         );
         assert_eq!(t.suppressed_total, 12);
+    }
+
+    /// Without an image field, namespace + workload: the pods' common name prefix.
+    #[test]
+    fn namespace_and_workload() {
+        let alerts: Vec<Alert> = (0..12)
+            .map(|h| {
+                let mut a = alert("Shell", h, false);
+                a.fields.clear();
+                a.fields.insert("k8s.ns.name".into(), "web".into());
+                let pod = ["web-7d9f8b6c5-x7k2p", "web-7d9f8b6c5-b5m2x"][h as usize % 2];
+                a.fields.insert("k8s.pod.name".into(), pod.into());
+                a
+            })
+            .collect();
+        let t = tune(&ruleset(), &alerts, &opts());
+        let e = &t.suggestions[0].exception;
+        assert_eq!(e.fields, vec!["k8s.ns.name", "k8s.pod.name"]);
+        assert_eq!(e.comps, vec![Op::Eq, Op::Startswith]);
+        assert_eq!(e.values[0][1], vec!["web-"]);
     }
 
     #[test]
