@@ -246,8 +246,8 @@ fn stored(data: &PathBuf, from: Option<&str>, to: Option<&str>) -> Result<Vec<St
         "SELECT CAST(ts AS BIGINT) AS ts_ns, rule, node, output, raw FROM falco_alerts \
          WHERE rule IS NOT NULL{window} ORDER BY ts"
     );
-    let (rt, _store, ctx) = crate::policy::store_session(data)?;
-    let rows = rt.block_on(crate::policy::rows(&ctx, &sql))?;
+    let (rt, _store, ctx) = crate::store_session(data)?;
+    let rows = rt.block_on(crate::rows(&ctx, &sql))?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         let raw: serde_json::Value = r["raw"]

@@ -688,3 +688,46 @@ fn compact_cmd(data: &PathBuf) -> Result<ExitCode, CliError> {
     println!("{n} segment(s) compacted");
     Ok(ExitCode::SUCCESS)
 }
+
+/// A local query session over the store at `data` (what `policy` and `falco` query through) (keep the store alive while it is used).
+fn store_session(
+    data: &PathBuf,
+) -> Result<
+    (
+        tokio::runtime::Runtime,
+        storage::Store,
+        datafusion::prelude::SessionContext,
+    ),
+    CliError,
+> {
+    let rt = crate::runtime();
+    let store = crate::open_store(data, false)?;
+    let ctx = rt.block_on(crate::local_session(
+        &store,
+        false,
+        &query::remote::QueryLimits::default(),
+    ))?;
+    Ok((rt, store, ctx))
+}
+
+/// The rows of a query as JSON objects (column → value), for the analyses' commands.
+async fn rows(
+    ctx: &datafusion::prelude::SessionContext,
+    sql: &str,
+) -> Result<Vec<serde_json::Value>, CliError> {
+    let batches = ctx.sql(sql).await?.collect().await?;
+    let mut writer = datafusion::arrow::json::ArrayWriter::new(Vec::new());
+    for b in &batches {
+        writer
+            .write(b)
+            .map_err(|e| CliError::Other(e.to_string()))?;
+    }
+    writer
+        .finish()
+        .map_err(|e| CliError::Other(e.to_string()))?;
+    let bytes = writer.into_inner();
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    serde_json::from_slice(&bytes).map_err(|e| CliError::Other(e.to_string()))
+}

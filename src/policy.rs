@@ -152,27 +152,6 @@ fn load(paths: &[PathBuf]) -> Result<Loaded, CliError> {
     Ok(loaded)
 }
 
-/// A query session over the store at `data` (keep the store alive while it is used).
-pub(crate) fn store_session(
-    data: &PathBuf,
-) -> Result<
-    (
-        tokio::runtime::Runtime,
-        storage::Store,
-        datafusion::prelude::SessionContext,
-    ),
-    CliError,
-> {
-    let rt = crate::runtime();
-    let store = crate::open_store(data, false)?;
-    let ctx = rt.block_on(crate::local_session(
-        &store,
-        false,
-        &query::remote::QueryLimits::default(),
-    ))?;
-    Ok((rt, store, ctx))
-}
-
 /// The workload objects the store recorded: inventory rows (`raw` is the object) and audit
 /// events (`responseObject`, the object as stored, else `requestObject`), oldest first.
 fn load_from_store(data: &PathBuf) -> Result<Loaded, CliError> {
@@ -183,9 +162,9 @@ fn load_from_store(data: &PathBuf) -> Result<Loaded, CliError> {
          ((source = 'k8s_objects') OR (source = 'k8s_audit' AND verb IN ('create', 'update') \
          AND (subresource IS NULL OR subresource = ''))) ORDER BY ts"
     );
-    let (rt, _store, ctx) = store_session(data)?;
+    let (rt, _store, ctx) = crate::store_session(data)?;
     let mut loaded = Loaded::default();
-    for r in rt.block_on(rows(&ctx, &sql))? {
+    for r in rt.block_on(crate::rows(&ctx, &sql))? {
         let raw = match r["raw"]
             .as_str()
             .map(serde_json::from_str::<serde_json::Value>)
@@ -371,7 +350,7 @@ fn validate_cmd(
     format: ReportFormat,
 ) -> Result<ExitCode, CliError> {
     let mut all = Vec::new();
-    let (rt, _store, ctx) = store_session(data)?;
+    let (rt, _store, ctx) = crate::store_session(data)?;
     for mut c in load_constraints(policy)? {
         if namespace.is_some() {
             c.namespace = namespace.clone();
@@ -422,27 +401,6 @@ fn validate_cmd(
     } else {
         ExitCode::SUCCESS
     })
-}
-
-pub(crate) async fn rows(
-    ctx: &datafusion::prelude::SessionContext,
-    sql: &str,
-) -> Result<Vec<serde_json::Value>, CliError> {
-    let batches = ctx.sql(sql).await?.collect().await?;
-    let mut writer = datafusion::arrow::json::ArrayWriter::new(Vec::new());
-    for b in &batches {
-        writer
-            .write(b)
-            .map_err(|e| CliError::Other(e.to_string()))?;
-    }
-    writer
-        .finish()
-        .map_err(|e| CliError::Other(e.to_string()))?;
-    let bytes = writer.into_inner();
-    if bytes.is_empty() {
-        return Ok(Vec::new());
-    }
-    serde_json::from_slice(&bytes).map_err(|e| CliError::Other(e.to_string()))
 }
 
 /// Every workload in scope, judged: processes and pod specs recorded in the window.
@@ -503,7 +461,7 @@ async fn judge(
         );
         let mut groups: BTreeMap<(String, &'static str, String), Vec<serde_json::Value>> =
             BTreeMap::new();
-        for r in rows(ctx, &sql).await? {
+        for r in crate::rows(ctx, &sql).await? {
             let exe = r["exe"].as_str().unwrap_or("");
             let base = exe.rsplit('/').next().unwrap_or(exe);
             if let Some((_, cap)) = binaries.iter().find(|(b, _)| *b == base) {
@@ -551,7 +509,7 @@ async fn judge(
         );
         for sql in [tetragon, falco] {
             let mut groups: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
-            for r in rows(ctx, &sql).await? {
+            for r in crate::rows(ctx, &sql).await? {
                 let path = r["path"].as_str().unwrap_or("");
                 let special = ["/proc/", "/sys/", "/dev/"]
                     .iter()
@@ -593,7 +551,7 @@ async fn judge(
             window = window.sql()
         );
         let mut groups: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
-        for r in rows(ctx, &sql).await? {
+        for r in crate::rows(ctx, &sql).await? {
             groups.entry(workload_of(&r)).or_default().push(r);
         }
         for (w, evidence) in groups {
@@ -627,7 +585,7 @@ async fn judge(
     );
     let mut seen = std::collections::HashSet::new();
     let mut groups: BTreeMap<(String, String), Vec<serde_json::Value>> = BTreeMap::new();
-    for r in rows(ctx, &sql).await? {
+    for r in crate::rows(ctx, &sql).await? {
         let id = r["audit_id"].as_str().unwrap_or("").to_string();
         let raw: serde_json::Value = r["raw"]
             .as_str()
@@ -673,7 +631,7 @@ async fn judge(
          WHERE namespace IS NOT NULL{scope}{window}",
         window = window.sql()
     );
-    for r in rows(ctx, &sql).await? {
+    for r in crate::rows(ctx, &sql).await? {
         verdicts.entry(workload_of(&r)).or_default();
     }
     Ok(verdicts
@@ -696,7 +654,7 @@ async fn volume_mounts(
          source IN ('k8s_objects', 'k8s_audit'){scope}"
     );
     let mut out = std::collections::BTreeSet::new();
-    for r in rows(ctx, &sql).await? {
+    for r in crate::rows(ctx, &sql).await? {
         let Some(raw) = r["raw"]
             .as_str()
             .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())

@@ -352,9 +352,6 @@ fn tune_proposes_narrow_exceptions_proven_by_replay() {
     // The overrides file: only appends, parses back, merges onto the original rules as Falco
     // merges it, and its exceptions replayed here give the same numbers.
     let text = std::fs::read_to_string(&overrides).unwrap();
-    if std::env::var_os("KTRAIL_SHOW").is_some() {
-        println!("{text}");
-    }
     assert!(!text.contains("replace"), "{text}");
     let merged = Ruleset::load(&[rules_file(), overrides.clone()]).unwrap();
     let original = Ruleset::load(&[rules_file()]).unwrap();

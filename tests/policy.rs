@@ -656,6 +656,16 @@ fn generate_reports_json_and_names_bad_documents() {
     );
 }
 
+/// `ktrail policy validate ARGS... --format json`: asserts the exit code, returns the report.
+fn validate_json(data: &Path, args: &[&str], code: i32) -> Value {
+    let mut all = vec!["policy", "validate"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--format", "json"]);
+    let o = ktrail(data, &all);
+    assert_eq!(o.status.code(), Some(code), "{}{}", stdout(&o), stderr(&o));
+    serde_json::from_str(&stdout(&o)).unwrap()
+}
+
 fn psp_file(dir: &Path, name: &str, drops: &str) -> PathBuf {
     let path = dir.join(format!("{name}.yaml"));
     std::fs::write(
@@ -677,19 +687,7 @@ fn validate_replays_runtime_history_against_a_policy() {
     let dir = tempfile::tempdir().unwrap();
     let data = common::exec_scenario_store(dir.path());
     let drop = psp_file(dir.path(), "drop-net-raw", "[NET_RAW]");
-    let o = ktrail(
-        &data,
-        &[
-            "policy",
-            "validate",
-            "--policy",
-            drop.to_str().unwrap(),
-            "--format",
-            "json",
-        ],
-    );
-    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
-    let report: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let report = validate_json(&data, &["--policy", drop.to_str().unwrap()], 3);
     let result = &report["policies"][0]["results"][0];
     assert_eq!(result["workload"], "billing/invoice-api");
     assert_eq!(result["verdict"], "would break");
@@ -958,19 +956,7 @@ fn validate_a_hardening_patch() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let patch = out.join("billing.deployment.invoice-api.patch.yaml");
-    let o = ktrail(
-        &data,
-        &[
-            "policy",
-            "validate",
-            "--policy",
-            patch.to_str().unwrap(),
-            "--format",
-            "json",
-        ],
-    );
-    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
-    let report: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let report = validate_json(&data, &["--policy", patch.to_str().unwrap()], 3);
     let results = report["policies"][0]["results"].as_array().unwrap();
     assert_eq!(results.len(), 1, "{results:#?}");
     assert_eq!(results[0]["workload"], "billing/invoice-api");
@@ -1016,21 +1002,11 @@ fn validate_sees_the_host_network_in_use() {
         ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = ktrail(
+    let report = validate_json(
         &data,
-        &[
-            "policy",
-            "validate",
-            "--policy",
-            "baseline",
-            "--namespace",
-            "monitoring",
-            "--format",
-            "json",
-        ],
+        &["--policy", "baseline", "--namespace", "monitoring"],
+        3,
     );
-    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
-    let report: Value = serde_json::from_str(&stdout(&o)).unwrap();
     let result = &report["policies"][0]["results"][0];
     assert_eq!(result["workload"], "monitoring/node-exporter");
     assert_eq!(result["breaks"][0]["check"], "host_network");
