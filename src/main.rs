@@ -155,6 +155,10 @@ enum Command {
         /// Where the files go.
         #[arg(short, long)]
         out: PathBuf,
+        /// Also write the embedded incident's known answers (user, pods, session id, IPs) to
+        /// FILE as JSON, for harnesses that check them.
+        #[arg(long, value_name = "FILE")]
+        incident: Option<PathBuf>,
     },
     /// Recompute every segment's SHA-256 and compare it with the manifest.
     Verify,
@@ -300,21 +304,12 @@ fn main() -> ExitCode {
             }
         }
         Command::Demo { seed, events } => demo::run(&cli.data, seed, events),
-        Command::Generate { seed, events, out } => {
-            let cfg = generator::Config::new(seed, events);
-            generator::generate(&out, &cfg)
-                .map_err(|e| CliError::Other(format!("{}: {e}", out.display())))
-                .map(|summary| {
-                    for f in &summary.files {
-                        println!("{}", f.display());
-                    }
-                    eprintln!(
-                        "{} records; incident session {}",
-                        summary.records, summary.incident.session_id
-                    );
-                    ExitCode::SUCCESS
-                })
-        }
+        Command::Generate {
+            seed,
+            events,
+            out,
+            incident,
+        } => gen_cmd(seed, events, &out, incident.as_deref()),
         Command::Verify => verify_cmd(&cli.data),
         Command::Compact => compact_cmd(&cli.data),
         Command::Networks { action } => networks_cmd(&cli.data, action),
@@ -328,6 +323,43 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn gen_cmd(
+    seed: u64,
+    events: u64,
+    out: &std::path::Path,
+    incident_file: Option<&std::path::Path>,
+) -> Result<ExitCode, CliError> {
+    let cfg = generator::Config::new(seed, events);
+    let summary = generator::generate(out, &cfg)
+        .map_err(|e| CliError::Other(format!("{}: {e}", out.display())))?;
+    for f in &summary.files {
+        println!("{}", f.display());
+    }
+    let i = &summary.incident;
+    if let Some(path) = incident_file {
+        let answers = serde_json::json!({
+            "seed": seed,
+            "records": summary.records,
+            "user": i.user,
+            "namespace": i.namespace,
+            "pod": i.pod,
+            "session_id": i.session_id,
+            "unknown_ip": i.unknown_ip,
+            "deleted_pod": i.deleted_pod,
+            "exfil_ip": i.exfil_ip,
+            "privileged_pod": i.privileged_pod,
+            "privileged_namespace": i.privileged_namespace,
+        });
+        std::fs::write(path, format!("{answers:#}\n"))
+            .map_err(|e| CliError::Other(format!("{}: {e}", path.display())))?;
+    }
+    eprintln!(
+        "{} records; incident session {}",
+        summary.records, i.session_id
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -527,8 +559,13 @@ async fn sql_cmd(
     }
     let mut out = std::io::stdout().lock();
     for statement in statements {
-        let batches = run_statement(&ctx, statement).await?;
-        output::write(&mut out, format, &batches).map_err(|e| CliError::Other(e.to_string()))?;
+        let plan = ctx.state().statement_to_plan(statement).await?;
+        let stream = ctx
+            .execute_logical_plan(plan)
+            .await?
+            .execute_stream()
+            .await?;
+        output::write(&mut out, format, stream).await?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -547,15 +584,6 @@ fn shell_cmd(
     } else {
         ExitCode::FAILURE
     })
-}
-
-async fn run_statement(
-    ctx: &SessionContext,
-    statement: datafusion::sql::parser::Statement,
-) -> Result<Vec<datafusion::arrow::array::RecordBatch>, CliError> {
-    let plan = ctx.state().statement_to_plan(statement).await?;
-    let df = ctx.execute_logical_plan(plan).await?;
-    Ok(df.collect().await?)
 }
 
 /// The trimmed content of a secret file (token, password); empty is an error.

@@ -3,9 +3,10 @@
 use std::io::Write;
 
 use clap::ValueEnum;
-use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::util::pretty::pretty_format_batches;
+use datafusion::error::DataFusionError;
+use datafusion::execution::SendableRecordBatchStream;
+use futures::StreamExt;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum OutputFormat {
@@ -19,44 +20,47 @@ pub enum OutputFormat {
     Ndjson,
 }
 
-pub fn write(
+/// Writes one statement's result as it streams in. CSV and JSON go out batch by batch, so
+/// exporting the whole store takes no more memory than a batch; the table waits for every row
+/// (it needs the column widths).
+pub async fn write(
     out: &mut dyn Write,
     format: OutputFormat,
-    batches: &[RecordBatch],
-) -> Result<(), ArrowError> {
-    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    mut stream: SendableRecordBatchStream,
+) -> Result<(), DataFusionError> {
+    let schema = stream.schema();
     match format {
         OutputFormat::Table => {
+            let mut batches = Vec::new();
+            while let Some(batch) = stream.next().await {
+                batches.push(batch?);
+            }
+            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
             if batches.iter().any(|b| b.num_columns() > 0) {
-                writeln!(out, "{}", pretty_format_batches(batches)?)?;
+                writeln!(out, "{}", pretty_format_batches(&batches)?)?;
             }
             writeln!(out, "({rows} row{})", if rows == 1 { "" } else { "s" })?;
         }
         OutputFormat::Csv => {
-            {
-                let mut w = datafusion::arrow::csv::WriterBuilder::new()
-                    .with_header(true)
-                    .build(&mut *out);
-                for b in batches {
-                    w.write(b)?;
-                }
+            let mut w = datafusion::arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(&mut *out);
+            let mut rows = 0;
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                rows += batch.num_rows();
+                w.write(&batch)?;
             }
-            if rows == 0
-                && let Some(b) = batches.first()
-            {
-                let names: Vec<&str> = b
-                    .schema_ref()
-                    .fields()
-                    .iter()
-                    .map(|f| f.name().as_str())
-                    .collect();
+            drop(w);
+            if rows == 0 && !schema.fields().is_empty() {
+                let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
                 writeln!(out, "{}", names.join(","))?;
             }
         }
         OutputFormat::Json => {
             let mut w = datafusion::arrow::json::ArrayWriter::new(&mut *out);
-            for b in batches {
-                w.write(b)?;
+            while let Some(batch) = stream.next().await {
+                w.write(&batch?)?;
             }
             // Writes `[]` for no rows too.
             w.finish()?;
@@ -64,8 +68,8 @@ pub fn write(
         }
         OutputFormat::Ndjson => {
             let mut w = datafusion::arrow::json::LineDelimitedWriter::new(&mut *out);
-            for b in batches {
-                w.write(b)?;
+            while let Some(batch) = stream.next().await {
+                w.write(&batch?)?;
             }
             w.finish()?;
         }

@@ -137,6 +137,10 @@ impl PgServer {
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {
                     Ok((socket, peer)) => {
+                        // Small query responses must not wait for the client's delayed ACK.
+                        if let Err(e) = socket.set_nodelay(true) {
+                            tracing::debug!("pg connection from {peer}: TCP_NODELAY: {e}");
+                        }
                         let tls = self.tls.clone();
                         let handlers = self.handlers.clone();
                         tokio::spawn(async move {
