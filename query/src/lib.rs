@@ -6,6 +6,7 @@
 //! skipping is only ever done on proof that no row can match.
 
 mod deadline;
+mod derived;
 mod error;
 pub mod functions;
 pub mod investigations;
@@ -19,7 +20,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use datafusion::datasource::MemTable;
+use datafusion::datasource::{MemTable, TableProvider};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -59,8 +60,16 @@ pub async fn session(store: &Store, index: IndexUse) -> Result<SessionContext, Q
         .chain(views::CORRELATION_VIEWS)
         .chain(views::SESSION_VIEWS);
     for (name, sql) in all_views {
-        let view = ctx.sql(sql).await?.into_view();
-        ctx.register_table(*name, view)?;
+        let view = ctx.sql(sql).await?;
+        let table: Arc<dyn TableProvider> = if views::DERIVED.contains(name) {
+            Arc::new(derived::DerivedTable::new(
+                store.clone(),
+                view.into_unoptimized_plan(),
+            ))
+        } else {
+            view.into_view()
+        };
+        ctx.register_table(*name, table)?;
     }
     investigations::register(&ctx).await?;
     Ok(ctx)

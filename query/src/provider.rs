@@ -21,16 +21,19 @@ use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, Pa
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::Result;
 use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::Operator;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
 use datafusion::parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_expr::utils::{Guarantee, LiteralGuarantee};
+use datafusion::physical_expr::expressions::{
+    BinaryExpr, Column as PhysicalColumn, InListExpr, Literal,
+};
 use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::union::UnionExec;
 use roaring::RoaringBitmap;
-use storage::{INDEXED_COLUMNS, Segment, Store};
+use storage::{INDEXED_COLUMNS, Segment, SegmentIndex, Store};
 
 use crate::QueryError;
 use crate::scan_exec::{ScanExec, ScanStats};
@@ -99,9 +102,9 @@ impl TableProvider for EventsTable {
             ..Default::default()
         };
         let keep = prune_segments(&snapshot.segments, predicate.as_ref(), &schema);
-        let lookups = match (&predicate, self.index) {
-            (Some(p), IndexUse::On) => index_lookups(p),
-            _ => Vec::new(),
+        let filter = match (&predicate, self.index) {
+            (Some(p), IndexUse::On) => index_filter(p),
+            _ => None,
         };
 
         let mut files = Vec::new();
@@ -111,8 +114,8 @@ impl TableProvider for EventsTable {
             }
             let path = segment.path.to_string_lossy().into_owned();
             let mut file = PartitionedFile::new(path, segment.meta.bytes);
-            if !lookups.is_empty() {
-                let rows = index_rows(segment, &lookups).map_err(|e| {
+            if let Some(filter) = &filter {
+                let rows = index_rows(segment, filter).map_err(|e| {
                     datafusion::error::DataFusionError::External(Box::new(QueryError::from(e)))
                 })?;
                 let plan = access_plan(&segment.meta.row_groups, &rows);
@@ -285,41 +288,86 @@ fn scalar_str(v: &ScalarValue) -> Option<&str> {
     }
 }
 
-/// `column IN (values)` guarantees on indexed columns that the predicate implies.
-fn index_lookups(predicate: &Arc<dyn PhysicalExpr>) -> Vec<(String, Vec<String>)> {
-    LiteralGuarantee::analyze(predicate)
-        .into_iter()
-        .filter(|g| {
-            g.guarantee == Guarantee::In && INDEXED_COLUMNS.contains(&g.column.name.as_str())
-        })
-        .filter_map(|g| {
-            let values: Vec<String> = g
-                .literals
-                .iter()
-                .filter_map(scalar_str)
-                .map(str::to_string)
-                .collect();
-            (values.len() == g.literals.len()).then(|| (g.column.name.clone(), values))
-        })
-        .collect()
+/// What the sidecar index can tell about the rows a predicate keeps: equality and `IN` tests
+/// of indexed columns, combined as the predicate combines them (`AND` → intersection, `OR` →
+/// union). The index only ever narrows to a superset of the matching rows; DataFusion applies
+/// the predicate again to what is read.
+#[derive(Debug, Clone, PartialEq)]
+enum IndexFilter {
+    Lookup { column: String, values: Vec<String> },
+    All(Vec<IndexFilter>),
+    Any(Vec<IndexFilter>),
 }
 
-/// Rows of a segment that satisfy every lookup (the intersection of their bitmaps).
-fn index_rows(
-    segment: &Segment,
-    lookups: &[(String, Vec<String>)],
-) -> storage::Result<RoaringBitmap> {
-    let index = segment.index()?;
-    let mut rows: Option<RoaringBitmap> = None;
-    for (column, values) in lookups {
-        if let Some(hit) = index.lookup(column, values.iter().map(String::as_str)) {
-            rows = Some(match rows {
-                Some(r) => r & hit,
-                None => hit,
-            });
+/// `None` when the index cannot narrow the rows `expr` keeps (a conjunct it cannot read is
+/// left to the scan; a disjunct it cannot read makes the whole `OR` unreadable).
+fn index_filter(expr: &Arc<dyn PhysicalExpr>) -> Option<IndexFilter> {
+    if let Some(b) = expr.downcast_ref::<BinaryExpr>() {
+        return match b.op() {
+            Operator::And => match (index_filter(b.left()), index_filter(b.right())) {
+                (Some(l), Some(r)) => Some(IndexFilter::All(vec![l, r])),
+                (one, None) | (None, one) => one,
+            },
+            Operator::Or => Some(IndexFilter::Any(vec![
+                index_filter(b.left())?,
+                index_filter(b.right())?,
+            ])),
+            Operator::Eq => lookup(b.left(), std::slice::from_ref(b.right()))
+                .or_else(|| lookup(b.right(), std::slice::from_ref(b.left()))),
+            _ => None,
+        };
+    }
+    match expr.downcast_ref::<InListExpr>() {
+        Some(list) if !list.negated() => lookup(list.expr(), list.list()),
+        _ => None,
+    }
+}
+
+/// `column = literal` / `column IN (literals)` on an indexed string column.
+fn lookup(
+    column: &Arc<dyn PhysicalExpr>,
+    literals: &[Arc<dyn PhysicalExpr>],
+) -> Option<IndexFilter> {
+    let column = column.downcast_ref::<PhysicalColumn>()?;
+    if !INDEXED_COLUMNS.contains(&column.name()) {
+        return None;
+    }
+    let values = literals
+        .iter()
+        .map(|l| {
+            let l = l.downcast_ref::<Literal>()?;
+            scalar_str(l.value()).map(str::to_string)
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(IndexFilter::Lookup {
+        column: column.name().to_string(),
+        values,
+    })
+}
+
+impl IndexFilter {
+    /// Rows of a segment that may match; `None` when this index cannot narrow them (a column
+    /// it does not hold).
+    fn rows(&self, index: &SegmentIndex) -> Option<RoaringBitmap> {
+        match self {
+            IndexFilter::Lookup { column, values } => {
+                index.lookup(column, values.iter().map(String::as_str))
+            }
+            IndexFilter::All(parts) => parts
+                .iter()
+                .filter_map(|p| p.rows(index))
+                .reduce(|a, b| a & b),
+            IndexFilter::Any(parts) => parts
+                .iter()
+                .try_fold(RoaringBitmap::new(), |acc, p| Some(acc | p.rows(index)?)),
         }
     }
-    Ok(rows.unwrap_or_else(|| {
+}
+
+/// Rows of a segment that may satisfy `filter` (all of them when the index cannot tell).
+fn index_rows(segment: &Segment, filter: &IndexFilter) -> storage::Result<RoaringBitmap> {
+    let index = segment.index()?;
+    Ok(filter.rows(&index).unwrap_or_else(|| {
         let mut all = RoaringBitmap::new();
         all.insert_range(0..segment.meta.rows as u32);
         all

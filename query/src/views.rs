@@ -20,18 +20,23 @@ pub const BASE_VIEWS: &[(&str, &str)] = &[
 ];
 
 /// Every sighting of a pod: inventory rows, audit requests on it that succeeded, and runtime
-/// events in it. `created` / `deleting` come from the inventory's object metadata.
+/// events in it. `created` / `deleting` come from the inventory's object metadata: only the
+/// inventory rows read `raw` (the largest column by far), the runtime rows never do.
 const POD_SIGHTINGS: &str = "
 SELECT namespace, pod, pod_uid, node, workload_kind, workload_name, container_id, ts, kind, verb,
-  CASE WHEN kind IN ('k8s_object', 'network_connect') THEN src_ip END AS ip,
-  CASE WHEN kind = 'k8s_object'
-    THEN to_timestamp_nanos(json_get_str(raw, 'metadata', 'creationTimestamp')) END AS created,
-  CASE WHEN kind = 'k8s_object'
-    THEN to_timestamp_nanos(json_get_str(raw, 'metadata', 'deletionTimestamp')) END AS deleting
+  src_ip AS ip,
+  to_timestamp_nanos(json_get_str(raw, 'metadata', 'creationTimestamp')) AS created,
+  to_timestamp_nanos(json_get_str(raw, 'metadata', 'deletionTimestamp')) AS deleting
 FROM events
-WHERE pod IS NOT NULL AND namespace IS NOT NULL
-  AND (kind <> 'k8s_audit' OR (resource = 'pods' AND (response_code IS NULL OR response_code < 400)))
-  AND (kind <> 'k8s_object' OR resource = 'pods')";
+WHERE kind = 'k8s_object' AND resource = 'pods' AND pod IS NOT NULL AND namespace IS NOT NULL
+UNION ALL
+SELECT namespace, pod, pod_uid, node, workload_kind, workload_name, container_id, ts, kind, verb,
+  CASE WHEN kind = 'network_connect' THEN src_ip END AS ip,
+  CAST(NULL AS TIMESTAMP) AS created,
+  CAST(NULL AS TIMESTAMP) AS deleting
+FROM events
+WHERE kind <> 'k8s_object' AND pod IS NOT NULL AND namespace IS NOT NULL
+  AND (kind <> 'k8s_audit' OR (resource = 'pods' AND (response_code IS NULL OR response_code < 400)))";
 
 /// One row per pod ever seen. `deleted_at`: an audit `delete` after the pod's last sign of life,
 /// else the inventory's `deletionTimestamp`, else the first inventory of its namespace that no
@@ -158,6 +163,10 @@ SELECT e.* EXCLUDE (session_id), u.session_id
 FROM (SELECT session_id, namespace, pod, unnest(exec_ids) AS exec_id FROM exec_sessions) u
 JOIN events e ON e.exec_id = u.exec_id AND e.namespace = u.namespace AND e.pod = u.pod
 WHERE e.session_id IS NULL";
+
+/// Correlation views over the whole history that are computed once per store version (see
+/// `derived.rs`): small, and read by `egress` and the investigations on every call.
+pub const DERIVED: &[&str] = &["containers", "pods", "pod_ips"];
 
 /// Views built on joins, in registration order.
 pub const CORRELATION_VIEWS: &[(&str, &str)] = &[

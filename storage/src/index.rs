@@ -25,6 +25,7 @@ pub const INDEXED_COLUMNS: &[&str] = &[
     "kind",
     "binary_name",
     "dst_ip",
+    "src_ip",
 ];
 
 /// Value → rows, per indexed column, of one segment.
@@ -36,31 +37,47 @@ pub struct SegmentIndex {
 impl SegmentIndex {
     /// Indexes `batch`, whose row `i` is Parquet row `i` of the segment.
     pub fn build(batch: &RecordBatch) -> Self {
-        let mut columns = BTreeMap::new();
-        for &name in INDEXED_COLUMNS {
-            let Some(col) = batch.column_by_name(name) else {
-                continue;
-            };
-            let strings = col.as_string::<i32>();
-            let mut values: BTreeMap<String, RoaringBitmap> = BTreeMap::new();
-            // Segments are sorted, so equal values come in runs: insert ranges, not rows.
-            let mut run_start = 0usize;
-            for i in 1..=strings.len() {
-                let run_ends = i == strings.len()
-                    || strings.is_null(i) != strings.is_null(run_start)
-                    || (!strings.is_null(i) && strings.value(i) != strings.value(run_start));
-                if run_ends {
-                    if !strings.is_null(run_start) {
-                        let v = strings.value(run_start);
-                        values
-                            .entry(v.to_string())
-                            .or_default()
-                            .insert_range(run_start as u32..i as u32);
+        Self::build_chunks(std::slice::from_ref(batch))
+    }
+
+    /// Indexes a segment written from `chunks` in order: row `i` of chunk `k` is Parquet row
+    /// (rows of the chunks before `k`) + `i`.
+    pub fn build_chunks(chunks: &[RecordBatch]) -> Self {
+        let mut columns: BTreeMap<String, BTreeMap<String, RoaringBitmap>> = BTreeMap::new();
+        let mut offset = 0u32;
+        for batch in chunks {
+            for &name in INDEXED_COLUMNS {
+                let Some(col) = batch.column_by_name(name) else {
+                    continue;
+                };
+                let strings = col.as_string::<i32>();
+                let values = columns.entry(name.to_string()).or_default();
+                // Segments are sorted, so equal values come in runs: insert ranges, not rows.
+                let mut run_start = 0usize;
+                for i in 1..=strings.len() {
+                    let run_ends = i == strings.len()
+                        || strings.is_null(i) != strings.is_null(run_start)
+                        || (!strings.is_null(i) && strings.value(i) != strings.value(run_start));
+                    if run_ends {
+                        if !strings.is_null(run_start) {
+                            let v = strings.value(run_start);
+                            let rows = offset + run_start as u32..offset + i as u32;
+                            match values.get_mut(v) {
+                                Some(b) => {
+                                    b.insert_range(rows);
+                                }
+                                None => {
+                                    let mut b = RoaringBitmap::new();
+                                    b.insert_range(rows);
+                                    values.insert(v.to_string(), b);
+                                }
+                            }
+                        }
+                        run_start = i;
                     }
-                    run_start = i;
                 }
             }
-            columns.insert(name.to_string(), values);
+            offset += batch.num_rows() as u32;
         }
         Self { columns }
     }

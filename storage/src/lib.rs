@@ -45,8 +45,10 @@ use wal::Wal;
 pub struct StoreOptions {
     pub wal: WalOptions,
     pub segment: SegmentOptions,
-    /// Flush the memtable into segments once it holds this many rows…
+    /// Flush the memtable into segments once it holds this many rows, or this many bytes of
+    /// Arrow buffers (records with large `raw` fill memory long before the row count)…
     pub memtable_max_rows: usize,
+    pub memtable_max_bytes: usize,
     /// …or once its oldest row is this old.
     pub memtable_max_age: Duration,
     /// Merge the segments of an hour once at least this many of them fit together in…
@@ -65,6 +67,7 @@ impl Default for StoreOptions {
             wal: WalOptions::default(),
             segment: SegmentOptions::default(),
             memtable_max_rows: 1 << 20,
+            memtable_max_bytes: 512 << 20,
             memtable_max_age: Duration::from_secs(60),
             compaction_min_segments: 4,
             compaction_target_rows: 8 << 20,
@@ -111,7 +114,10 @@ struct State {
     /// Durable rows not yet in segments, with their WAL sequence numbers, in sequence order.
     memtable: Vec<(u64, RecordBatch)>,
     memtable_rows: usize,
+    memtable_bytes: usize,
     memtable_since: Option<Instant>,
+    /// WAL sequence number of the last batch appended (or replayed): the content's version.
+    last_seq: u64,
 }
 
 /// Event ids already stored, by hour bucket; an hour is loaded from its segments on first use.
@@ -205,18 +211,23 @@ impl Store {
             .iter()
             .map(|m| Arc::new(Segment::new(&dir, m.clone())))
             .collect();
+        let last_seq = manifest.flushed_seq;
         let state = Arc::new(RwLock::new(State {
             manifest,
             segments,
             memtable: Vec::new(),
             memtable_rows: 0,
+            memtable_bytes: 0,
             memtable_since: None,
+            last_seq,
         }));
         let sink_state = state.clone();
         let sink: wal::DurableSink<RecordBatch> = Arc::new(move |seq, batch: RecordBatch| {
             let mut st = sink_state.write();
             st.memtable_rows += batch.num_rows();
+            st.memtable_bytes += batch.get_array_memory_size();
             st.memtable_since.get_or_insert_with(Instant::now);
+            st.last_seq = seq;
             st.memtable.push((seq, batch));
         });
         let flushed_seq = state.read().manifest.flushed_seq;
@@ -242,6 +253,8 @@ impl Store {
             let mut st = state.write();
             for (seq, batch) in replayed {
                 st.memtable_rows += batch.num_rows();
+                st.memtable_bytes += batch.get_array_memory_size();
+                st.last_seq = seq;
                 st.memtable.push((seq, batch));
             }
             if st.memtable_rows > 0 {
@@ -308,14 +321,13 @@ impl Store {
     }
 
     fn after_append(&self) {
-        let rows = self.inner.state.read().memtable_rows;
-        let max = self.inner.options.memtable_max_rows;
-        if rows >= max.saturating_mul(2) || (rows >= max && self.background.is_none()) {
+        let fill = self.inner.memtable_fill();
+        if fill >= 2.0 || (fill >= 1.0 && self.background.is_none()) {
             // Back-pressure: the writer that overfills the memtable flushes it.
             if let Err(e) = self.inner.flush() {
                 tracing::error!(error = %e, "flush failed");
             }
-        } else if rows >= max {
+        } else if fill >= 1.0 {
             self.inner.wake.notify_all();
         }
     }
@@ -328,6 +340,14 @@ impl Store {
             segments: st.segments.clone(),
             memtable: st.memtable.iter().map(|(_, b)| b.clone()).collect(),
         }
+    }
+
+    /// The version of the store's content: it changes when events are appended, and only
+    /// then (flushes and compactions move rows, they do not change them). Equal versions of
+    /// one open store mean equal query answers, so results derived from the whole history can
+    /// be kept until it changes.
+    pub fn version(&self) -> u64 {
+        self.inner.state.read().last_seq
     }
 
     /// A copy of the current manifest.
@@ -386,6 +406,14 @@ impl Store {
 }
 
 impl Inner {
+    /// How full the memtable is: 1.0 at its row or byte limit, whichever comes first.
+    fn memtable_fill(&self) -> f64 {
+        let st = self.state.read();
+        let rows = st.memtable_rows as f64 / self.options.memtable_max_rows.max(1) as f64;
+        let bytes = st.memtable_bytes as f64 / self.options.memtable_max_bytes.max(1) as f64;
+        rows.max(bytes)
+    }
+
     /// Marks each row's event id as stored; `Some(true)` for rows seen for the first time.
     fn reserve_ids(&self, batch: &RecordBatch) -> Result<BooleanArray> {
         let ids = batch
@@ -474,6 +502,11 @@ impl Inner {
             st.segments.extend(new_segments);
             st.memtable.retain(|(seq, _)| *seq > upto_seq);
             st.memtable_rows = st.memtable.iter().map(|(_, b)| b.num_rows()).sum();
+            st.memtable_bytes = st
+                .memtable
+                .iter()
+                .map(|(_, b)| b.get_array_memory_size())
+                .sum();
             st.memtable_since = (st.memtable_rows > 0).then(Instant::now);
         }
         // Only now, with the manifest durable, may the WAL forget these records.
@@ -519,6 +552,7 @@ impl Inner {
                 batches.extend(s.read_all(None)?);
             }
             let sorted = segment::sort_rows(&batches)?;
+            drop(batches);
             let hour = segment::hour_of(group[0].meta.min_ts);
             let level = group.iter().map(|s| s.meta.level).max().unwrap_or(0) + 1;
             let mut manifest = self.state.read().manifest.clone();
@@ -556,13 +590,12 @@ impl Inner {
                     return;
                 }
             }
-            let due = {
-                let st = self.state.read();
-                st.memtable_rows >= self.options.memtable_max_rows
-                    || st
-                        .memtable_since
-                        .is_some_and(|t| t.elapsed() >= self.options.memtable_max_age)
-            };
+            let due = self.memtable_fill() >= 1.0
+                || self
+                    .state
+                    .read()
+                    .memtable_since
+                    .is_some_and(|t| t.elapsed() >= self.options.memtable_max_age);
             if due {
                 if let Err(e) = self.flush() {
                     tracing::error!(error = %e, "background flush failed");

@@ -1,7 +1,7 @@
 //! Immutable Parquet segments: written once (temp → fsync → rename → fsync dir), never changed,
 //! deleted only after the manifest stopped listing them and no reader holds them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use datafusion::arrow::compute::{SortOptions, concat_batches, take_record_batch};
+use datafusion::arrow::compute::{SortOptions, interleave_record_batch};
 use datafusion::arrow::datatypes::TimestampNanosecondType;
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::parquet::arrow::ArrowWriter;
@@ -69,12 +69,27 @@ pub fn partition_dir(hour: i64) -> String {
     )
 }
 
-/// Concatenates `batches` and sorts the rows by [`SORT_COLUMNS`].
-pub fn sort_rows(batches: &[RecordBatch]) -> Result<RecordBatch> {
+/// Most bytes of string data in one sorted chunk. Arrow's `Utf8` arrays have 32-bit offsets
+/// (under 2 GiB of text each), and a memtable or a compaction group can hold more than that
+/// in `raw` alone, so sorted rows are never concatenated into one batch.
+pub const CHUNK_BYTES: usize = 256 << 20;
+
+/// Sorts the rows of `batches` by [`SORT_COLUMNS`] (ties keep their input order) into
+/// consecutive chunks of at most [`CHUNK_BYTES`] of string data each.
+pub fn sort_rows(batches: &[RecordBatch]) -> Result<Vec<RecordBatch>> {
+    sort_rows_into(batches, CHUNK_BYTES)
+}
+
+/// [`sort_rows`] with chunks of at most `chunk_bytes` of string data (a row larger than that
+/// is a chunk of its own).
+pub(crate) fn sort_rows_into(
+    batches: &[RecordBatch],
+    chunk_bytes: usize,
+) -> Result<Vec<RecordBatch>> {
     let schema = model::events_schema();
-    let batch = concat_batches(&schema, batches)?;
     // Arrow's row format turns the four-column comparison into one memcmp per pair: several
-    // times faster than a lexicographic sort over string columns.
+    // times faster than a lexicographic sort over string columns. One converter for every
+    // batch, so rows of different batches compare.
     let fields = SORT_COLUMNS
         .iter()
         .map(|c| {
@@ -89,41 +104,79 @@ pub fn sort_rows(batches: &[RecordBatch]) -> Result<RecordBatch> {
         })
         .collect();
     let converter = RowConverter::new(fields)?;
-    let columns: Vec<_> = SORT_COLUMNS
+    let mut keys = Vec::with_capacity(batches.len());
+    for batch in batches {
+        let columns: Vec<_> = SORT_COLUMNS
+            .iter()
+            .map(|c| batch.column_by_name(c).expect("sort column").clone())
+            .collect();
+        keys.push(converter.convert_columns(&columns)?);
+    }
+    let mut order: Vec<(usize, usize)> = batches
         .iter()
-        .map(|c| batch.column_by_name(c).expect("sort column").clone())
+        .enumerate()
+        .flat_map(|(b, batch)| (0..batch.num_rows()).map(move |r| (b, r)))
         .collect();
-    let rows = converter.convert_columns(&columns)?;
-    let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
-    order.sort_unstable_by(|&a, &b| {
-        rows.row(a as usize)
-            .cmp(&rows.row(b as usize))
-            .then(a.cmp(&b))
+    order.sort_unstable_by(|&(ba, ra), &(bb, rb)| {
+        keys[ba]
+            .row(ra)
+            .cmp(&keys[bb].row(rb))
+            .then((ba, ra).cmp(&(bb, rb)))
     });
-    let indices = datafusion::arrow::array::UInt32Array::from(order);
-    Ok(take_record_batch(&batch, &indices)?)
+    drop(keys);
+
+    let strings: Vec<Vec<&datafusion::arrow::array::StringArray>> = batches
+        .iter()
+        .map(|b| {
+            b.columns()
+                .iter()
+                .filter_map(|c| c.as_string_opt::<i32>())
+                .collect()
+        })
+        .collect();
+    let refs: Vec<&RecordBatch> = batches.iter().collect();
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0usize;
+    for (i, &(b, r)) in order.iter().enumerate() {
+        let row_bytes: usize = strings[b].iter().map(|s| s.value_length(r) as usize).sum();
+        if i > start && bytes.saturating_add(row_bytes) > chunk_bytes {
+            chunks.push(interleave_record_batch(&refs, &order[start..i])?);
+            start = i;
+            bytes = 0;
+        }
+        bytes += row_bytes;
+    }
+    if start < order.len() {
+        chunks.push(interleave_record_batch(&refs, &order[start..])?);
+    }
+    Ok(chunks)
 }
 
-/// Splits rows by hour bucket (the partition a segment belongs to).
-pub fn split_by_hour(batch: &RecordBatch) -> Result<Vec<(i64, RecordBatch)>> {
-    let ts = batch.column(0).as_primitive::<TimestampNanosecondType>();
-    let mut hours: BTreeSet<i64> = BTreeSet::new();
-    for t in ts.values().iter() {
-        hours.insert(hour_of(*t));
+/// Splits sorted chunks by hour bucket (the partition a segment belongs to), keeping each
+/// hour's rows in order.
+pub fn split_by_hour(chunks: &[RecordBatch]) -> Result<Vec<(i64, Vec<RecordBatch>)>> {
+    let mut hours: BTreeMap<i64, Vec<RecordBatch>> = BTreeMap::new();
+    for chunk in chunks {
+        let ts = chunk.column(0).as_primitive::<TimestampNanosecondType>();
+        let in_chunk: BTreeSet<i64> = ts.values().iter().map(|t| hour_of(*t)).collect();
+        if in_chunk.len() == 1 {
+            let h = *in_chunk.first().expect("one");
+            hours.entry(h).or_default().push(chunk.clone());
+            continue;
+        }
+        for h in in_chunk {
+            let mask: datafusion::arrow::array::BooleanArray =
+                ts.values().iter().map(|t| Some(hour_of(*t) == h)).collect();
+            hours
+                .entry(h)
+                .or_default()
+                .push(datafusion::arrow::compute::filter_record_batch(
+                    chunk, &mask,
+                )?);
+        }
     }
-    if hours.len() == 1 {
-        return Ok(vec![(*hours.first().expect("one"), batch.clone())]);
-    }
-    let mut out = Vec::new();
-    for h in hours {
-        let mask: datafusion::arrow::array::BooleanArray =
-            ts.values().iter().map(|t| Some(hour_of(*t) == h)).collect();
-        out.push((
-            h,
-            datafusion::arrow::compute::filter_record_batch(batch, &mask)?,
-        ));
-    }
-    Ok(out)
+    Ok(hours.into_iter().collect())
 }
 
 struct HashingWriter {
@@ -144,7 +197,7 @@ impl Write for HashingWriter {
     }
 }
 
-/// Writes `sorted` (already in [`SORT_COLUMNS`] order, one hour) as segment `id` under `dir`,
+/// Writes `sorted` (chunks already in [`SORT_COLUMNS`] order, one hour) as segment `id` under `dir`,
 /// with its index, durably; returns its manifest entry. Nothing is listed anywhere yet: the
 /// caller publishes it by saving a manifest that contains it.
 pub fn write_segment(
@@ -152,7 +205,7 @@ pub fn write_segment(
     id: u64,
     hour: i64,
     level: u32,
-    sorted: &RecordBatch,
+    sorted: &[RecordBatch],
     options: &SegmentOptions,
 ) -> Result<SegmentMeta> {
     let rel_dir = partition_dir(hour);
@@ -169,8 +222,11 @@ pub fn write_segment(
         hasher: Sha256::new(),
         bytes: 0,
     };
-    let mut writer = ArrowWriter::try_new(sink, sorted.schema(), Some(writer_properties(options)))?;
-    writer.write(sorted)?;
+    let schema = model::events_schema();
+    let mut writer = ArrowWriter::try_new(sink, schema, Some(writer_properties(options)))?;
+    for chunk in sorted {
+        writer.write(chunk)?;
+    }
     let metadata = writer.finish()?;
     let sink = writer.inner_mut();
     sink.flush().at(&tmp)?;
@@ -180,22 +236,27 @@ pub fn write_segment(
     drop(writer);
     fsutil::publish(&tmp, &path)?;
 
-    let index = SegmentIndex::build(sorted);
+    let index = SegmentIndex::build_chunks(sorted);
     let index_bytes = index.to_bytes();
     fsutil::write_atomic(&dir.join(&rel_index), &index_bytes)?;
 
-    let ts = sorted.column(0).as_primitive::<TimestampNanosecondType>();
-    let (min_ts, max_ts) = ts
-        .values()
+    let (min_ts, max_ts) = sorted
         .iter()
-        .fold((i64::MAX, i64::MIN), |(lo, hi), &t| (lo.min(t), hi.max(t)));
+        .flat_map(|c| {
+            c.column(0)
+                .as_primitive::<TimestampNanosecondType>()
+                .values()
+                .iter()
+                .copied()
+        })
+        .fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(t), hi.max(t)));
     let namespaces: Vec<String> = index.values("namespace").map(str::to_string).collect();
     let pods: BTreeSet<&str> = index.values("pod").collect();
     Ok(SegmentMeta {
         id,
         path: rel_path,
         index_path: rel_index,
-        rows: sorted.num_rows() as u64,
+        rows: sorted.iter().map(|c| c.num_rows() as u64).sum(),
         bytes,
         index_bytes: index_bytes.len() as u64,
         sha256,

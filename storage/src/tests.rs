@@ -120,6 +120,37 @@ fn flush_writes_hive_partitioned_segments_and_trims_the_wal() {
 }
 
 #[test]
+fn sorted_chunks_are_one_sort_cut_in_pieces_and_index_as_one() {
+    let pods = ["a", "b", "c", "d"];
+    let batches: Vec<RecordBatch> = (0..3u64)
+        .map(|k| {
+            let events: Vec<Event> = (0..300)
+                .map(|i| {
+                    event(
+                        k * 300 + i,
+                        ["x", "y"][(i % 2) as usize],
+                        pods[(i * 7 % 4) as usize],
+                    )
+                })
+                .collect();
+            batch_of(&events)
+        })
+        .collect();
+    let one = segment::sort_rows_into(&batches, usize::MAX).unwrap();
+    assert_eq!(one.len(), 1);
+    // About 40 bytes of strings per row: dozens of chunks of 2 000 bytes.
+    let chunks = segment::sort_rows_into(&batches, 2_000).unwrap();
+    assert!(chunks.len() > 10, "{} chunks", chunks.len());
+    let joined =
+        datafusion::arrow::compute::concat_batches(&model::events_schema(), &chunks).unwrap();
+    assert_eq!(joined, one[0]);
+    assert_eq!(
+        crate::index::SegmentIndex::build_chunks(&chunks),
+        crate::index::SegmentIndex::build(&one[0])
+    );
+}
+
+#[test]
 fn index_row_numbers_equal_parquet_row_numbers() {
     let dir = tempfile::tempdir().unwrap();
     let options = StoreOptions {
