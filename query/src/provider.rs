@@ -10,6 +10,7 @@ use datafusion::arrow::array::{ArrayRef, BooleanArray, TimestampNanosecondArray,
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
 use datafusion::common::pruning::PruningStatistics;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchema, ScalarValue};
 use datafusion::datasource::TableProvider;
 use datafusion::datasource::listing::PartitionedFile;
@@ -27,7 +28,7 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
 use datafusion::parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::{
-    BinaryExpr, Column as PhysicalColumn, InListExpr, Literal,
+    BinaryExpr, Column as PhysicalColumn, InListExpr, LikeExpr, Literal,
 };
 use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
 use datafusion::physical_plan::ExecutionPlan;
@@ -144,6 +145,12 @@ impl TableProvider for EventsTable {
             let mut source = ParquetSource::new(schema.clone())
                 .with_parquet_file_reader_factory(Arc::new(reader))
                 .with_enable_page_index(true)
+                // Late materialisation for substring searches, which no index narrows: the
+                // predicate runs while decoding, so the other columns are decoded for the
+                // matching rows only. Elsewhere it measured slower (the index already selected
+                // the rows, and filtering while decoding costs an extra pass).
+                .with_pushdown_filters(predicate.as_ref().is_some_and(has_text_search))
+                .with_reorder_filters(true)
                 // Bloom filters only exist on a few columns; reading them for any other
                 // predicate costs time and proves nothing.
                 .with_bloom_filter_on_read(uses_bloom_columns(predicate.as_ref()));
@@ -171,6 +178,29 @@ impl TableProvider for EventsTable {
         let union = UnionExec::try_new(inputs)?;
         Ok(Arc::new(ScanExec::new(union, stats, snapshot)))
     }
+}
+
+/// True when the predicate has a `LIKE` / `ILIKE` or a regular-expression match.
+fn has_text_search(predicate: &Arc<dyn PhysicalExpr>) -> bool {
+    let mut found = false;
+    let _ = predicate.apply(|e| {
+        found = e.downcast_ref::<LikeExpr>().is_some()
+            || e.downcast_ref::<BinaryExpr>().is_some_and(|b| {
+                matches!(
+                    b.op(),
+                    Operator::RegexMatch
+                        | Operator::RegexIMatch
+                        | Operator::LikeMatch
+                        | Operator::ILikeMatch
+                )
+            });
+        Ok(if found {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    });
+    found
 }
 
 /// True when the predicate references a column the segments carry bloom filters for.
