@@ -445,11 +445,7 @@ impl IngestOutcome {
     }
 }
 
-/// Batches read ahead of the one being appended.
-const APPEND_QUEUE: usize = 2;
-
-/// Reads every input into the store; `on_batch` hears of each batch handed to the store (its
-/// records). When this returns, every accepted event is durable.
+/// Reads every input into the store; `on_batch` hears of each batch appended (its records).
 /// Inputs already ingested (same SHA-256) are skipped; bad records go to `dead`.
 fn ingest_inputs(
     store: &Store,
@@ -475,58 +471,24 @@ fn ingest_inputs(
             outcome.skipped_inputs += 1;
             continue;
         }
+        let mut appended: Vec<(&'static str, storage::AppendOutcome)> = Vec::new();
+        let mut sink = |fmt: Format, batch: datafusion::arrow::array::RecordBatch| {
+            let rows = batch.num_rows();
+            let out = store.append(batch).map_err(|e| e.to_string())?;
+            appended.push((fmt.name(), out));
+            on_batch(rows);
+            Ok(())
+        };
         let mut reject = |r: ingest::Rejection| {
             eprintln!("{r}");
             dead.keep(&r);
         };
-        // Two stages, so parsing the next batch overlaps making the last one durable (the WAL
-        // write, fsync and segment flushes of `append`). The queue is short: memory stays
-        // bounded and the reader never runs far ahead of what is stored.
-        let (result, appended) = std::thread::scope(|scope| {
-            let (queue, batches) = std::sync::mpsc::sync_channel::<(
-                &'static str,
-                datafusion::arrow::array::RecordBatch,
-            )>(APPEND_QUEUE);
-            let appender = scope.spawn(move || {
-                let mut appended = Vec::new();
-                for (name, batch) in batches {
-                    match store.append(batch) {
-                        Ok(out) => appended.push((name, out)),
-                        Err(e) => return (appended, Some(e)),
-                    }
-                }
-                (appended, None)
-            });
-            let mut sink = |fmt: Format, batch: datafusion::arrow::array::RecordBatch| {
-                let rows = batch.num_rows();
-                // A closed queue means the appender stopped on an error, reported below.
-                queue
-                    .send((fmt.name(), batch))
-                    .map_err(|_| "the store stopped accepting batches".to_string())?;
-                on_batch(rows);
-                Ok(())
-            };
-            let result =
-                ingest::read_input(input, format, batch_rows.max(1), &mut sink, &mut reject);
-            drop(queue);
-            let appended = appender.join().expect("the appender does not panic");
-            (result, appended)
-        });
-        let (appended, append_error) = appended;
+        let result = ingest::read_input(input, format, batch_rows.max(1), &mut sink, &mut reject);
         for (name, out) in appended {
             let t = outcome.totals.entry(name).or_default();
             t.0 += out.accepted as u64;
             t.2 += out.duplicates as u64;
         }
-        // When an append failed, its error is the one to report: the reader only saw the
-        // queue close. The batches appended before it are counted above.
-        let result = match append_error {
-            Some(e) => Err(ingest::IngestError::Io {
-                path: input.display(),
-                source: std::io::Error::other(e.to_string()),
-            }),
-            None => result,
-        };
         match result {
             Ok(summary) => {
                 for (name, counts) in summary {
