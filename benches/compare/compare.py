@@ -200,9 +200,8 @@ WHERE kind = 'network_connect' AND namespace = '{{namespace}}'
 ORDER BY ts"""
 
 
-def pod_timeline():
-    return ("SELECT ts, kind, exe, args, dst_ip, dst_port FROM events "
-            "WHERE namespace = '{namespace}' AND pod = '{pod}' ORDER BY ts, kind")
+POD_TIMELINE = ("SELECT ts, kind, exe, args, dst_ip, dst_port FROM events "
+                "WHERE namespace = '{namespace}' AND pod = '{pod}' ORDER BY ts, kind")
 
 
 TOP_TALKERS = """
@@ -225,19 +224,24 @@ EXECUTIONS_PEER = ("SELECT ts, namespace, pod, exe, args FROM events "
                    "ORDER BY ts")
 
 
+def everywhere(sql):
+    """The same SQL for every engine."""
+    return {"ktrail": sql, "duckdb": sql, "chdb": sql}
+
+
 def queries():
     """(id, what it asks, kind, {engine: SQL})."""
     duck_iv = lambda s: f"INTERVAL {s} SECOND"  # noqa: E731
     ch_iv = lambda s: f"toIntervalSecond({s})"  # noqa: E731
     return [
         ("pod_timeline", "one pod's timeline (every event of the exec'd billing pod)", "selective",
-         {"ktrail": pod_timeline(), "duckdb": pod_timeline(), "chdb": pod_timeline()}),
+         everywhere(POD_TIMELINE)),
         ("exec_session", "the exec session's processes and connections", "selective",
          {"ktrail": "SELECT ts, kind, exec_id, exe, dst_ip, dst_port FROM exec_trace('{session_id}') "
                     "WHERE kind <> 'k8s_audit' ORDER BY ts, kind",
           "duckdb": session_trace_sql(duck_iv), "chdb": session_trace_sql(ch_iv)}),
         ("ip_lookup", "every event to or from one IP (the unknown destination)", "selective",
-         {"ktrail": IP_LOOKUP, "duckdb": IP_LOOKUP, "chdb": IP_LOOKUP}),
+         everywhere(IP_LOOKUP)),
         ("executions_tcpdump", "who ran tcpdump, where (`executions('tcpdump')`)", "selective",
          {"ktrail": "SELECT ts, namespace, pod, exe, args FROM executions('{binary}') ORDER BY ts",
           "duckdb": EXECUTIONS_PEER, "chdb": EXECUTIONS_PEER}),
@@ -246,9 +250,9 @@ def queries():
                     "{day_from}, {day_to}) ORDER BY ts",
           "duckdb": egress_sql(DUCK_IP4), "chdb": egress_sql(CH_IP4)}),
         ("top_talkers", "top 3 pods by connections, per namespace", "namespace-wide",
-         {"ktrail": TOP_TALKERS, "duckdb": TOP_TALKERS, "chdb": TOP_TALKERS}),
+         everywhere(TOP_TALKERS)),
         ("cmdline_search", "command lines containing a substring (`.pcap`)", "scan",
-         {"ktrail": CMDLINE, "duckdb": CMDLINE, "chdb": CMDLINE}),
+         everywhere(CMDLINE)),
     ]
 
 
