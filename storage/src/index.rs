@@ -35,7 +35,9 @@ pub struct SegmentIndex {
 }
 
 impl SegmentIndex {
-    /// Indexes `batch`, whose row `i` is Parquet row `i` of the segment.
+    /// Indexes `batch`, whose row `i` is Parquet row `i` of the segment (tests: segments are
+    /// written from chunks, see [`Self::build_chunks`]).
+    #[cfg(test)]
     pub fn build(batch: &RecordBatch) -> Self {
         Self::build_chunks(std::slice::from_ref(batch))
     }
