@@ -103,6 +103,31 @@ fn check_sessions(data: &Path) {
         ]
     );
     assert_eq!(events[4]["dst_ip"], "198.51.100.23");
+    // exec_trace finds its rows in two steps (the exec ids first); they are the same rows.
+    let trace = sql_json(
+        data,
+        "SELECT kind, exe, dst_ip FROM exec_trace('9b3c6a1e-0f43-4d7e-a5c2-1d8e7f6a5b4c') \
+         ORDER BY ts, kind",
+    );
+    assert_eq!(trace, events);
+    // Asking for one session or one user keeps the other request in the pod as a rival: the
+    // same attribution as without the filter (alone, the later request would take the
+    // earlier shell).
+    for (filter, row) in [
+        (format!("session_id = '{}'", b["session_id"].as_str().unwrap()), b),
+        ("k8s_user = 'bob@example.com'".to_string(), b),
+        ("k8s_user = 'mallory@example.com'".to_string(), a),
+    ] {
+        let one = sql_json(
+            data,
+            &format!(
+                "SELECT session_id, k8s_user, source_ips, namespace, pod, container_name, \
+                 command, confidence, processes, connections, process_count, ts_end \
+                 FROM exec_sessions WHERE {filter}"
+            ),
+        );
+        assert_eq!(one, [row.clone()], "{filter}");
+    }
     // The container's own process and its database connection belong to no session.
     let all: Vec<String> = rows.iter().flat_map(|r| strings(&r["processes"])).collect();
     assert!(!all.iter().any(|p| p.contains("invoice-api --listen")));

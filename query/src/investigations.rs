@@ -9,18 +9,21 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::TimestampNanosecondType;
 use datafusion::catalog::Session;
 use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl};
 use datafusion::common::{Result, ScalarValue, plan_datafusion_err, plan_err};
 use datafusion::datasource::TableProvider;
+use datafusion::execution::SessionState;
 use datafusion::logical_expr::simplify::SimplifyContext;
 use datafusion::logical_expr::{LogicalPlan, LogicalPlanBuilder, TableType};
 use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::prelude::{Expr, SessionContext};
+use datafusion::prelude::{Expr, SessionContext, col, lit};
 
-use crate::QueryError;
+use crate::{QueryError, sessions};
 
 /// A parameter: its name (for error messages) and the value used when the caller omits it.
 struct Param {
@@ -61,6 +64,16 @@ fn latest() -> ScalarValue {
 struct Investigation {
     name: &'static str,
     params: &'static [Param],
+    /// How a call runs; the SQL always gives the columns and the parameters' types.
+    runs: Runs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Runs {
+    /// The SQL with the arguments bound.
+    Sql,
+    /// [`exec_trace_plan`]: the same rows as the SQL, found in two steps.
+    ExecTrace,
 }
 
 /// What a row of a timeline says, in one line a person reads.
@@ -105,6 +118,7 @@ fn investigations() -> Vec<(Investigation, String)> {
             Investigation {
                 name: "egress_unknown",
                 params: EGRESS_UNKNOWN,
+                runs: Runs::Sql,
             },
             "SELECT ts, namespace, pod, workload_kind, workload_name, node, container_name, \
              binary_name, exe, args, pid, exec_id, session_id, protocol, src_ip, src_port, \
@@ -118,6 +132,7 @@ fn investigations() -> Vec<(Investigation, String)> {
             Investigation {
                 name: "exec_trace",
                 params: EXEC_TRACE,
+                runs: Runs::ExecTrace,
             },
             format!(
                 "SELECT session_id, {cols} FROM session_events \
@@ -128,6 +143,7 @@ fn investigations() -> Vec<(Investigation, String)> {
             Investigation {
                 name: "executions",
                 params: EXECUTIONS,
+                runs: Runs::Sql,
             },
             // Runtime exec events, and Falco alerts about the binary (the only trace of it
             // where no runtime sensor runs); the alert's short container id finds its workload.
@@ -158,6 +174,7 @@ fn investigations() -> Vec<(Investigation, String)> {
             Investigation {
                 name: "pod_timeline",
                 params: POD_TIMELINE,
+                runs: Runs::Sql,
             },
             // The pod's own events, connections made to it while it held its IP, and its
             // deletion; `relation` says which.
@@ -212,6 +229,7 @@ pub async fn register(ctx: &SessionContext) -> Result<(), QueryError> {
                 name: inv.name,
                 params: inv.params,
                 param_types,
+                runs: inv.runs,
                 plan,
             }),
         );
@@ -224,6 +242,7 @@ struct SqlTableFunction {
     name: &'static str,
     params: &'static [Param],
     param_types: Vec<datafusion::arrow::datatypes::DataType>,
+    runs: Runs,
     plan: LogicalPlan,
 }
 
@@ -316,26 +335,39 @@ impl TableFunctionImpl for SqlTableFunction {
             return Ok(Arc::new(BoundQuery {
                 name: self.name,
                 schema: Arc::new(self.plan.schema().as_arrow().clone()),
-                plan: None,
+                body: Body::Unbound,
             }));
         }
         let values = self.bind(&args)?;
-        let plan = self.plan.clone().with_param_values(values)?;
+        let schema = Arc::new(self.plan.schema().as_arrow().clone());
+        let body = match self.runs {
+            Runs::Sql => Body::Plan(self.plan.clone().with_param_values(values)?),
+            Runs::ExecTrace => Body::ExecTrace(values.into_iter().next().expect("one argument")),
+        };
         Ok(Arc::new(BoundQuery {
             name: self.name,
-            schema: Arc::new(plan.schema().as_arrow().clone()),
-            plan: Some(plan),
+            schema,
+            body,
         }))
     }
 }
 
-/// A table function's query with its arguments bound; `None` while a prepared statement's
-/// parameter is still unbound (the columns are known, there are no rows until it is).
+/// A table function's query with its arguments bound.
 #[derive(Debug)]
 struct BoundQuery {
     name: &'static str,
     schema: SchemaRef,
-    plan: Option<LogicalPlan>,
+    body: Body,
+}
+
+#[derive(Debug)]
+enum Body {
+    /// A prepared statement's parameter is still unbound: the columns are known, there are no
+    /// rows until it is.
+    Unbound,
+    Plan(LogicalPlan),
+    /// `exec_trace` of this session id.
+    ExecTrace(ScalarValue),
 }
 
 #[async_trait]
@@ -355,25 +387,98 @@ impl TableProvider for BoundQuery {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let Some(plan) = &self.plan else {
-            return plan_err!(
-                "{}: a parameter ($n) argument must be bound before the query runs",
-                self.name
-            );
+        let plan = match &self.body {
+            Body::Unbound => {
+                return plan_err!(
+                    "{}: a parameter ($n) argument must be bound before the query runs",
+                    self.name
+                );
+            }
+            Body::Plan(plan) => plan.clone(),
+            Body::ExecTrace(session_id) => {
+                let state = state
+                    .as_any()
+                    .downcast_ref::<SessionState>()
+                    .expect("ktrail sessions are SessionStates");
+                exec_trace_plan(&SessionContext::new_with_state(state.clone()), session_id).await?
+            }
         };
         let plan = match projection {
             Some(p) => {
-                let columns = p.iter().map(|&i| {
-                    Expr::Column(datafusion::common::Column::from(
-                        plan.schema().qualified_field(i),
-                    ))
-                });
-                LogicalPlanBuilder::from(plan.clone())
-                    .project(columns)?
-                    .build()?
+                let columns: Vec<Expr> = p
+                    .iter()
+                    .map(|&i| {
+                        Expr::Column(datafusion::common::Column::from(
+                            plan.schema().qualified_field(i),
+                        ))
+                    })
+                    .collect();
+                LogicalPlanBuilder::from(plan).project(columns)?.build()?
             }
-            None => plan.clone(),
+            None => plan,
         };
         state.create_physical_plan(&plan).await
     }
+}
+
+/// `exec_trace` in two steps. The session's pod, start and exec ids come from
+/// `exec_sessions` first; then the events are read with them bound as constants: the pod's
+/// rows from its start on, found through the index. (`session_events`, joining
+/// `exec_sessions` to `events`, reads every segment for the exec ids.) The rows are those of
+/// `session_events WHERE session_id = $1`: a session's processes start after
+/// [`sessions::MATCH_WINDOW_BEFORE_NS`] before its request, and their activity after them.
+async fn exec_trace_plan(ctx: &SessionContext, session_id: &ScalarValue) -> Result<LogicalPlan> {
+    let sessions = ctx
+        .table("exec_sessions")
+        .await?
+        .filter(col("session_id").eq(lit(session_id.clone())))?
+        .select_columns(&["namespace", "pod", "ts", "exec_ids"])?
+        .collect()
+        .await?;
+    let mut values = vec![session_id.clone()];
+    let mut branches = vec!["SELECT * FROM events WHERE session_id = $1".to_string()];
+    for b in &sessions {
+        let namespaces = b.column(0).as_string::<i32>();
+        let pods = b.column(1).as_string::<i32>();
+        let starts = b.column(2).as_primitive::<TimestampNanosecondType>();
+        let exec_ids = b.column(3).as_list::<i32>();
+        for i in 0..b.num_rows() {
+            let ids = exec_ids.value(i);
+            let ids: Vec<ScalarValue> = ids
+                .as_string::<i32>()
+                .iter()
+                .flatten()
+                .map(|id| ScalarValue::Utf8(Some(id.to_string())))
+                .collect();
+            if ids.is_empty() || exec_ids.is_null(i) {
+                continue;
+            }
+            let n = values.len();
+            let list: Vec<String> = (0..ids.len()).map(|k| format!("${}", n + 4 + k)).collect();
+            branches.push(format!(
+                "SELECT * FROM events WHERE session_id IS NULL AND namespace = ${} AND pod = ${} \
+                 AND ts >= ${} AND exec_id IN ({})",
+                n + 1,
+                n + 2,
+                n + 3,
+                list.join(", ")
+            ));
+            values.push(ScalarValue::Utf8(Some(namespaces.value(i).to_string())));
+            values.push(ScalarValue::Utf8(Some(pods.value(i).to_string())));
+            values.push(ScalarValue::TimestampNanosecond(
+                Some(starts.value(i) - sessions::MATCH_WINDOW_BEFORE_NS),
+                Some("UTC".into()),
+            ));
+            values.extend(ids);
+        }
+    }
+    let sql = format!(
+        "SELECT $1 AS session_id, {} FROM ({}) ORDER BY ts, kind, {STAGE_ORDER}, what",
+        timeline_columns(),
+        branches.join(" UNION ALL ")
+    );
+    ctx.state()
+        .create_logical_plan(&sql)
+        .await?
+        .with_param_values(values)
 }

@@ -129,10 +129,15 @@ impl TableProvider for ExecSessionsTable {
 }
 
 fn pushable(e: &Expr) -> bool {
+    only_columns(e, PUSHABLE)
+}
+
+/// Whether `e` reads no column but `names`.
+fn only_columns(e: &Expr, names: &[&str]) -> bool {
     let mut ok = true;
     e.apply(|e| {
         if let Expr::Column(c) = e {
-            ok &= PUSHABLE.contains(&c.name.as_str());
+            ok &= names.contains(&c.name.as_str());
         }
         Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
     })
@@ -196,7 +201,8 @@ struct Attribution {
     last: Option<i64>,
 }
 
-async fn compute(ctx: &SessionContext, filters: &[Expr]) -> Result<RecordBatch> {
+/// The exec/attach requests' audit rows that pass `filters` (on `exec_sessions`' columns).
+async fn exec_requests(ctx: &SessionContext, filters: &[Expr]) -> Result<Vec<Request>> {
     let mut audit = ctx.table("events").await?.filter(
         col("kind")
             .eq(lit("k8s_audit"))
@@ -225,7 +231,78 @@ async fn compute(ctx: &SessionContext, filters: &[Expr]) -> Result<RecordBatch> 
         ])?
         .collect()
         .await?;
-    let requests = requests(&audit);
+    Ok(requests(&audit))
+}
+
+/// Whether a filter leaves every request of the pods it keeps: then attribution, which only
+/// compares requests into one pod, sees all it needs.
+fn keeps_whole_pods(e: &Expr) -> bool {
+    only_columns(e, &["namespace", "pod"])
+}
+
+/// Two requests into one pod can contend for the same runtime process or Falco alert only
+/// when their match windows overlap.
+const CONTENTION_NS: i64 = MATCH_WINDOW_BEFORE_NS + FALCO_WINDOW_AFTER_NS;
+
+/// `wanted`, and the other requests into their pods that could contend with them, directly
+/// or through a chain of overlapping windows: the pairing of `wanted` over these is the
+/// pairing over the whole history. In time order.
+fn with_rivals(all: Vec<Request>, wanted: &HashSet<String>) -> Vec<Request> {
+    let mut by_pod: BTreeMap<PodKey, Vec<Request>> = BTreeMap::new();
+    for r in all {
+        by_pod
+            .entry((r.namespace.clone(), r.pod.clone()))
+            .or_default()
+            .push(r);
+    }
+    let mut kept = Vec::new();
+    for (_, rs) in by_pod {
+        // `requests` sorts by time: a run of windows that chain together is one cluster.
+        let mut cluster: Vec<Request> = Vec::new();
+        let mut flush = |cluster: &mut Vec<Request>| {
+            if cluster.iter().any(|r| wanted.contains(&r.audit_id)) {
+                kept.append(cluster);
+            }
+            cluster.clear();
+        };
+        for r in rs {
+            if cluster.last().is_some_and(|l| r.ts - l.ts > CONTENTION_NS) {
+                flush(&mut cluster);
+            }
+            cluster.push(r);
+        }
+        flush(&mut cluster);
+    }
+    kept.sort_by(|a, b| (a.ts, &a.audit_id).cmp(&(b.ts, &b.audit_id)));
+    kept
+}
+
+async fn compute(ctx: &SessionContext, filters: &[Expr]) -> Result<RecordBatch> {
+    let mut requests = exec_requests(ctx, filters).await?;
+    // A filter on the user or the session drops the other requests into the same pod, and
+    // with them the ambiguity they bring: attribute over those too, answer for the wanted.
+    let wanted: Option<HashSet<String>> = match filters.iter().all(keeps_whole_pods) {
+        true => None,
+        false if requests.is_empty() => None,
+        false => {
+            let wanted: HashSet<String> = requests.iter().map(|r| r.audit_id.clone()).collect();
+            let pods: HashSet<PodKey> = requests
+                .iter()
+                .map(|r| (r.namespace.clone(), r.pod.clone()))
+                .collect();
+            let in_pods = pods
+                .iter()
+                .map(|(ns, pod)| {
+                    col("namespace")
+                        .eq(lit(ns.clone()))
+                        .and(col("pod").eq(lit(pod.clone())))
+                })
+                .reduce(Expr::or)
+                .expect("at least one request");
+            requests = with_rivals(exec_requests(ctx, &[in_pods]).await?, &wanted);
+            Some(wanted)
+        }
+    };
     if requests.is_empty() {
         return build(&[], &HashMap::new(), &[]);
     }
@@ -279,7 +356,17 @@ async fn compute(ctx: &SessionContext, filters: &[Expr]) -> Result<RecordBatch> 
         .await?;
     let by_pod = activity_by_pod(&activity);
     let sessions = attribute(&requests, &by_pod);
-    build(&requests, &by_pod, &sessions)
+    match wanted {
+        None => build(&requests, &by_pod, &sessions),
+        Some(wanted) => {
+            let (requests, sessions): (Vec<Request>, Vec<Attribution>) = requests
+                .into_iter()
+                .zip(sessions)
+                .filter(|(r, _)| wanted.contains(&r.audit_id))
+                .unzip();
+            build(&requests, &by_pod, &sessions)
+        }
+    }
 }
 
 fn strings(b: &RecordBatch, name: &str) -> Vec<Option<String>> {
