@@ -114,7 +114,10 @@ fn check_sessions(data: &Path) {
     // same attribution as without the filter (alone, the later request would take the
     // earlier shell).
     for (filter, row) in [
-        (format!("session_id = '{}'", b["session_id"].as_str().unwrap()), b),
+        (
+            format!("session_id = '{}'", b["session_id"].as_str().unwrap()),
+            b,
+        ),
         ("k8s_user = 'bob@example.com'".to_string(), b),
         ("k8s_user = 'mallory@example.com'".to_string(), a),
     ] {

@@ -290,15 +290,9 @@ async fn compute(ctx: &SessionContext, filters: &[Expr]) -> Result<RecordBatch> 
                 .iter()
                 .map(|r| (r.namespace.clone(), r.pod.clone()))
                 .collect();
-            let in_pods = pods
-                .iter()
-                .map(|(ns, pod)| {
-                    col("namespace")
-                        .eq(lit(ns.clone()))
-                        .and(col("pod").eq(lit(pod.clone())))
-                })
-                .reduce(Expr::or)
-                .expect("at least one request");
+            let pods: Vec<PodKey> = pods.into_iter().collect();
+            // (Requests into other pods the filter lets through are no one's rivals: dropped.)
+            let in_pods = in_pods(&pods);
             requests = with_rivals(exec_requests(ctx, &[in_pods]).await?, &wanted);
             Some(wanted)
         }
@@ -314,29 +308,84 @@ async fn compute(ctx: &SessionContext, filters: &[Expr]) -> Result<RecordBatch> 
         set.into_iter().collect()
     };
     let start = requests.iter().map(|r| r.ts).min().unwrap_or(0) - MATCH_WINDOW_BEFORE_NS;
+    // Processes (and Falco's alerts) decide the pairing and the lineage; the rest of the
+    // pods' activity is read only for the exec ids that turn out to be sessions'.
+    let lineage_kinds = ["process_exec", "falco_alert"];
+    let processes = pod_activity(ctx, &pods, start, &lineage_kinds, None).await?;
+    let mut by_pod = activity_by_pod(&processes);
+    let exec_ids: Vec<String> = attribute(&requests, &by_pod)
+        .iter()
+        .zip(&requests)
+        .flat_map(|(s, r)| {
+            let acts = by_pod.get(&(r.namespace.clone(), r.pod.clone()));
+            s.processes
+                .iter()
+                .filter_map(move |&i| acts.and_then(|a| a[i].exec_id.clone()))
+        })
+        .collect::<HashSet<String>>()
+        .into_iter()
+        .collect();
+    if !exec_ids.is_empty() {
+        let other_kinds: Vec<&str> = runtime_kinds()
+            .filter(|k| !lineage_kinds.contains(k))
+            .collect();
+        let rest = pod_activity(ctx, &pods, start, &other_kinds, Some(&exec_ids)).await?;
+        // Only processes can be roots or lineage: attributing again over both finds the same
+        // sessions, now with their connections and exits.
+        for (key, acts) in activity_by_pod(&rest) {
+            by_pod.entry(key).or_default().extend(acts);
+        }
+    }
+    let sessions = attribute(&requests, &by_pod);
+    match wanted {
+        None => build(&requests, &by_pod, &sessions),
+        Some(wanted) => {
+            let (requests, sessions): (Vec<Request>, Vec<Attribution>) = requests
+                .into_iter()
+                .zip(sessions)
+                .filter(|(r, _)| wanted.contains(&r.audit_id))
+                .unzip();
+            build(&requests, &by_pod, &sessions)
+        }
+    }
+}
+
+/// Rows of `pods`, and possibly of other pods that share their namespaces and names (two
+/// `IN` lists: a filter of any size the index reads).
+fn in_pods(pods: &[PodKey]) -> Expr {
     let namespaces: HashSet<&String> = pods.iter().map(|(n, _)| n).collect();
-    let pod_names: HashSet<&String> = pods.iter().map(|(_, p)| p).collect();
-    let activity = ctx
-        .table("events")
+    let names: HashSet<&String> = pods.iter().map(|(_, p)| p).collect();
+    col("namespace")
+        .in_list(
+            namespaces.into_iter().map(|n| lit(n.clone())).collect(),
+            false,
+        )
+        .and(col("pod").in_list(names.into_iter().map(|p| lit(p.clone())).collect(), false))
+}
+
+/// Activity of `kinds` in `pods` from `start` on (of those exec ids only, when given).
+async fn pod_activity(
+    ctx: &SessionContext,
+    pods: &[PodKey],
+    start: i64,
+    kinds: &[&str],
+    exec_ids: Option<&[String]>,
+) -> Result<Vec<RecordBatch>> {
+    let mut filter = in_pods(pods)
+        .and(col("kind").in_list(kinds.iter().map(|k| lit(*k)).collect(), false))
+        .and(
+            col("ts").gt_eq(lit(datafusion::common::ScalarValue::TimestampNanosecond(
+                Some(start),
+                Some("UTC".into()),
+            ))),
+        );
+    if let Some(ids) = exec_ids {
+        filter =
+            filter.and(col("exec_id").in_list(ids.iter().map(|i| lit(i.clone())).collect(), false));
+    }
+    ctx.table("events")
         .await?
-        .filter(
-            col("namespace")
-                .in_list(
-                    namespaces.into_iter().map(|n| lit(n.clone())).collect(),
-                    false,
-                )
-                .and(col("pod").in_list(
-                    pod_names.into_iter().map(|p| lit(p.clone())).collect(),
-                    false,
-                ))
-                .and(col("kind").in_list(runtime_kinds().map(lit).collect(), false))
-                .and(
-                    col("ts").gt_eq(lit(datafusion::common::ScalarValue::TimestampNanosecond(
-                        Some(start),
-                        Some("UTC".into()),
-                    ))),
-                ),
-        )?
+        .filter(filter)?
         .select_columns(&[
             "namespace",
             "pod",
@@ -353,20 +402,7 @@ async fn compute(ctx: &SessionContext, filters: &[Expr]) -> Result<RecordBatch> 
             "rule",
         ])?
         .collect()
-        .await?;
-    let by_pod = activity_by_pod(&activity);
-    let sessions = attribute(&requests, &by_pod);
-    match wanted {
-        None => build(&requests, &by_pod, &sessions),
-        Some(wanted) => {
-            let (requests, sessions): (Vec<Request>, Vec<Attribution>) = requests
-                .into_iter()
-                .zip(sessions)
-                .filter(|(r, _)| wanted.contains(&r.audit_id))
-                .unzip();
-            build(&requests, &by_pod, &sessions)
-        }
-    }
+        .await
 }
 
 fn strings(b: &RecordBatch, name: &str) -> Vec<Option<String>> {
