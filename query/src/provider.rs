@@ -404,47 +404,60 @@ fn index_rows(segment: &Segment, filter: &IndexFilter) -> storage::Result<Roarin
     }))
 }
 
-/// Turns a row bitmap into a per-row-group plan: skip groups without hits, scan full groups,
-/// select the hit rows elsewhere.
+/// Shortest gap worth skipping. Shorter gaps between hits are read and left to the scan's
+/// filter: a kind interleaved row by row with others is cheaper to decode whole than to
+/// select (Parquet would turn that selection into a mask over every row anyway, after we
+/// built it selector by selector), while a pod's rows, contiguous in the segment's sort
+/// order, still come as one run.
+const MIN_SKIP: u32 = 64;
+
+/// Turns a row bitmap into a per-row-group plan: skip groups without hits, select the runs
+/// of hits (gaps under [`MIN_SKIP`] read through), and scan groups where that is every row.
 fn access_plan(row_groups: &[u64], rows: &RoaringBitmap) -> ParquetAccessPlan {
     let mut plan = ParquetAccessPlan::new_all(row_groups.len());
     let mut start = 0u64;
     for (i, &n) in row_groups.iter().enumerate() {
         let range = start as u32..(start + n) as u32;
-        let hits = rows.range_cardinality(range.clone());
-        if hits == 0 {
-            plan.skip(i);
-        } else if hits < n {
-            plan.set(i, RowGroupAccess::Selection(selection(rows, range)));
+        let runs = runs(rows, range.clone());
+        match runs.as_slice() {
+            [] => plan.skip(i),
+            [only] if *only == range => {}
+            _ => plan.set(i, RowGroupAccess::Selection(selection(&runs, range))),
         }
         start += n;
     }
     plan
 }
 
-fn selection(rows: &RoaringBitmap, range: Range<u32>) -> RowSelection {
-    let mut selectors = Vec::new();
-    let mut pos = range.start;
-    let mut run: Option<(u32, u32)> = None;
-    let flush = |run: (u32, u32), pos: &mut u32, selectors: &mut Vec<RowSelector>| {
-        if run.0 > *pos {
-            selectors.push(RowSelector::skip((run.0 - *pos) as usize));
-        }
-        selectors.push(RowSelector::select((run.1 - run.0) as usize));
-        *pos = run.1;
-    };
+/// The rows of `rows` within `range` as runs, gaps shorter than [`MIN_SKIP`] (and those to
+/// the group's ends) closed.
+fn runs(rows: &RoaringBitmap, range: Range<u32>) -> Vec<Range<u32>> {
+    let mut runs: Vec<Range<u32>> = Vec::new();
     for r in rows.range(range.clone()) {
-        run = match run {
-            Some((s, e)) if e == r => Some((s, e + 1)),
-            Some(done) => {
-                flush(done, &mut pos, &mut selectors);
-                Some((r, r + 1))
-            }
-            None => Some((r, r + 1)),
-        };
+        let from = runs.last().map_or(range.start, |last| last.end);
+        match runs.last_mut() {
+            Some(last) if r - from < MIN_SKIP => last.end = r + 1,
+            None if r - from < MIN_SKIP => runs.push(range.start..r + 1),
+            _ => runs.push(r..r + 1),
+        }
     }
-    if let Some(done) = run {
-        flush(done, &mut pos, &mut selectors);
+    if let Some(last) = runs.last_mut()
+        && range.end - last.end < MIN_SKIP
+    {
+        last.end = range.end;
+    }
+    runs
+}
+
+fn selection(runs: &[Range<u32>], range: Range<u32>) -> RowSelection {
+    let mut selectors = Vec::with_capacity(2 * runs.len() + 1);
+    let mut pos = range.start;
+    for run in runs {
+        if run.start > pos {
+            selectors.push(RowSelector::skip((run.start - pos) as usize));
+        }
+        selectors.push(RowSelector::select((run.end - run.start) as usize));
+        pos = run.end;
     }
     if range.end > pos {
         selectors.push(RowSelector::skip((range.end - pos) as usize));
@@ -459,9 +472,9 @@ mod tests {
     #[test]
     fn access_plan_skips_selects_and_scans() {
         let mut rows = RoaringBitmap::new();
-        rows.insert_range(10..20); // group 0 partially
-        rows.insert_range(100..200); // group 1 fully
-        let plan = access_plan(&[100, 100, 100], &rows);
+        rows.insert_range(110..120); // group 0 partially
+        rows.insert_range(400..500); // group 1 fully
+        let plan = access_plan(&[400, 100, 100], &rows);
         assert_eq!(plan.row_group_indexes(), vec![0, 1]);
         let sel = match &plan.inner()[0] {
             RowGroupAccess::Selection(s) => s.clone(),
@@ -470,5 +483,26 @@ mod tests {
         assert_eq!(sel.row_count(), 10);
         assert!(matches!(plan.inner()[1], RowGroupAccess::Scan));
         assert!(matches!(plan.inner()[2], RowGroupAccess::Skip));
+    }
+
+    #[test]
+    fn short_gaps_are_read_through() {
+        // Every other row (a kind interleaved with others): the whole group.
+        let rows: RoaringBitmap = (0..1000).step_by(2).collect();
+        assert!(matches!(
+            access_plan(&[1000], &rows).inner()[0],
+            RowGroupAccess::Scan
+        ));
+        // Every other row of one pod's run: that run, start to end.
+        let rows: RoaringBitmap = (300..400).step_by(2).collect();
+        assert_eq!(runs(&rows, 0..1000), [300..399]);
+        let sel = match &access_plan(&[1000], &rows).inner()[0] {
+            RowGroupAccess::Selection(s) => s.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(sel.row_count(), 99);
+        // Gaps of MIN_SKIP rows are skipped; shorter ones at the group's ends are not.
+        let rows: RoaringBitmap = [10, 11, 11 + MIN_SKIP + 1, 990].into_iter().collect();
+        assert_eq!(runs(&rows, 0..1000), [0..12, 76..77, 990..1000]);
     }
 }
