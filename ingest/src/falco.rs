@@ -34,7 +34,6 @@ struct Alert<'a> {
 /// in `raw`.
 pub fn parse(original: &str, out: &mut Vec<Event>) -> Result<(), String> {
     let a: Alert = serde_json::from_str(original).map_err(|e| e.to_string())?;
-    let raw = original;
     let ts = model::parse_ts(&a.time).map_err(|e| e.to_string())?;
     let f = &a.output_fields;
     let text = |keys: &[&str]| keys.iter().find_map(|k| field_text(f.get(*k)?));
@@ -87,7 +86,7 @@ pub fn parse(original: &str, out: &mut Vec<Event>) -> Result<(), String> {
         priority: a.priority,
         output: a.output,
         tags: a.tags,
-        raw: Some(raw.to_string()),
+        // `raw` is the record: the caller puts it in the batch (`Format::raw_is_record`).
         ..Default::default()
     });
     Ok(())

@@ -83,6 +83,12 @@ impl Format {
             Format::K8sObjects => "k8s-objects",
         }
     }
+
+    /// Formats whose record is one event with the record itself as `raw`: their parsers
+    /// leave `raw` empty and the batch takes it from the input without another copy.
+    fn raw_is_record(self) -> bool {
+        matches!(self, Format::Falco | Format::Tetragon)
+    }
 }
 
 /// One rejected record: where and why.
@@ -265,6 +271,31 @@ pub fn read_input(
     let mut line_no = 0u64;
     let mut buf = Vec::with_capacity(4096);
     loop {
+        // A whole line inside the reader's buffer is parsed where it lies; only a line that
+        // runs past the buffer's end is copied out (below).
+        let chunk = reader.fill_buf().map_err(io)?;
+        if chunk.is_empty() {
+            break;
+        }
+        if let Some(end) = memchr::memchr(b'\n', chunk) {
+            line_no += 1;
+            let line = trim(&chunk[..end]);
+            if !line.is_empty() && state.summary.is_empty() && is_incomplete_json(line) {
+                let mut doc = chunk[..=end].to_vec();
+                reader.consume(end + 1);
+                (&mut reader)
+                    .take(MAX_DOCUMENT_BYTES as u64)
+                    .read_to_end(&mut doc)
+                    .map_err(io)?;
+                read_documents(&doc, line_no, &mut state)?;
+                break;
+            }
+            if !line.is_empty() {
+                state.record(line_no, line)?;
+            }
+            reader.consume(end + 1);
+            continue;
+        }
         buf.clear();
         let n = (&mut reader)
             .take(MAX_LINE_BYTES as u64 + 1)
@@ -327,7 +358,8 @@ impl Batcher<'_> {
     fn record(&mut self, line: u64, record: &[u8]) -> Result<(), IngestError> {
         let (fmt, result) = parse_record(self.format, record, self.observed_at, &mut self.events);
         match result {
-            Ok(()) => {
+            Ok(text) => {
+                let raw = fmt.raw_is_record().then_some(text);
                 if fmt != self.batch_format {
                     self.flush()?;
                     self.batch_format = fmt;
@@ -337,7 +369,7 @@ impl Batcher<'_> {
                 c.events += self.events.len() as u64;
                 let events = std::mem::take(&mut self.events);
                 for ev in &events {
-                    self.builder.push(ev);
+                    self.builder.push_with_raw(ev, ev.raw.as_deref().or(raw));
                     if self.builder.len() >= self.batch_rows {
                         self.flush()?;
                     }
@@ -442,13 +474,13 @@ fn skip_line(reader: &mut dyn BufRead) -> io::Result<usize> {
 }
 
 /// Parses one record in `format` (recognising it under `Auto`) into `out`; returns the format
-/// it was read as.
-fn parse_record(
+/// it was read as, and the record as text.
+fn parse_record<'r>(
     format: Format,
-    record: &[u8],
+    record: &'r [u8],
     observed_at: i64,
     out: &mut Vec<Event>,
-) -> (Format, Result<(), String>) {
+) -> (Format, Result<&'r str, String>) {
     let format = match format {
         Format::Auto => match detect(record) {
             Some(f) => f,
@@ -472,7 +504,7 @@ fn parse_record(
         Format::K8sObjects => k8s_objects::parse(text, observed_at, out),
         Format::Auto => unreachable!("resolved above"),
     };
-    (format, result)
+    (format, result.map(|()| text))
 }
 
 fn unrecognised(record: &[u8]) -> String {
