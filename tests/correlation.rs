@@ -129,7 +129,7 @@ fn check_sessions(data: &Path) {
                  FROM exec_sessions WHERE {filter}"
             ),
         );
-        assert_eq!(one, [row.clone()], "{filter}");
+        assert_eq!(one, std::slice::from_ref(row), "{filter}");
     }
     // The container's own process and its database connection belong to no session.
     let all: Vec<String> = rows.iter().flat_map(|r| strings(&r["processes"])).collect();
