@@ -281,13 +281,9 @@ pub fn read_input(
             line_no += 1;
             let line = trim(&chunk[..end]);
             if !line.is_empty() && state.summary.is_empty() && is_incomplete_json(line) {
-                let mut doc = chunk[..=end].to_vec();
+                let doc = chunk[..=end].to_vec();
                 reader.consume(end + 1);
-                (&mut reader)
-                    .take(MAX_DOCUMENT_BYTES as u64)
-                    .read_to_end(&mut doc)
-                    .map_err(io)?;
-                read_documents(&doc, line_no, &mut state)?;
+                read_rest_as_documents(&mut reader, doc, line_no, &mut state).map_err(io)??;
                 break;
             }
             if !line.is_empty() {
@@ -323,19 +319,27 @@ pub fn read_input(
             continue;
         }
         if state.summary.is_empty() && is_incomplete_json(line) {
-            // A multi-line document: read the rest and split it into JSON values.
-            let mut doc = buf.clone();
-            (&mut reader)
-                .take(MAX_DOCUMENT_BYTES as u64)
-                .read_to_end(&mut doc)
-                .map_err(io)?;
-            read_documents(&doc, line_no, &mut state)?;
+            read_rest_as_documents(&mut reader, buf, line_no, &mut state).map_err(io)??;
             break;
         }
         state.record(line_no, line)?;
     }
     state.flush()?;
     Ok(state.summary)
+}
+
+/// A multi-line document, `doc` holding its first line: reads the rest of the input and splits
+/// it into JSON values. The outer error is the reader's; the inner one the batcher's.
+fn read_rest_as_documents(
+    reader: &mut dyn BufRead,
+    mut doc: Vec<u8>,
+    first_line: u64,
+    state: &mut Batcher<'_>,
+) -> io::Result<Result<(), IngestError>> {
+    reader
+        .take(MAX_DOCUMENT_BYTES as u64)
+        .read_to_end(&mut doc)?;
+    Ok(read_documents(&doc, first_line, state))
 }
 
 /// Turns records into batches for one input.

@@ -339,11 +339,18 @@ impl TableFunctionImpl for SqlTableFunction {
             }));
         }
         let values = self.bind(&args)?;
-        let schema = Arc::new(self.plan.schema().as_arrow().clone());
-        let body = match self.runs {
-            Runs::Sql => Body::Plan(self.plan.clone().with_param_values(values)?),
-            Runs::ExecTrace => Body::ExecTrace(values.into_iter().next().expect("one argument")),
+        let (schema, body) = match self.runs {
+            Runs::Sql => {
+                let plan = self.plan.clone().with_param_values(values)?;
+                (plan.schema().as_arrow().clone(), Body::Plan(plan))
+            }
+            // Its plan is made when it runs; the rows have the SQL's columns.
+            Runs::ExecTrace => (
+                self.plan.schema().as_arrow().clone(),
+                Body::ExecTrace(values.into_iter().next().expect("one argument")),
+            ),
         };
+        let schema = Arc::new(schema);
         Ok(Arc::new(BoundQuery {
             name: self.name,
             schema,
@@ -442,15 +449,15 @@ async fn exec_trace_plan(ctx: &SessionContext, session_id: &ScalarValue) -> Resu
         let pods = b.column(1).as_string::<i32>();
         let starts = b.column(2).as_primitive::<TimestampNanosecondType>();
         let exec_ids = b.column(3).as_list::<i32>();
-        for i in 0..b.num_rows() {
-            let ids = exec_ids.value(i);
-            let ids: Vec<ScalarValue> = ids
+        for i in (0..b.num_rows()).filter(|&i| !exec_ids.is_null(i)) {
+            let ids: Vec<ScalarValue> = exec_ids
+                .value(i)
                 .as_string::<i32>()
                 .iter()
                 .flatten()
                 .map(|id| ScalarValue::Utf8(Some(id.to_string())))
                 .collect();
-            if ids.is_empty() || exec_ids.is_null(i) {
+            if ids.is_empty() {
                 continue;
             }
             let n = values.len();
