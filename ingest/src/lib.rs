@@ -271,37 +271,22 @@ pub fn read_input(
     let mut line_no = 0u64;
     let mut buf = Vec::with_capacity(4096);
     loop {
-        // A whole line inside the reader's buffer is parsed where it lies; only a line that
-        // runs past the buffer's end is copied out (below).
         let chunk = reader.fill_buf().map_err(io)?;
         if chunk.is_empty() {
             break;
         }
-        if let Some(end) = memchr::memchr(b'\n', chunk) {
-            line_no += 1;
-            let line = trim(&chunk[..end]);
-            if !line.is_empty() && state.summary.is_empty() && is_incomplete_json(line) {
-                let doc = chunk[..=end].to_vec();
-                reader.consume(end + 1);
-                read_rest_as_documents(&mut reader, doc, line_no, &mut state).map_err(io)??;
-                break;
-            }
-            if !line.is_empty() {
-                state.record(line_no, line)?;
-            }
-            reader.consume(end + 1);
-            continue;
-        }
-        buf.clear();
-        let n = (&mut reader)
-            .take(MAX_LINE_BYTES as u64 + 1)
-            .read_until(b'\n', &mut buf)
-            .map_err(io)?;
-        if n == 0 {
-            break;
+        // A whole line inside the reader's buffer is parsed where it lies; only a line that
+        // runs past the buffer's end is copied out into `buf`.
+        let in_buffer = memchr::memchr(b'\n', chunk);
+        if in_buffer.is_none() {
+            buf.clear();
+            (&mut reader)
+                .take(MAX_LINE_BYTES as u64 + 1)
+                .read_until(b'\n', &mut buf)
+                .map_err(io)?;
         }
         line_no += 1;
-        if buf.len() > MAX_LINE_BYTES && buf.last() != Some(&b'\n') {
+        if in_buffer.is_none() && buf.len() > MAX_LINE_BYTES && buf.last() != Some(&b'\n') {
             let skipped = skip_line(&mut reader).map_err(io)?;
             state.rejected(
                 format,
@@ -314,32 +299,33 @@ pub fn read_input(
             );
             continue;
         }
-        let line = trim(&buf);
-        if line.is_empty() {
-            continue;
-        }
-        if state.summary.is_empty() && is_incomplete_json(line) {
-            read_rest_as_documents(&mut reader, buf, line_no, &mut state).map_err(io)??;
+        let whole: &[u8] = match in_buffer {
+            Some(end) => &reader.fill_buf().map_err(io)?[..=end],
+            None => &buf,
+        };
+        let line = trim(whole);
+        if !line.is_empty() && state.summary.is_empty() && is_incomplete_json(line) {
+            // A multi-line document: read the rest and split it into JSON values.
+            let mut doc = whole.to_vec();
+            if let Some(end) = in_buffer {
+                reader.consume(end + 1);
+            }
+            (&mut reader)
+                .take(MAX_DOCUMENT_BYTES as u64)
+                .read_to_end(&mut doc)
+                .map_err(io)?;
+            read_documents(&doc, line_no, &mut state)?;
             break;
         }
-        state.record(line_no, line)?;
+        if !line.is_empty() {
+            state.record(line_no, line)?;
+        }
+        if let Some(end) = in_buffer {
+            reader.consume(end + 1);
+        }
     }
     state.flush()?;
     Ok(state.summary)
-}
-
-/// A multi-line document, `doc` holding its first line: reads the rest of the input and splits
-/// it into JSON values. The outer error is the reader's; the inner one the batcher's.
-fn read_rest_as_documents(
-    reader: &mut dyn BufRead,
-    mut doc: Vec<u8>,
-    first_line: u64,
-    state: &mut Batcher<'_>,
-) -> io::Result<Result<(), IngestError>> {
-    reader
-        .take(MAX_DOCUMENT_BYTES as u64)
-        .read_to_end(&mut doc)?;
-    Ok(read_documents(&doc, first_line, state))
 }
 
 /// Turns records into batches for one input.

@@ -418,13 +418,16 @@ fn access_plan(row_groups: &[u64], rows: &RoaringBitmap) -> ParquetAccessPlan {
     let mut start = 0u64;
     for (i, &n) in row_groups.iter().enumerate() {
         let range = start as u32..(start + n) as u32;
-        let runs = runs(rows, range.clone());
-        match runs.as_slice() {
-            [] => plan.skip(i),
-            [only] if *only == range => {}
-            _ => plan.set(i, RowGroupAccess::Selection(selection(&runs, range))),
-        }
         start += n;
+        // Counted from the bitmap's containers: empty and full groups need no walk of rows.
+        match rows.range_cardinality(range.clone()) {
+            0 => plan.skip(i),
+            hits if hits == n => {}
+            _ => match runs(rows, range.clone()).as_slice() {
+                [only] if *only == range => {}
+                runs => plan.set(i, RowGroupAccess::Selection(selection(runs, range))),
+            },
+        }
     }
     plan
 }
