@@ -177,37 +177,41 @@ pub fn validate_batch(batch: &RecordBatch) -> Result<(), ModelError> {
 
 /// One event in the native shape: the `events` columns by name. Ingest parsers fill it; the
 /// native NDJSON format deserialises straight into it.
+///
+/// The text type `S` is `String` everywhere but on hot parse paths, which fill an
+/// `Event<Cow<str>>` borrowing from the record: the batch copies the text once, from the record
+/// (no `String` per field in between).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct Event {
+pub struct Event<S = String> {
     /// Nanoseconds since the Unix epoch, UTC. Native JSON takes RFC 3339 or an integer.
     #[serde(deserialize_with = "de_ts")]
     pub ts: i64,
-    pub kind: String,
-    pub source: String,
+    pub kind: S,
+    pub source: S,
     /// Deduplication key; derived from the original record when absent (see [`event_id_of`]).
     #[serde(default)]
     pub event_id: Option<i64>,
     #[serde(default)]
-    pub node: Option<String>,
+    pub node: Option<S>,
     #[serde(default)]
-    pub cluster: Option<String>,
+    pub cluster: Option<S>,
     #[serde(default)]
-    pub namespace: Option<String>,
+    pub namespace: Option<S>,
     #[serde(default)]
-    pub pod: Option<String>,
+    pub pod: Option<S>,
     #[serde(default)]
-    pub pod_uid: Option<String>,
+    pub pod_uid: Option<S>,
     #[serde(default)]
-    pub container_id: Option<String>,
+    pub container_id: Option<S>,
     #[serde(default)]
-    pub container_name: Option<String>,
+    pub container_name: Option<S>,
     #[serde(default)]
-    pub image: Option<String>,
+    pub image: Option<S>,
     #[serde(default)]
-    pub workload_kind: Option<String>,
+    pub workload_kind: Option<S>,
     #[serde(default)]
-    pub workload_name: Option<String>,
+    pub workload_name: Option<S>,
     #[serde(default)]
     pub pid: Option<i64>,
     #[serde(default)]
@@ -215,73 +219,73 @@ pub struct Event {
     #[serde(default)]
     pub uid: Option<i64>,
     #[serde(default)]
-    pub exe: Option<String>,
+    pub exe: Option<S>,
     /// Derived from `exe` when absent.
     #[serde(default)]
-    pub binary_name: Option<String>,
+    pub binary_name: Option<S>,
     #[serde(default)]
-    pub args: Option<String>,
+    pub args: Option<S>,
     #[serde(default)]
-    pub cwd: Option<String>,
+    pub cwd: Option<S>,
     #[serde(default)]
-    pub exec_id: Option<String>,
+    pub exec_id: Option<S>,
     #[serde(default)]
-    pub parent_exec_id: Option<String>,
+    pub parent_exec_id: Option<S>,
     #[serde(default)]
-    pub parent_exe: Option<String>,
+    pub parent_exe: Option<S>,
     #[serde(default)]
-    pub protocol: Option<String>,
+    pub protocol: Option<S>,
     #[serde(default)]
-    pub src_ip: Option<String>,
+    pub src_ip: Option<S>,
     #[serde(default)]
-    pub dst_ip: Option<String>,
+    pub dst_ip: Option<S>,
     #[serde(default)]
     pub src_port: Option<i32>,
     #[serde(default)]
     pub dst_port: Option<i32>,
     #[serde(default)]
-    pub k8s_user: Option<String>,
+    pub k8s_user: Option<S>,
     #[serde(default)]
-    pub impersonated_user: Option<String>,
+    pub impersonated_user: Option<S>,
     #[serde(default)]
-    pub k8s_groups: Option<Vec<String>>,
+    pub k8s_groups: Option<Vec<S>>,
     #[serde(default)]
-    pub source_ips: Option<Vec<String>>,
+    pub source_ips: Option<Vec<S>>,
     /// Derived from the first of `source_ips` when absent.
     #[serde(default)]
-    pub source_ip: Option<String>,
+    pub source_ip: Option<S>,
     #[serde(default)]
-    pub verb: Option<String>,
+    pub verb: Option<S>,
     #[serde(default)]
-    pub resource: Option<String>,
+    pub resource: Option<S>,
     #[serde(default)]
-    pub subresource: Option<String>,
+    pub subresource: Option<S>,
     #[serde(default)]
-    pub object_namespace: Option<String>,
+    pub object_namespace: Option<S>,
     #[serde(default)]
-    pub object_name: Option<String>,
+    pub object_name: Option<S>,
     #[serde(default)]
-    pub request_uri: Option<String>,
+    pub request_uri: Option<S>,
     #[serde(default)]
-    pub user_agent: Option<String>,
+    pub user_agent: Option<S>,
     #[serde(default)]
-    pub audit_id: Option<String>,
+    pub audit_id: Option<S>,
     #[serde(default)]
-    pub stage: Option<String>,
+    pub stage: Option<S>,
     #[serde(default)]
     pub response_code: Option<i32>,
     #[serde(default)]
-    pub rule: Option<String>,
+    pub rule: Option<S>,
     #[serde(default)]
-    pub priority: Option<String>,
+    pub priority: Option<S>,
     #[serde(default)]
-    pub output: Option<String>,
+    pub output: Option<S>,
     #[serde(default)]
-    pub tags: Option<Vec<String>>,
+    pub tags: Option<Vec<S>>,
     #[serde(default)]
-    pub session_id: Option<String>,
+    pub session_id: Option<S>,
     #[serde(default)]
-    pub raw: Option<String>,
+    pub raw: Option<S>,
 }
 
 fn de_ts<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
@@ -405,40 +409,44 @@ macro_rules! builder_struct {
 
             /// [`push`](Self::push) with `raw` given apart from the event (which leaves its
             /// own `None`): a parser's input line goes into the batch without a copy of its own.
-            pub fn push_with_raw(&mut self, ev: &Event, raw: Option<&str>) {
+            pub fn push_with_raw<S: AsRef<str> + std::fmt::Debug>(
+                &mut self,
+                ev: &Event<S>,
+                raw: Option<&str>,
+            ) {
                 self.ts.append_value(ev.ts);
-                self.kind.append_value(&ev.kind);
-                self.source.append_value(&ev.source);
+                self.kind.append_value(ev.kind.as_ref());
+                self.source.append_value(ev.source.as_ref());
                 self.event_id.append_value(ev.event_id.unwrap_or_else(|| derived_event_id(ev)));
-                $(self.$a.append_option(ev.$a.as_deref());)*
+                $(self.$a.append_option(text(&ev.$a));)*
                 $(self.$b.append_option(ev.$b);)*
                 $(
                     if stringify!($c) == "binary_name" && ev.binary_name.is_none() {
-                        self.$c.append_option(ev.exe.as_deref().map(binary_name_of));
+                        self.$c.append_option(text(&ev.exe).map(binary_name_of));
                     } else {
-                        self.$c.append_option(ev.$c.as_deref());
+                        self.$c.append_option(text(&ev.$c));
                     }
                 )*
                 $(self.$d.append_option(ev.$d);)*
-                $(self.$e.append_option(ev.$e.as_deref());)*
+                $(self.$e.append_option(text(&ev.$e));)*
                 $(append_list(&mut self.$f, ev.$f.as_deref());)*
                 $(
                     if stringify!($g) == "source_ip" && ev.source_ip.is_none() {
                         self.$g.append_option(
-                            ev.source_ips.as_ref().and_then(|v| v.first()).map(String::as_str),
+                            ev.source_ips.as_ref().and_then(|v| v.first()).map(AsRef::as_ref),
                         );
                     } else {
-                        self.$g.append_option(ev.$g.as_deref());
+                        self.$g.append_option(text(&ev.$g));
                     }
                 )*
                 $(self.$h.append_option(ev.$h);)*
-                $(self.$i.append_option(ev.$i.as_deref());)*
+                $(self.$i.append_option(text(&ev.$i));)*
                 $(append_list(&mut self.$j, ev.$j.as_deref());)*
                 $(
                     if stringify!($k) == "raw" {
                         self.$k.append_option(raw);
                     } else {
-                        self.$k.append_option(ev.$k.as_deref());
+                        self.$k.append_option(text(&ev.$k));
                     }
                 )*
                 self.rows += 1;
@@ -500,11 +508,16 @@ fn finish_sized(b: &mut StringBuilder, rows: usize) -> ArrayRef {
     Arc::new(array)
 }
 
-fn append_list(b: &mut ListBuilder<StringBuilder>, v: Option<&[String]>) {
+/// A text field as `&str`, whatever the event's text type.
+fn text<S: AsRef<str>>(field: &Option<S>) -> Option<&str> {
+    field.as_ref().map(AsRef::as_ref)
+}
+
+fn append_list<S: AsRef<str>>(b: &mut ListBuilder<StringBuilder>, v: Option<&[S]>) {
     match v {
         Some(items) => {
             for item in items {
-                b.values().append_value(item);
+                b.values().append_value(item.as_ref());
             }
             b.append(true);
         }
@@ -514,9 +527,10 @@ fn append_list(b: &mut ListBuilder<StringBuilder>, v: Option<&[String]>) {
 
 /// An id for an event that came without its original bytes: a hash of its debug form, which
 /// covers every field. Ingest parsers set `event_id` from the original record instead.
-fn derived_event_id(ev: &Event) -> i64 {
+/// (`Cow<str>` prints as `String` does, so the id does not depend on the text type.)
+fn derived_event_id<S: AsRef<str> + std::fmt::Debug>(ev: &Event<S>) -> i64 {
     let text = format!("{ev:?}");
-    event_id_of(&ev.source, text.as_bytes())
+    event_id_of(ev.source.as_ref(), text.as_bytes())
 }
 
 /// Builds one batch from a slice of events.
