@@ -8,7 +8,6 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::ipc::reader::StreamReader;
 use model::{Event, EventBatchBuilder, RecordBatch};
 use proto::v1::ingest_server::{Ingest, IngestServer};
 use proto::v1::{EventBatch, IngestAck, event_batch};
@@ -116,25 +115,7 @@ fn to_record_batch(
 ) -> Result<Option<RecordBatch>, String> {
     match batch.payload {
         None => Ok(None),
-        Some(event_batch::Payload::ArrowIpc(bytes)) => {
-            let reader = StreamReader::try_new(std::io::Cursor::new(bytes), None)
-                .map_err(|e| format!("arrow_ipc: {e}"))?;
-            let expected = model::events_schema();
-            if reader.schema().fields() != expected.fields() {
-                return Err(
-                    "arrow_ipc: schema is not the events schema (see model::events_schema)".into(),
-                );
-            }
-            let batches = reader
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("arrow_ipc: {e}"))?;
-            let batch = datafusion::arrow::compute::concat_batches(&expected, &batches)
-                .map_err(|e| format!("arrow_ipc: {e}"))?;
-            if let Err(e) = model::validate_batch(&batch) {
-                return Err(format!("arrow_ipc: {e}"));
-            }
-            Ok((batch.num_rows() > 0).then_some(batch))
-        }
+        Some(event_batch::Payload::ArrowIpc(bytes)) => ingest::arrow_ipc::read_stream(bytes),
         Some(event_batch::Payload::Events(events)) => {
             let mut builder = EventBatchBuilder::with_capacity(events.events.len());
             for (i, pe) in events.events.into_iter().enumerate() {

@@ -10,6 +10,7 @@ use std::borrow::Cow;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 
+pub mod arrow_ipc;
 mod falco;
 pub mod k8s_audit;
 pub mod k8s_objects;
