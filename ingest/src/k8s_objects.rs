@@ -227,7 +227,7 @@ fn pod_rows(pod: &Pod, owners: &HashMap<&str, &OwnerReference>, base: Event, out
             container_id: st
                 .and_then(|s| s.container_id.as_deref())
                 .filter(|id| !id.is_empty())
-                .map(|id| crate::tetragon::runtime_id(id).to_string()),
+                .map(crate::tetragon::strip_runtime_prefix),
             image: image
                 .map(str::to_string)
                 .or_else(|| st.map(|s| s.image.clone())),

@@ -6,7 +6,6 @@
 //! Falco alerts, Tetragon's JSON export and Kubernetes object inventories
 //! (`kubectl get -o json`).
 
-use std::borrow::Cow;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 
@@ -350,7 +349,7 @@ impl Batcher<'_> {
     fn record(&mut self, line: u64, record: &[u8]) -> Result<(), IngestError> {
         let (fmt, result) = parse_record(self.format, record, self.observed_at, &mut self.events);
         match result {
-            Ok(Parsed { text, one }) => {
+            Ok(text) => {
                 let raw = fmt.raw_is_record().then_some(text);
                 if fmt != self.batch_format {
                     self.flush()?;
@@ -358,13 +357,13 @@ impl Batcher<'_> {
                 }
                 let c = self.summary.entry(fmt.name()).or_default();
                 c.records += 1;
-                c.events += (self.events.len() + usize::from(one.is_some())) as u64;
-                if let Some(ev) = one {
-                    self.push(&ev, raw)?;
-                }
+                c.events += self.events.len() as u64;
                 let events = std::mem::take(&mut self.events);
                 for ev in &events {
-                    self.push(ev, ev.raw.as_deref().or(raw))?;
+                    self.builder.push_with_raw(ev, ev.raw.as_deref().or(raw));
+                    if self.builder.len() >= self.batch_rows {
+                        self.flush()?;
+                    }
                 }
                 self.events = events;
                 self.events.clear();
@@ -373,18 +372,6 @@ impl Batcher<'_> {
                 self.events.clear();
                 self.rejected(fmt, line, reason, Some(record));
             }
-        }
-        Ok(())
-    }
-
-    fn push<S: AsRef<str> + std::fmt::Debug>(
-        &mut self,
-        ev: &Event<S>,
-        raw: Option<&str>,
-    ) -> Result<(), IngestError> {
-        self.builder.push_with_raw(ev, raw);
-        if self.builder.len() >= self.batch_rows {
-            self.flush()?;
         }
         Ok(())
     }
@@ -477,21 +464,14 @@ fn skip_line(reader: &mut dyn BufRead) -> io::Result<usize> {
     }
 }
 
-/// A record parsed: its text, and its event when the parser returned one borrowing from it
-/// (the other parsers push owned events to `out`).
-struct Parsed<'r> {
-    text: &'r str,
-    one: Option<Event<Cow<'r, str>>>,
-}
-
-/// Parses one record in `format` (recognising it under `Auto`); returns the format it was read
-/// as, and the record.
+/// Parses one record in `format` (recognising it under `Auto`) into `out`; returns the format
+/// it was read as, and the record as text.
 fn parse_record<'r>(
     format: Format,
     record: &'r [u8],
     observed_at: i64,
     out: &mut Vec<Event>,
-) -> (Format, Result<Parsed<'r>, String>) {
+) -> (Format, Result<&'r str, String>) {
     let format = match format {
         Format::Auto => match detect(record) {
             Some(f) => f,
@@ -511,17 +491,11 @@ fn parse_record<'r>(
             .map_err(|e| e.to_string()),
         Format::K8sAudit => k8s_audit::parse(text, out),
         Format::Falco => falco::parse(text, out),
-        Format::Tetragon => {
-            let one = tetragon::parse(text).map(|ev| Parsed {
-                text,
-                one: Some(ev),
-            });
-            return (format, one);
-        }
+        Format::Tetragon => tetragon::parse(text, out),
         Format::K8sObjects => k8s_objects::parse(text, observed_at, out),
         Format::Auto => unreachable!("resolved above"),
     };
-    (format, result.map(|()| Parsed { text, one: None }))
+    (format, result.map(|()| text))
 }
 
 fn unrecognised(record: &[u8]) -> String {

@@ -177,41 +177,37 @@ pub fn validate_batch(batch: &RecordBatch) -> Result<(), ModelError> {
 
 /// One event in the native shape: the `events` columns by name. Ingest parsers fill it; the
 /// native NDJSON format deserialises straight into it.
-///
-/// The text type `S` is `String` everywhere but on hot parse paths, which fill an
-/// `Event<Cow<str>>` borrowing from the record: the batch copies the text once, from the record
-/// (no `String` per field in between).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct Event<S = String> {
+pub struct Event {
     /// Nanoseconds since the Unix epoch, UTC. Native JSON takes RFC 3339 or an integer.
     #[serde(deserialize_with = "de_ts")]
     pub ts: i64,
-    pub kind: S,
-    pub source: S,
+    pub kind: String,
+    pub source: String,
     /// Deduplication key; derived from the original record when absent (see [`event_id_of`]).
     #[serde(default)]
     pub event_id: Option<i64>,
     #[serde(default)]
-    pub node: Option<S>,
+    pub node: Option<String>,
     #[serde(default)]
-    pub cluster: Option<S>,
+    pub cluster: Option<String>,
     #[serde(default)]
-    pub namespace: Option<S>,
+    pub namespace: Option<String>,
     #[serde(default)]
-    pub pod: Option<S>,
+    pub pod: Option<String>,
     #[serde(default)]
-    pub pod_uid: Option<S>,
+    pub pod_uid: Option<String>,
     #[serde(default)]
-    pub container_id: Option<S>,
+    pub container_id: Option<String>,
     #[serde(default)]
-    pub container_name: Option<S>,
+    pub container_name: Option<String>,
     #[serde(default)]
-    pub image: Option<S>,
+    pub image: Option<String>,
     #[serde(default)]
-    pub workload_kind: Option<S>,
+    pub workload_kind: Option<String>,
     #[serde(default)]
-    pub workload_name: Option<S>,
+    pub workload_name: Option<String>,
     #[serde(default)]
     pub pid: Option<i64>,
     #[serde(default)]
@@ -219,73 +215,73 @@ pub struct Event<S = String> {
     #[serde(default)]
     pub uid: Option<i64>,
     #[serde(default)]
-    pub exe: Option<S>,
+    pub exe: Option<String>,
     /// Derived from `exe` when absent.
     #[serde(default)]
-    pub binary_name: Option<S>,
+    pub binary_name: Option<String>,
     #[serde(default)]
-    pub args: Option<S>,
+    pub args: Option<String>,
     #[serde(default)]
-    pub cwd: Option<S>,
+    pub cwd: Option<String>,
     #[serde(default)]
-    pub exec_id: Option<S>,
+    pub exec_id: Option<String>,
     #[serde(default)]
-    pub parent_exec_id: Option<S>,
+    pub parent_exec_id: Option<String>,
     #[serde(default)]
-    pub parent_exe: Option<S>,
+    pub parent_exe: Option<String>,
     #[serde(default)]
-    pub protocol: Option<S>,
+    pub protocol: Option<String>,
     #[serde(default)]
-    pub src_ip: Option<S>,
+    pub src_ip: Option<String>,
     #[serde(default)]
-    pub dst_ip: Option<S>,
+    pub dst_ip: Option<String>,
     #[serde(default)]
     pub src_port: Option<i32>,
     #[serde(default)]
     pub dst_port: Option<i32>,
     #[serde(default)]
-    pub k8s_user: Option<S>,
+    pub k8s_user: Option<String>,
     #[serde(default)]
-    pub impersonated_user: Option<S>,
+    pub impersonated_user: Option<String>,
     #[serde(default)]
-    pub k8s_groups: Option<Vec<S>>,
+    pub k8s_groups: Option<Vec<String>>,
     #[serde(default)]
-    pub source_ips: Option<Vec<S>>,
+    pub source_ips: Option<Vec<String>>,
     /// Derived from the first of `source_ips` when absent.
     #[serde(default)]
-    pub source_ip: Option<S>,
+    pub source_ip: Option<String>,
     #[serde(default)]
-    pub verb: Option<S>,
+    pub verb: Option<String>,
     #[serde(default)]
-    pub resource: Option<S>,
+    pub resource: Option<String>,
     #[serde(default)]
-    pub subresource: Option<S>,
+    pub subresource: Option<String>,
     #[serde(default)]
-    pub object_namespace: Option<S>,
+    pub object_namespace: Option<String>,
     #[serde(default)]
-    pub object_name: Option<S>,
+    pub object_name: Option<String>,
     #[serde(default)]
-    pub request_uri: Option<S>,
+    pub request_uri: Option<String>,
     #[serde(default)]
-    pub user_agent: Option<S>,
+    pub user_agent: Option<String>,
     #[serde(default)]
-    pub audit_id: Option<S>,
+    pub audit_id: Option<String>,
     #[serde(default)]
-    pub stage: Option<S>,
+    pub stage: Option<String>,
     #[serde(default)]
     pub response_code: Option<i32>,
     #[serde(default)]
-    pub rule: Option<S>,
+    pub rule: Option<String>,
     #[serde(default)]
-    pub priority: Option<S>,
+    pub priority: Option<String>,
     #[serde(default)]
-    pub output: Option<S>,
+    pub output: Option<String>,
     #[serde(default)]
-    pub tags: Option<Vec<S>>,
+    pub tags: Option<Vec<String>>,
     #[serde(default)]
-    pub session_id: Option<S>,
+    pub session_id: Option<String>,
     #[serde(default)]
-    pub raw: Option<S>,
+    pub raw: Option<String>,
 }
 
 fn de_ts<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
@@ -409,44 +405,40 @@ macro_rules! builder_struct {
 
             /// [`push`](Self::push) with `raw` given apart from the event (which leaves its
             /// own `None`): a parser's input line goes into the batch without a copy of its own.
-            pub fn push_with_raw<S: AsRef<str> + std::fmt::Debug>(
-                &mut self,
-                ev: &Event<S>,
-                raw: Option<&str>,
-            ) {
+            pub fn push_with_raw(&mut self, ev: &Event, raw: Option<&str>) {
                 self.ts.append_value(ev.ts);
-                self.kind.append_value(ev.kind.as_ref());
-                self.source.append_value(ev.source.as_ref());
+                self.kind.append_value(&ev.kind);
+                self.source.append_value(&ev.source);
                 self.event_id.append_value(ev.event_id.unwrap_or_else(|| derived_event_id(ev)));
-                $(self.$a.append_option(text(&ev.$a));)*
+                $(self.$a.append_option(ev.$a.as_deref());)*
                 $(self.$b.append_option(ev.$b);)*
                 $(
                     if stringify!($c) == "binary_name" && ev.binary_name.is_none() {
-                        self.$c.append_option(text(&ev.exe).map(binary_name_of));
+                        self.$c.append_option(ev.exe.as_deref().map(binary_name_of));
                     } else {
-                        self.$c.append_option(text(&ev.$c));
+                        self.$c.append_option(ev.$c.as_deref());
                     }
                 )*
                 $(self.$d.append_option(ev.$d);)*
-                $(self.$e.append_option(text(&ev.$e));)*
+                $(self.$e.append_option(ev.$e.as_deref());)*
                 $(append_list(&mut self.$f, ev.$f.as_deref());)*
                 $(
                     if stringify!($g) == "source_ip" && ev.source_ip.is_none() {
                         self.$g.append_option(
-                            ev.source_ips.as_ref().and_then(|v| v.first()).map(AsRef::as_ref),
+                            ev.source_ips.as_ref().and_then(|v| v.first()).map(String::as_str),
                         );
                     } else {
-                        self.$g.append_option(text(&ev.$g));
+                        self.$g.append_option(ev.$g.as_deref());
                     }
                 )*
                 $(self.$h.append_option(ev.$h);)*
-                $(self.$i.append_option(text(&ev.$i));)*
+                $(self.$i.append_option(ev.$i.as_deref());)*
                 $(append_list(&mut self.$j, ev.$j.as_deref());)*
                 $(
                     if stringify!($k) == "raw" {
                         self.$k.append_option(raw);
                     } else {
-                        self.$k.append_option(text(&ev.$k));
+                        self.$k.append_option(ev.$k.as_deref());
                     }
                 )*
                 self.rows += 1;
@@ -508,16 +500,11 @@ fn finish_sized(b: &mut StringBuilder, rows: usize) -> ArrayRef {
     Arc::new(array)
 }
 
-/// A text field as `&str`, whatever the event's text type.
-fn text<S: AsRef<str>>(field: &Option<S>) -> Option<&str> {
-    field.as_ref().map(AsRef::as_ref)
-}
-
-fn append_list<S: AsRef<str>>(b: &mut ListBuilder<StringBuilder>, v: Option<&[S]>) {
+fn append_list(b: &mut ListBuilder<StringBuilder>, v: Option<&[String]>) {
     match v {
         Some(items) => {
             for item in items {
-                b.values().append_value(item.as_ref());
+                b.values().append_value(item);
             }
             b.append(true);
         }
@@ -527,10 +514,9 @@ fn append_list<S: AsRef<str>>(b: &mut ListBuilder<StringBuilder>, v: Option<&[S]
 
 /// An id for an event that came without its original bytes: a hash of its debug form, which
 /// covers every field. Ingest parsers set `event_id` from the original record instead.
-/// (`Cow<str>` prints as `String` does, so the id does not depend on the text type.)
-fn derived_event_id<S: AsRef<str> + std::fmt::Debug>(ev: &Event<S>) -> i64 {
+fn derived_event_id(ev: &Event) -> i64 {
     let text = format!("{ev:?}");
-    event_id_of(ev.source.as_ref(), text.as_bytes())
+    event_id_of(&ev.source, text.as_bytes())
 }
 
 /// Builds one batch from a slice of events.
