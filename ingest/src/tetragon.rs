@@ -34,7 +34,8 @@ struct Process<'a> {
     /// Short container id (older exports, or no pod).
     #[serde(default)]
     docker: Option<String>,
-    /// Borrowed: only parsed (one allocation less per event).
+    /// Only parsed. Note: serde copies an `Option<Cow<str>>` all the same (it borrows only a
+    /// field whose type is `Cow` itself); checked with serde_json, 2026-11-27.
     #[serde(borrow, default)]
     start_time: Option<Cow<'a, str>>,
 }
