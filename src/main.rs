@@ -446,7 +446,8 @@ impl IngestOutcome {
 }
 
 /// Reads every input into the store; `on_batch` hears of each batch appended (its records).
-/// When this returns, every accepted event is durable. Inputs already ingested (same SHA-256) are skipped; bad records go to `dead`.
+/// When this returns, every accepted event is durable. Inputs already ingested (same SHA-256)
+/// are skipped; bad records go to `dead`.
 fn ingest_inputs(
     store: &Store,
     inputs: &[ingest::Input],

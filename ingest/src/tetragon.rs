@@ -6,15 +6,13 @@
 //! Network direction: `src` is the side that initiated the connection, `dst` the side that
 //! accepted it (so for `inet_csk_accept` the peer is the source).
 
-use std::borrow::Cow;
-
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use model::Event;
 
 #[derive(Deserialize, Default)]
-struct Process<'a> {
+struct Process {
     #[serde(default)]
     exec_id: Option<String>,
     #[serde(default)]
@@ -34,10 +32,8 @@ struct Process<'a> {
     /// Short container id (older exports, or no pod).
     #[serde(default)]
     docker: Option<String>,
-    /// Only parsed. Note: serde copies an `Option<Cow<str>>` all the same (it borrows only a
-    /// field whose type is `Cow` itself); checked with serde_json, 2026-11-27.
-    #[serde(borrow, default)]
-    start_time: Option<Cow<'a, str>>,
+    #[serde(default)]
+    start_time: Option<String>,
 }
 
 /// The parent process: only what ktrail keeps of it (its pod, labels etc. are skipped).
@@ -97,33 +93,33 @@ struct Sock {
 
 /// A line of the event types ktrail maps, read in one typed pass (unknown keys skipped).
 #[derive(Deserialize)]
-struct Line<'a> {
-    #[serde(borrow, default)]
-    process_exec: Option<Box<Body<'a>>>,
-    #[serde(borrow, default)]
-    process_exit: Option<Box<Body<'a>>>,
-    #[serde(borrow, default)]
-    process_kprobe: Option<Box<Body<'a>>>,
-    #[serde(borrow, default)]
-    process_tracepoint: Option<Box<Body<'a>>>,
-    #[serde(borrow, default)]
-    process_connect: Option<Box<Body<'a>>>,
-    #[serde(borrow, default)]
-    process_close: Option<Box<Body<'a>>>,
-    #[serde(borrow, default)]
-    process_listen: Option<Box<Body<'a>>>,
+struct Line {
+    #[serde(default)]
+    process_exec: Option<Box<Body>>,
+    #[serde(default)]
+    process_exit: Option<Box<Body>>,
+    #[serde(default)]
+    process_kprobe: Option<Box<Body>>,
+    #[serde(default)]
+    process_tracepoint: Option<Box<Body>>,
+    #[serde(default)]
+    process_connect: Option<Box<Body>>,
+    #[serde(default)]
+    process_close: Option<Box<Body>>,
+    #[serde(default)]
+    process_listen: Option<Box<Body>>,
     #[serde(default)]
     node_name: Option<String>,
     #[serde(default)]
     cluster_name: Option<String>,
-    #[serde(borrow, default)]
-    time: Option<Cow<'a, str>>,
+    #[serde(default)]
+    time: Option<String>,
 }
 
 #[derive(Deserialize)]
-struct Body<'a> {
-    #[serde(borrow, default)]
-    process: Option<Box<Process<'a>>>,
+struct Body {
+    #[serde(default)]
+    process: Option<Box<Process>>,
     #[serde(default)]
     parent: Option<Parent>,
     #[serde(default)]
@@ -170,7 +166,7 @@ pub fn parse(original: &str, out: &mut Vec<Event>) -> Result<(), String> {
     parse_tree(original, out)
 }
 
-fn typed(line: Line<'_>, raw: &str) -> Result<Option<Event>, String> {
+fn typed(line: Line, raw: &str) -> Result<Option<Event>, String> {
     let (kind, body) = match line {
         Line {
             process_exec: Some(b),
@@ -306,7 +302,7 @@ fn parse_tree(raw: &str, out: &mut Vec<Event>) -> Result<(), String> {
 }
 
 /// The columns every event type shares, moved out of the parsed process and its parent.
-fn base_event(ts: i64, p: Process<'_>, parent: Parent, raw: &str) -> Event {
+fn base_event(ts: i64, p: Process, parent: Parent, raw: &str) -> Event {
     let pod = p.pod.unwrap_or_default();
     let container = pod.container.unwrap_or_default();
     let container_id = container

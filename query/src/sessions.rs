@@ -281,10 +281,10 @@ async fn compute(ctx: &SessionContext, filters: &[Expr]) -> Result<RecordBatch> 
     let mut requests = exec_requests(ctx, filters).await?;
     // A filter on the user or the session drops the other requests into the same pod, and
     // with them the ambiguity they bring: attribute over those too, answer for the wanted.
-    let wanted: Option<HashSet<String>> = match filters.iter().all(keeps_whole_pods) {
-        true => None,
-        false if requests.is_empty() => None,
-        false => {
+    let wanted: Option<HashSet<String>> =
+        if filters.iter().all(keeps_whole_pods) || requests.is_empty() {
+            None
+        } else {
             let wanted: HashSet<String> = requests.iter().map(|r| r.audit_id.clone()).collect();
             let pods: HashSet<PodKey> = requests
                 .iter()
@@ -292,11 +292,9 @@ async fn compute(ctx: &SessionContext, filters: &[Expr]) -> Result<RecordBatch> 
                 .collect();
             let pods: Vec<PodKey> = pods.into_iter().collect();
             // (Requests into other pods the filter lets through are no one's rivals: dropped.)
-            let in_pods = in_pods(&pods);
-            requests = with_rivals(exec_requests(ctx, &[in_pods]).await?, &wanted);
+            requests = with_rivals(exec_requests(ctx, &[in_pods(&pods)]).await?, &wanted);
             Some(wanted)
-        }
-    };
+        };
     if requests.is_empty() {
         return build(&[], &HashMap::new(), &[]);
     }
