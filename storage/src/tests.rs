@@ -314,3 +314,41 @@ fn segments_are_sorted_by_namespace_pod_container_ts_nulls_first() {
         );
     }
 }
+
+#[test]
+fn batches_read_from_arrow_ipc_count_their_memory_once() {
+    // A WAL record or a gRPC message decodes into buffers sliced from one allocation; each
+    // must not count it whole, or the memtable looks full after a few batches.
+    let events: Vec<Event> = (0..5000).map(|i| event(i, "billing", "api-1")).collect();
+    let built = batch_of(&events);
+    let payload = wal::encode_batch(&built, 0).unwrap();
+    let decoded = wal::decode_batch(&payload).unwrap();
+    assert!(
+        memory_of(&decoded) <= 2 * payload.len(),
+        "{} bytes counted for a {}-byte record",
+        memory_of(&decoded),
+        payload.len()
+    );
+    assert!(memory_of(&decoded) >= payload.len() / 2);
+    assert!(memory_of(&built) <= built.get_array_memory_size());
+
+    // Twenty such batches (~20 MB) stay in a 64 MiB memtable: no flush.
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        memtable_max_bytes: 64 << 20,
+        ..opts()
+    };
+    let (store, _) = Store::open(dir.path(), options).unwrap();
+    for k in 0..20u64 {
+        let events: Vec<Event> = (k * 5000..(k + 1) * 5000)
+            .map(|i| event(i, "billing", "api-1"))
+            .collect();
+        let batch = wal::decode_batch(&wal::encode_batch(&batch_of(&events), 0).unwrap()).unwrap();
+        store.append(batch).unwrap();
+    }
+    assert_eq!(store.snapshot().rows(), 100_000);
+    assert!(
+        store.manifest().segments.is_empty(),
+        "the memtable was flushed"
+    );
+}
