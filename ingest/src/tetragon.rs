@@ -156,6 +156,9 @@ struct Arg {
 /// The common event types are read in one typed pass straight from the bytes; anything that
 /// pass does not take (another event type, a field of an unexpected type) goes through the
 /// general path over a JSON tree, which decides whether it is kept (as `other`) or rejected.
+///
+/// The event's `raw` is left empty: the line itself is the record, and `read_input` puts it in
+/// the batch (`Format::raw_is_record`). A caller of its own sets `raw` to `original`.
 pub fn parse(original: &str, out: &mut Vec<Event>) -> Result<(), String> {
     if let Ok(line) = serde_json::from_str::<Line>(original)
         && let Some(ev) = typed(line, original)?
