@@ -6,11 +6,13 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{ArrayRef, BooleanArray, TimestampNanosecondArray, UInt64Array};
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::array::{
+    Array, ArrayRef, BooleanArray, RecordBatch, StringArray, TimestampNanosecondArray, UInt64Array,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::Session;
 use datafusion::common::pruning::PruningStatistics;
-use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchema, ScalarValue};
 use datafusion::datasource::TableProvider;
 use datafusion::datasource::listing::PartitionedFile;
@@ -27,6 +29,7 @@ use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
 use datafusion::parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::ScalarFunctionExpr;
 use datafusion::physical_expr::expressions::{
     BinaryExpr, Column as PhysicalColumn, InListExpr, LikeExpr, Literal,
 };
@@ -322,9 +325,18 @@ fn scalar_str(v: &ScalarValue) -> Option<&str> {
 /// of indexed columns, combined as the predicate combines them (`AND` → intersection, `OR` →
 /// union). The index only ever narrows to a superset of the matching rows; DataFusion applies
 /// the predicate again to what is read.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 enum IndexFilter {
-    Lookup { column: String, values: Vec<String> },
+    Lookup {
+        column: String,
+        values: Vec<String>,
+    },
+    /// Any other deterministic test of one indexed column, false or NULL for a NULL value:
+    /// `test` reads that column as column 0 and is evaluated over the segment's distinct values.
+    Matching {
+        column: String,
+        test: Arc<dyn PhysicalExpr>,
+    },
     All(Vec<IndexFilter>),
     Any(Vec<IndexFilter>),
 }
@@ -343,14 +355,81 @@ fn index_filter(expr: &Arc<dyn PhysicalExpr>) -> Option<IndexFilter> {
                 index_filter(b.right())?,
             ])),
             Operator::Eq => lookup(b.left(), std::slice::from_ref(b.right()))
-                .or_else(|| lookup(b.right(), std::slice::from_ref(b.left()))),
-            _ => None,
+                .or_else(|| lookup(b.right(), std::slice::from_ref(b.left())))
+                .or_else(|| matching(expr)),
+            _ => matching(expr),
         };
     }
     match expr.downcast_ref::<InListExpr>() {
         Some(list) if !list.negated() => lookup(list.expr(), list.list()),
-        _ => None,
+        _ => matching(expr),
     }
+}
+
+/// `expr` as a test of the distinct values of the one indexed column it reads, when that is
+/// sound: it reads no other column, calls nothing volatile, and does not keep a NULL (the index
+/// holds no rows for NULLs, so a test that keeps them, `args IS NULL`, cannot be answered
+/// from it).
+fn matching(expr: &Arc<dyn PhysicalExpr>) -> Option<IndexFilter> {
+    let columns = datafusion::physical_expr::utils::collect_columns(expr);
+    let [column] = columns.iter().collect::<Vec<_>>()[..] else {
+        return None;
+    };
+    if !INDEXED_COLUMNS.contains(&column.name()) {
+        return None;
+    }
+    let mut volatile = false;
+    let _ = expr.apply(|e| {
+        volatile = e.downcast_ref::<ScalarFunctionExpr>().is_some_and(|f| {
+            f.fun().signature().volatility == datafusion::logical_expr::Volatility::Volatile
+        });
+        Ok(if volatile {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    });
+    if volatile {
+        return None;
+    }
+    let test = expr
+        .clone()
+        .transform(|e| {
+            Ok(match e.downcast_ref::<PhysicalColumn>() {
+                Some(c) => Transformed::yes(
+                    Arc::new(PhysicalColumn::new(c.name(), 0)) as Arc<dyn PhysicalExpr>
+                ),
+                None => Transformed::no(e),
+            })
+        })
+        .ok()?
+        .data;
+    let keeps_null = evaluate(&test, column.name(), &StringArray::new_null(1))?.value(0);
+    if keeps_null {
+        return None;
+    }
+    Some(IndexFilter::Matching {
+        column: column.name().to_string(),
+        test,
+    })
+}
+
+/// `test` over `values` (as column `name`): true where it keeps the value; `None` when it
+/// cannot be evaluated there (it is then no use to the index).
+fn evaluate(
+    test: &Arc<dyn PhysicalExpr>,
+    name: &str,
+    values: &StringArray,
+) -> Option<BooleanArray> {
+    let schema = Schema::new(vec![Field::new(name, DataType::Utf8, true)]);
+    let batch = RecordBatch::try_new(Arc::new(schema), vec![Arc::new(values.clone())]).ok()?;
+    let result = test.evaluate(&batch).ok()?.into_array(values.len()).ok()?;
+    let result = result.as_any().downcast_ref::<BooleanArray>()?;
+    // NULL (unknown) does not keep a row.
+    Some(match result.nulls() {
+        Some(nulls) => BooleanArray::new(result.values() & nulls.inner(), None),
+        None => result.clone(),
+    })
 }
 
 /// `column = literal` / `column IN (literals)` on an indexed string column.
@@ -382,6 +461,23 @@ impl IndexFilter {
         match self {
             IndexFilter::Lookup { column, values } => {
                 index.lookup(column, values.iter().map(String::as_str))
+            }
+            IndexFilter::Matching { column, test } => {
+                let entries = index.entries(column)?;
+                let mut values = Vec::with_capacity(entries.len());
+                let mut bitmaps = Vec::with_capacity(entries.len());
+                for (value, rows) in entries {
+                    values.push(value);
+                    bitmaps.push(rows);
+                }
+                let kept = evaluate(test, column, &StringArray::from(values))?;
+                Some(
+                    bitmaps
+                        .into_iter()
+                        .zip(kept.values())
+                        .filter(|(_, keep)| *keep)
+                        .fold(RoaringBitmap::new(), |acc, (rows, _)| acc | rows),
+                )
             }
             IndexFilter::All(parts) => parts
                 .iter()

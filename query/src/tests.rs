@@ -123,7 +123,7 @@ async fn an_or_of_indexed_columns_is_a_union_of_lookups() {
     let indexed = session(&store, IndexUse::On).await.unwrap();
     let full = session(&store, IndexUse::Off).await.unwrap();
     // 10.1.3.3 is a destination in the fixture; the source side has no values, so the union
-    // is the destination's rows; a non-indexed disjunct (exe) leaves the index out.
+    // is the destination's rows; a non-indexed disjunct (source) leaves the index out.
     for (sql, by_index) in [
         (
             "SELECT event_id FROM events WHERE dst_ip = '10.1.3.3' OR src_ip = '10.1.3.3' \
@@ -136,7 +136,7 @@ async fn an_or_of_indexed_columns_is_a_union_of_lookups() {
             true,
         ),
         (
-            "SELECT event_id FROM events WHERE dst_ip = '10.1.3.3' OR exe = '/bin/sh' \
+            "SELECT event_id FROM events WHERE dst_ip = '10.1.3.3' OR source = 'tetragon' \
              ORDER BY event_id",
             false,
         ),
@@ -205,6 +205,47 @@ async fn memtable_rows_are_answered_with_segment_rows() {
 }
 
 #[tokio::test]
+async fn substring_searches_are_answered_from_the_distinct_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = fixture(dir.path());
+    let indexed = session(&store, IndexUse::On).await.unwrap();
+    let full = session(&store, IndexUse::Off).await.unwrap();
+    // A third of the segments' 2 000 rows ran tcpdump (j % 3 == 2).
+    for (sql, selected) in [
+        (
+            "SELECT event_id FROM events WHERE exe LIKE '%tcpdump' ORDER BY event_id",
+            Some(664),
+        ),
+        (
+            "SELECT event_id FROM events WHERE exe ~ 'curl|tcpdump' ORDER BY event_id",
+            Some(1332),
+        ),
+        (
+            "SELECT event_id FROM events WHERE upper(exe) = '/BIN/SH' ORDER BY event_id",
+            Some(668),
+        ),
+        // Tests that keep NULLs, or read another column too, are left to the scan.
+        (
+            "SELECT event_id FROM events WHERE exe IS NULL ORDER BY event_id",
+            None,
+        ),
+        (
+            "SELECT event_id FROM events WHERE coalesce(exe, pod) LIKE '%sh' ORDER BY event_id",
+            None,
+        ),
+    ] {
+        let (a, stats) = run(&indexed, sql).await;
+        let (b, _) = run(&full, sql).await;
+        assert_eq!(text(&a), text(&b), "{sql}");
+        let stats = stats.unwrap();
+        match selected {
+            Some(n) => assert_eq!(stats.rows_selected_by_index, n, "{sql}: {stats:?}"),
+            None => assert_eq!(stats.rows_selected_by_index, 0, "{sql}: {stats:?}"),
+        }
+    }
+}
+
+#[tokio::test]
 async fn explain_analyze_shows_what_was_skipped() {
     let dir = tempfile::tempdir().unwrap();
     let store = fixture(dir.path());
@@ -228,14 +269,20 @@ const EXES: &[&str] = &[
     "/usr/bin/python3",
 ];
 const IPS: &[&str] = &["10.0.0.1", "10.0.0.2", "1.2.3.4", "8.8.8.8"];
+/// Command lines; the last is made unique per row, so that free text sometimes repeats too
+/// little to be indexed.
+const ARGS: &[&str] = &["-w /tmp/x.pcap", "-sS http://a", "", "-c 'id'", "unique"];
 
-fn arb_event() -> impl Strategy<Value = (u32, usize, usize, usize, Option<usize>)> {
+type ArbEvent = (u32, usize, usize, usize, Option<usize>, Option<usize>);
+
+fn arb_event() -> impl Strategy<Value = ArbEvent> {
     (
         0u32..4 * 3600,
         0..NAMESPACES.len(),
         0..PODS.len(),
         0..EXES.len(),
         prop::option::of(0..IPS.len()),
+        prop::option::of(0..ARGS.len()),
     )
 }
 
@@ -257,7 +304,26 @@ fn arb_predicate() -> impl Strategy<Value = String> {
     let src = prop::sample::select(IPS).prop_map(|v| format!("src_ip = '{v}'"));
     let time = (0i64..4 * 3600)
         .prop_map(|s| format!("ts >= to_timestamp_nanos({})", T0 + s * 1_000_000_000));
-    let leaf = prop_oneof![ns, pod, pods, bin, ip, src, time];
+    // Tests the index answers from the distinct values (and those it must leave to the scan:
+    // `IS NULL`, `coalesce`, which keep NULLs).
+    let text = prop::sample::select(
+        &[
+            "args LIKE '%.pcap%'",
+            "args NOT LIKE '-%'",
+            "args ~ '^-[sc]'",
+            "args = ''",
+            "args IS NULL",
+            "args IS NOT NULL",
+            "coalesce(args, '') = ''",
+            "exe LIKE '%bin/%'",
+            "lower(exe) = '/usr/bin/curl'",
+            "pod ILIKE 'B%'",
+            "starts_with(namespace, 'kube')",
+            "dst_ip LIKE '10.%'",
+        ][..],
+    )
+    .prop_map(str::to_string);
+    let leaf = prop_oneof![ns, pod, pods, bin, ip, src, time, text];
     leaf.prop_recursive(2, 6, 2, |inner| {
         prop_oneof![
             (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} AND {b})")),
@@ -282,7 +348,7 @@ proptest! {
         rt.block_on(async {
             let dir = tempfile::tempdir().unwrap();
             let (store, _) = Store::open(dir.path(), options()).unwrap();
-            let events: Vec<Event> = rows.iter().enumerate().map(|(i, &(t, ns, pod, exe, ip))| Event {
+            let events: Vec<Event> = rows.iter().enumerate().map(|(i, &(t, ns, pod, exe, ip, args))| Event {
                 ts: T0 + i64::from(t) * 1_000_000_000,
                 kind: if ip.is_some() { "network_connect" } else { "process_exec" }.into(),
                 source: "prop".into(),
@@ -292,6 +358,10 @@ proptest! {
                 exe: Some(EXES[exe].into()),
                 dst_ip: ip.map(|i| IPS[i].into()),
                 src_ip: ip.map(|i| IPS[(i + t as usize) % IPS.len()].into()),
+                args: args.map(|a| match ARGS[a] {
+                    "unique" => format!("unique {i}"),
+                    a => a.to_string(),
+                }),
                 ..Default::default()
             }).collect();
             let mut cuts: Vec<usize> = flush_points.iter().map(|p| p % events.len()).collect();

@@ -16,7 +16,9 @@ use crate::error::{Result, StorageError};
 
 const MAGIC: &[u8; 8] = b"KTIDX\0\0\x01";
 
-/// The columns the sidecar indexes (equality lookups on these become row selections).
+/// The columns the sidecar indexes: equality lookups on these become row selections, and so
+/// does any other deterministic test of one of them (`LIKE`, a regular expression, `lower(..)`),
+/// evaluated over the segment's distinct values.
 pub const INDEXED_COLUMNS: &[&str] = &[
     "namespace",
     "pod",
@@ -26,7 +28,17 @@ pub const INDEXED_COLUMNS: &[&str] = &[
     "binary_name",
     "dst_ip",
     "src_ip",
+    "exe",
+    "args",
 ];
+
+/// Free-text columns, indexed in a segment only while they repeat: with more distinct values
+/// than 1 in [`FREE_TEXT_MIN_REPEAT`] rows the index would grow like the column itself and
+/// narrow little, so that segment's index leaves the column out (its lookups then scan).
+pub const FREE_TEXT_COLUMNS: &[&str] = &["exe", "args"];
+
+/// See [`FREE_TEXT_COLUMNS`].
+pub const FREE_TEXT_MIN_REPEAT: usize = 16;
 
 /// Value → rows, per indexed column, of one segment.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -81,6 +93,11 @@ impl SegmentIndex {
             }
             offset += batch.num_rows() as u32;
         }
+        let rows = offset as usize;
+        columns.retain(|name, values| {
+            !FREE_TEXT_COLUMNS.contains(&name.as_str())
+                || values.len() * FREE_TEXT_MIN_REPEAT <= rows
+        });
         Self { columns }
     }
 
@@ -103,6 +120,15 @@ impl SegmentIndex {
             }
         }
         Some(rows)
+    }
+
+    /// Each distinct value of `column` with its rows; `None` when the column is not indexed.
+    pub fn entries(
+        &self,
+        column: &str,
+    ) -> Option<impl ExactSizeIterator<Item = (&str, &RoaringBitmap)>> {
+        let col = self.columns.get(column)?;
+        Some(col.iter().map(|(v, rows)| (v.as_str(), rows)))
     }
 
     /// Distinct values of an indexed column.
@@ -240,7 +266,31 @@ mod tests {
         assert_eq!(rows("namespace", &["b", "a"]), vec![0, 1, 2, 3]);
         assert_eq!(rows("binary_name", &["sh"]), vec![0, 2, 3]);
         assert_eq!(rows("pod", &["zz"]), Vec::<u32>::new());
-        assert!(idx.lookup("args", ["x"]).is_none());
+        assert!(idx.lookup("source", ["test"]).is_none());
+    }
+
+    #[test]
+    fn free_text_is_indexed_only_while_it_repeats() {
+        let with_args = |n: usize, distinct: usize| -> Vec<Event> {
+            (0..n)
+                .map(|i| Event {
+                    args: Some(format!("-w /tmp/{}.pcap", i % distinct)),
+                    ..ev("a", Some("p1"), "/usr/bin/tcpdump")
+                })
+                .collect()
+        };
+        let rows = 64 * FREE_TEXT_MIN_REPEAT;
+        let repeating = SegmentIndex::build(&batch_of(&with_args(rows, 64)));
+        assert_eq!(repeating.entries("args").unwrap().len(), 64);
+        assert_eq!(
+            repeating.lookup("args", ["-w /tmp/3.pcap"]).unwrap().len(),
+            rows as u64 / 64
+        );
+        let unique = SegmentIndex::build(&batch_of(&with_args(rows, 65)));
+        assert!(unique.lookup("args", ["-w /tmp/3.pcap"]).is_none());
+        assert!(unique.entries("args").is_none());
+        // Columns that are not free text are indexed whatever their cardinality.
+        assert_eq!(unique.entries("exe").unwrap().len(), 1);
     }
 
     #[test]
