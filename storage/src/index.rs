@@ -58,9 +58,18 @@ impl SegmentIndex {
     /// (rows of the chunks before `k`) + `i`.
     pub fn build_chunks(chunks: &[RecordBatch]) -> Self {
         let mut columns: BTreeMap<String, BTreeMap<String, RoaringBitmap>> = BTreeMap::new();
+        // Free text over the cap is dropped after the first chunk that shows it (chunks are
+        // bounded in bytes, `sort_rows`): a column of unique command lines is copied here one
+        // chunk's worth at most, not whole.
+        let max_free_text_values =
+            chunks.iter().map(|b| b.num_rows()).sum::<usize>() / FREE_TEXT_MIN_REPEAT;
+        let mut over_cap: Vec<&str> = Vec::new();
         let mut offset = 0u32;
         for batch in chunks {
             for &name in INDEXED_COLUMNS {
+                if over_cap.contains(&name) {
+                    continue;
+                }
                 let Some(col) = batch.column_by_name(name) else {
                     continue;
                 };
@@ -90,14 +99,13 @@ impl SegmentIndex {
                         run_start = i;
                     }
                 }
+                if FREE_TEXT_COLUMNS.contains(&name) && values.len() > max_free_text_values {
+                    columns.remove(name);
+                    over_cap.push(name);
+                }
             }
             offset += batch.num_rows() as u32;
         }
-        let rows = offset as usize;
-        columns.retain(|name, values| {
-            !FREE_TEXT_COLUMNS.contains(&name.as_str())
-                || values.len() * FREE_TEXT_MIN_REPEAT <= rows
-        });
         Self { columns }
     }
 
@@ -289,6 +297,15 @@ mod tests {
         let unique = SegmentIndex::build(&batch_of(&with_args(rows, 65)));
         assert!(unique.lookup("args", ["-w /tmp/3.pcap"]).is_none());
         assert!(unique.entries("args").is_none());
+        // The cap is the segment's, whatever chunks it is written from.
+        for (events, expected) in [
+            (with_args(rows, 64), &repeating),
+            (with_args(rows, 65), &unique),
+        ] {
+            let (a, b) = events.split_at(rows / 3);
+            let chunked = SegmentIndex::build_chunks(&[batch_of(a), batch_of(b)]);
+            assert_eq!(&chunked, expected);
+        }
         // Columns that are not free text are indexed whatever their cardinality.
         assert_eq!(unique.entries("exe").unwrap().len(), 1);
     }
