@@ -471,6 +471,12 @@ impl IndexFilter {
                     bitmaps.push(rows);
                 }
                 let kept = evaluate(test, column, &StringArray::from(values))?;
+                // A test that keeps every value (`src_ip IS NOT NULL`) only drops NULLs, and
+                // its rows would be the union of every value's, which costs more than the
+                // scan saves (a run container unions with an array one value at a time).
+                if kept.true_count() == kept.len() {
+                    return None;
+                }
                 Some(
                     bitmaps
                         .into_iter()
@@ -479,10 +485,26 @@ impl IndexFilter {
                         .fold(RoaringBitmap::new(), |acc, (rows, _)| acc | rows),
                 )
             }
-            IndexFilter::All(parts) => parts
-                .iter()
-                .filter_map(|p| p.rows(index))
-                .reduce(|a, b| a & b),
+            IndexFilter::All(parts) => {
+                // Lookups first: when they leave no row, the tests over distinct values are
+                // not evaluated at all.
+                let (tests, lookups): (Vec<&IndexFilter>, Vec<&IndexFilter>) = parts
+                    .iter()
+                    .partition(|p| matches!(p, IndexFilter::Matching { .. }));
+                let mut rows: Option<RoaringBitmap> = None;
+                for part in lookups.into_iter().chain(tests) {
+                    if rows.as_ref().is_some_and(RoaringBitmap::is_empty) {
+                        break;
+                    }
+                    if let Some(part_rows) = part.rows(index) {
+                        rows = Some(match rows {
+                            Some(r) => r & part_rows,
+                            None => part_rows,
+                        });
+                    }
+                }
+                rows
+            }
             IndexFilter::Any(parts) => parts
                 .iter()
                 .try_fold(RoaringBitmap::new(), |acc, p| Some(acc | p.rows(index)?)),
