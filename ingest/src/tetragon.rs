@@ -11,143 +11,94 @@ use serde_json::{Map, Value};
 
 use model::Event;
 
+// Missing keys and JSON nulls read as `None`: serde's default for `Option` fields.
 #[derive(Deserialize, Default)]
 struct Process {
-    #[serde(default)]
     exec_id: Option<String>,
-    #[serde(default)]
     parent_exec_id: Option<String>,
-    #[serde(default)]
     pid: Option<i64>,
-    #[serde(default)]
     uid: Option<i64>,
-    #[serde(default)]
     cwd: Option<String>,
-    #[serde(default)]
     binary: Option<String>,
-    #[serde(default)]
     arguments: Option<String>,
-    #[serde(default)]
     pod: Option<Pod>,
     /// Short container id (older exports, or no pod).
-    #[serde(default)]
     docker: Option<String>,
-    #[serde(default)]
     start_time: Option<String>,
 }
 
 /// The parent process: only what ktrail keeps of it (its pod, labels etc. are skipped).
 #[derive(Deserialize, Default)]
 struct Parent {
-    #[serde(default)]
     exec_id: Option<String>,
-    #[serde(default)]
     pid: Option<i64>,
-    #[serde(default)]
     binary: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
 struct Pod {
-    #[serde(default)]
     namespace: Option<String>,
-    #[serde(default)]
     name: Option<String>,
-    #[serde(default)]
     container: Option<Container>,
-    #[serde(default)]
     workload: Option<String>,
-    #[serde(default)]
     workload_kind: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
 struct Container {
-    #[serde(default)]
     id: Option<String>,
-    #[serde(default)]
     name: Option<String>,
-    #[serde(default)]
     image: Option<Image>,
 }
 
 #[derive(Deserialize, Default)]
 struct Image {
-    #[serde(default)]
     name: Option<String>,
 }
 
 #[derive(Deserialize, Clone)]
 struct Sock {
-    #[serde(default)]
     protocol: Option<String>,
-    #[serde(default)]
     saddr: Option<String>,
-    #[serde(default)]
     daddr: Option<String>,
-    #[serde(default)]
     sport: Option<i64>,
-    #[serde(default)]
     dport: Option<i64>,
 }
 
 /// A line of the event types ktrail maps, read in one typed pass (unknown keys skipped).
 #[derive(Deserialize)]
 struct Line {
-    #[serde(default)]
     process_exec: Option<Box<Body>>,
-    #[serde(default)]
     process_exit: Option<Box<Body>>,
-    #[serde(default)]
     process_kprobe: Option<Box<Body>>,
-    #[serde(default)]
     process_tracepoint: Option<Box<Body>>,
-    #[serde(default)]
     process_connect: Option<Box<Body>>,
-    #[serde(default)]
     process_close: Option<Box<Body>>,
-    #[serde(default)]
     process_listen: Option<Box<Body>>,
-    #[serde(default)]
     node_name: Option<String>,
-    #[serde(default)]
     cluster_name: Option<String>,
-    #[serde(default)]
     time: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct Body {
-    #[serde(default)]
     process: Option<Box<Process>>,
-    #[serde(default)]
     parent: Option<Parent>,
-    #[serde(default)]
     function_name: Option<String>,
-    #[serde(default)]
     args: Option<Vec<Arg>>,
     // The older process_connect / process_close / process_listen events.
-    #[serde(default)]
     source_ip: Option<String>,
-    #[serde(default)]
     source_port: Option<i64>,
-    #[serde(default)]
     destination_ip: Option<String>,
-    #[serde(default)]
     destination_port: Option<i64>,
-    #[serde(default)]
     protocol: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct Arg {
-    #[serde(default)]
     sock_arg: Option<Sock>,
-    #[serde(default)]
     skb_arg: Option<Sock>,
-    #[serde(default)]
     file_arg: Option<serde::de::IgnoredAny>,
-    #[serde(default)]
     path_arg: Option<serde::de::IgnoredAny>,
 }
 

@@ -83,45 +83,61 @@ fn fixture(dir: &std::path::Path) -> Store {
     store
 }
 
-#[tokio::test]
-async fn pod_lookup_skips_segments_and_row_groups_and_matches_full_scan() {
+/// The fixture store, read with the index and without it.
+struct IndexedAndFull {
+    _dir: tempfile::TempDir,
+    indexed: SessionContext,
+    full: SessionContext,
+}
+
+async fn indexed_and_full() -> IndexedAndFull {
     let dir = tempfile::tempdir().unwrap();
     let store = fixture(dir.path());
-    let indexed = session(&store, IndexUse::On).await.unwrap();
-    let full = session(&store, IndexUse::Off).await.unwrap();
+    IndexedAndFull {
+        indexed: session(&store, IndexUse::On).await.unwrap(),
+        full: session(&store, IndexUse::Off).await.unwrap(),
+        _dir: dir,
+    }
+}
+
+impl IndexedAndFull {
+    /// Runs `sql` both ways, checks that the answers are equal, and returns the indexed scan's
+    /// stats and the full scan's.
+    async fn same_answer(&self, sql: &str) -> (ScanStats, ScanStats) {
+        let (a, stats) = run(&self.indexed, sql).await;
+        let (b, full_stats) = run(&self.full, sql).await;
+        assert_eq!(text(&a), text(&b), "{sql}");
+        (stats.unwrap(), full_stats.unwrap())
+    }
+}
+
+#[tokio::test]
+async fn pod_lookup_skips_segments_and_row_groups_and_matches_full_scan() {
+    let both = indexed_and_full().await;
     let sql = "SELECT count(*) AS n, min(ts) AS first FROM events WHERE pod = 'billing-db-0'";
-    let (a, stats) = run(&indexed, sql).await;
-    let (b, full_stats) = run(&full, sql).await;
-    assert_eq!(text(&a), text(&b));
-    let stats = stats.unwrap();
+    let (stats, full_stats) = both.same_answer(sql).await;
     assert_eq!(stats.segments_total, 4);
     // 25 of 500 rows per segment, contiguous by the sort order: at most 2 of 8 row groups each.
     assert!(stats.row_groups_scanned <= 2 * 4, "{stats:?}");
     assert_eq!(stats.rows_selected_by_index, 100);
-    assert_eq!(
-        full_stats.unwrap().row_groups_scanned,
-        stats.row_groups_total
-    );
+    assert_eq!(full_stats.row_groups_scanned, stats.row_groups_total);
 
     // A time range outside every segment reads only the memtable.
     let (_, stats) = run(
-        &indexed,
+        &both.indexed,
         "SELECT * FROM events WHERE ts > TIMESTAMP '2030-01-01T00:00:00Z'",
     )
     .await;
     assert_eq!(stats.unwrap().segments_scanned, 0);
     // A pod no segment lists prunes every segment by the manifest summaries.
-    let (rows, stats) = run(&full, "SELECT * FROM events WHERE pod = 'nope'").await;
+    let (rows, stats) = run(&both.full, "SELECT * FROM events WHERE pod = 'nope'").await;
     assert_eq!(stats.unwrap().segments_scanned, 0);
     assert_eq!(rows.iter().map(|b| b.num_rows()).sum::<usize>(), 0);
 }
 
 #[tokio::test]
 async fn an_or_of_indexed_columns_is_a_union_of_lookups() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = fixture(dir.path());
-    let indexed = session(&store, IndexUse::On).await.unwrap();
-    let full = session(&store, IndexUse::Off).await.unwrap();
+    let both = indexed_and_full().await;
     // 10.1.3.3 is a destination in the fixture; the source side has no values, so the union
     // is the destination's rows; a non-indexed disjunct (source) leaves the index out.
     for (sql, by_index) in [
@@ -141,10 +157,7 @@ async fn an_or_of_indexed_columns_is_a_union_of_lookups() {
             false,
         ),
     ] {
-        let (a, stats) = run(&indexed, sql).await;
-        let (b, _) = run(&full, sql).await;
-        assert_eq!(text(&a), text(&b), "{sql}");
-        let stats = stats.unwrap();
+        let (stats, _) = both.same_answer(sql).await;
         let all_rows = 4 * 500;
         if by_index {
             assert!(stats.rows_selected_by_index > 0, "{sql}: {stats:?}");
@@ -206,10 +219,7 @@ async fn memtable_rows_are_answered_with_segment_rows() {
 
 #[tokio::test]
 async fn substring_searches_are_answered_from_the_distinct_values() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = fixture(dir.path());
-    let indexed = session(&store, IndexUse::On).await.unwrap();
-    let full = session(&store, IndexUse::Off).await.unwrap();
+    let both = indexed_and_full().await;
     // Of the segments' 2 000 rows, 668 ran /bin/sh, 668 curl and 664 tcpdump (j % 3 == 0, 1, 2).
     for (sql, selected) in [
         (
@@ -240,10 +250,7 @@ async fn substring_searches_are_answered_from_the_distinct_values() {
             None,
         ),
     ] {
-        let (a, stats) = run(&indexed, sql).await;
-        let (b, _) = run(&full, sql).await;
-        assert_eq!(text(&a), text(&b), "{sql}");
-        let stats = stats.unwrap();
+        let (stats, _) = both.same_answer(sql).await;
         match selected {
             Some(n) => assert_eq!(stats.rows_selected_by_index, n, "{sql}: {stats:?}"),
             None => assert_eq!(stats.rows_selected_by_index, 0, "{sql}: {stats:?}"),
