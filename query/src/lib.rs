@@ -9,6 +9,7 @@ mod deadline;
 mod derived;
 mod error;
 pub mod functions;
+mod index_count;
 pub mod investigations;
 mod provider;
 pub mod remote;
@@ -23,6 +24,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::datasource::{MemTable, TableProvider};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use storage::Store;
 
@@ -36,10 +38,17 @@ pub async fn session(store: &Store, index: IndexUse) -> Result<SessionContext, Q
         .with_information_schema(true)
         .with_default_catalog_and_schema("ktrail", "public");
     let runtime = RuntimeEnvBuilder::new().build_arc()?;
-    let state = SessionStateBuilder::new()
+    let defaults = SessionStateBuilder::new()
         .with_config(config)
         .with_runtime_env(runtime)
         .with_default_features()
+        .build();
+    // Grouped counts from the indexes first, on the plan as the planner made it.
+    let mut rules: Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> =
+        vec![Arc::new(index_count::IndexCountRule)];
+    rules.extend(defaults.physical_optimizers().iter().cloned());
+    let state = SessionStateBuilder::new_from_existing(defaults)
+        .with_physical_optimizer_rules(rules)
         .build();
     let mut ctx = SessionContext::new_with_state(state);
     datafusion_functions_json::register_all(&mut ctx)?;

@@ -326,7 +326,7 @@ fn scalar_str(v: &ScalarValue) -> Option<&str> {
 /// union). The index only ever narrows to a superset of the matching rows; DataFusion applies
 /// the predicate again to what is read.
 #[derive(Debug, Clone)]
-enum IndexFilter {
+pub(crate) enum IndexFilter {
     Lookup {
         column: String,
         values: Vec<String>,
@@ -363,6 +363,40 @@ fn index_filter(expr: &Arc<dyn PhysicalExpr>) -> Option<IndexFilter> {
     match expr.downcast_ref::<InListExpr>() {
         Some(list) if !list.negated() => lookup(list.expr(), list.list()),
         _ => matching(expr),
+    }
+}
+
+/// `expr` as an index filter whose rows ([`IndexFilter::exact_rows`]) are exactly the rows
+/// `expr` keeps; `None` when a part of it is not a test the index answers.
+pub(crate) fn exact_index_filter(expr: &Arc<dyn PhysicalExpr>) -> Option<IndexFilter> {
+    if let Some(b) = expr.downcast_ref::<BinaryExpr>() {
+        return match b.op() {
+            Operator::And => Some(IndexFilter::All(vec![
+                exact_index_filter(b.left())?,
+                exact_index_filter(b.right())?,
+            ])),
+            Operator::Or => Some(IndexFilter::Any(vec![
+                exact_index_filter(b.left())?,
+                exact_index_filter(b.right())?,
+            ])),
+            Operator::Eq => lookup(b.left(), std::slice::from_ref(b.right()))
+                .or_else(|| lookup(b.right(), std::slice::from_ref(b.left())))
+                .or_else(|| matching(expr)),
+            _ => matching(expr),
+        };
+    }
+    match expr.downcast_ref::<InListExpr>() {
+        Some(list) if !list.negated() => lookup(list.expr(), list.list()),
+        _ => matching(expr),
+    }
+}
+
+/// `expr` as a test over the distinct values of the one indexed column it reads (column 0 of
+/// the test's input), when [`matching`] accepts it.
+pub(crate) fn value_test(expr: &Arc<dyn PhysicalExpr>) -> Option<Arc<dyn PhysicalExpr>> {
+    match matching(expr)? {
+        IndexFilter::Matching { test, .. } => Some(test),
+        _ => None,
     }
 }
 
@@ -416,7 +450,7 @@ fn matching(expr: &Arc<dyn PhysicalExpr>) -> Option<IndexFilter> {
 
 /// `test` over `values` (as column `name`): true where it keeps the value; `None` when it
 /// cannot be evaluated there (it is then no use to the index).
-fn evaluate(
+pub(crate) fn evaluate(
     test: &Arc<dyn PhysicalExpr>,
     name: &str,
     values: &StringArray,
@@ -512,6 +546,68 @@ impl IndexFilter {
     }
 }
 
+impl IndexFilter {
+    /// Exactly the rows of a segment of `rows` rows that the filter's expression keeps (it was
+    /// made by [`exact_index_filter`]); `None` when the index lacks one of its columns.
+    pub(crate) fn exact_rows(&self, index: &SegmentIndex, rows: u32) -> Option<RoaringBitmap> {
+        match self {
+            IndexFilter::Lookup { column, values } => {
+                index.lookup(column, values.iter().map(String::as_str))
+            }
+            IndexFilter::Matching { column, test } => {
+                let (values, bitmaps): (Vec<&str>, Vec<&RoaringBitmap>) =
+                    index.entries(column)?.unzip();
+                let kept = evaluate(test, column, &StringArray::from(values))?;
+                let non_null: u64 = bitmaps.iter().map(|b| b.len()).sum();
+                if kept.true_count() == kept.len() && non_null == u64::from(rows) {
+                    // Every row, without a union of every value's rows.
+                    let mut all = RoaringBitmap::new();
+                    all.insert_range(0..rows);
+                    return Some(all);
+                }
+                Some(
+                    bitmaps
+                        .into_iter()
+                        .zip(kept.values())
+                        .filter(|(_, keep)| *keep)
+                        .fold(RoaringBitmap::new(), |acc, (b, _)| acc | b),
+                )
+            }
+            IndexFilter::All(parts) => {
+                let mut acc: Option<RoaringBitmap> = None;
+                for p in parts {
+                    if acc.as_ref().is_some_and(RoaringBitmap::is_empty) {
+                        // Still check the other parts' columns exist: `None` must not hide.
+                        p.exact_rows(index, 0)?;
+                        continue;
+                    }
+                    let r = p.exact_rows(index, rows)?;
+                    acc = Some(match acc {
+                        Some(a) => a & r,
+                        None => r,
+                    });
+                }
+                acc
+            }
+            IndexFilter::Any(parts) => parts.iter().try_fold(RoaringBitmap::new(), |acc, p| {
+                Some(acc | p.exact_rows(index, rows)?)
+            }),
+        }
+    }
+
+    /// Adds the columns the filter reads to `out`.
+    pub(crate) fn columns<'a>(&'a self, out: &mut Vec<&'a str>) {
+        match self {
+            IndexFilter::Lookup { column, .. } | IndexFilter::Matching { column, .. } => {
+                out.push(column)
+            }
+            IndexFilter::All(parts) | IndexFilter::Any(parts) => {
+                parts.iter().for_each(|p| p.columns(out))
+            }
+        }
+    }
+}
+
 /// Rows of a segment that may satisfy `filter` (all of them when the index cannot tell).
 fn index_rows(segment: &Segment, filter: &IndexFilter) -> storage::Result<RoaringBitmap> {
     let index = segment.index()?;
@@ -529,8 +625,9 @@ fn index_rows(segment: &Segment, filter: &IndexFilter) -> storage::Result<Roarin
 /// order, still come as one run.
 const MIN_SKIP: u32 = 64;
 
-/// Turns a row bitmap into a per-row-group plan: skip groups without hits, select the runs
-/// of hits (gaps under [`MIN_SKIP`] read through), and scan groups where that is every row.
+/// Turns a row bitmap into a per-row-group plan: skip groups without hits, scan groups where
+/// at least half the rows are hits, and select the runs of hits in the others (gaps under
+/// [`MIN_SKIP`] read through).
 fn access_plan(row_groups: &[u64], rows: &RoaringBitmap) -> ParquetAccessPlan {
     let mut plan = ParquetAccessPlan::new_all(row_groups.len());
     let mut start = 0u64;
@@ -540,7 +637,9 @@ fn access_plan(row_groups: &[u64], rows: &RoaringBitmap) -> ParquetAccessPlan {
         // Counted from the bitmap's containers: empty and full groups need no walk of rows.
         match rows.range_cardinality(range.clone()) {
             0 => plan.skip(i),
-            hits if hits == n => {}
+            // Dense hits: skipping the rest saves less than half the group's decoding, and
+            // finding the gaps worth skipping walks every hit (`kind = ..`: millions).
+            hits if hits * 2 >= n => {}
             _ => match runs(rows, range.clone()).as_slice() {
                 [only] if *only == range => {}
                 runs => plan.set(i, RowGroupAccess::Selection(selection(runs, range))),
@@ -554,12 +653,15 @@ fn access_plan(row_groups: &[u64], rows: &RoaringBitmap) -> ParquetAccessPlan {
 /// the group's ends) closed.
 fn runs(rows: &RoaringBitmap, range: Range<u32>) -> Vec<Range<u32>> {
     let mut runs: Vec<Range<u32>> = Vec::new();
-    for r in rows.range(range.clone()) {
+    // Run by run of consecutive hits, not hit by hit.
+    let mut hits = rows.range(range.clone());
+    while let Some(hit) = hits.next_range() {
+        let (start, end) = (*hit.start(), *hit.end() + 1);
         let from = runs.last().map_or(range.start, |last| last.end);
         match runs.last_mut() {
-            Some(last) if r - from < MIN_SKIP => last.end = r + 1,
-            None if r - from < MIN_SKIP => runs.push(range.start..r + 1),
-            _ => runs.push(r..r + 1),
+            Some(last) if start - from < MIN_SKIP => last.end = end,
+            None if start - from < MIN_SKIP => runs.push(range.start..end),
+            _ => runs.push(start..end),
         }
     }
     if let Some(last) = runs.last_mut()
@@ -604,6 +706,11 @@ mod tests {
         assert_eq!(sel.row_count(), 10);
         assert!(matches!(plan.inner()[1], RowGroupAccess::Scan));
         assert!(matches!(plan.inner()[2], RowGroupAccess::Skip));
+        // Hits on half a group or more: the group is scanned, its long gap included.
+        let rows: RoaringBitmap = (0..60).chain(200..240).collect();
+        let plan = access_plan(&[200, 100], &rows);
+        assert!(matches!(plan.inner()[0], RowGroupAccess::Selection(_)));
+        assert!(matches!(plan.inner()[1], RowGroupAccess::Scan));
     }
 
     #[test]

@@ -77,6 +77,11 @@ impl ScanExec {
         }
     }
 
+    /// The store snapshot the scan reads.
+    pub(crate) fn snapshot(&self) -> &Arc<Snapshot> {
+        &self._snapshot
+    }
+
     /// What the scan skipped.
     pub fn stats(&self) -> ScanStats {
         self.stats
