@@ -90,7 +90,6 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan
     };
     if *agg.mode() != AggregateMode::Partial
         || agg.group_expr().has_grouping_set()
-        || agg.group_expr().is_empty()
         || agg.limit_options().is_some()
         || agg.filter_expr().iter().any(Option::is_some)
         || !agg.aggr_expr().iter().all(|a| {
@@ -239,11 +238,17 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan
 /// batch in the partial aggregate's shape, a row per non-empty group.
 #[derive(Debug)]
 pub struct IndexCountExec {
+    counting: Arc<Counting>,
+    properties: Arc<PlanProperties>,
+}
+
+/// What [`IndexCountExec`] counts.
+#[derive(Debug)]
+struct Counting {
     schema: SchemaRef,
     columns: Vec<GroupColumn>,
     filter: Option<IndexFilter>,
     snapshot: Arc<Snapshot>,
-    properties: Arc<PlanProperties>,
 }
 
 impl IndexCountExec {
@@ -260,14 +265,18 @@ impl IndexCountExec {
             Boundedness::Bounded,
         ));
         Self {
-            schema,
-            columns,
-            filter,
-            snapshot,
+            counting: Arc::new(Counting {
+                schema,
+                columns,
+                filter,
+                snapshot,
+            }),
             properties,
         }
     }
+}
 
+impl Counting {
     /// Counts per group over every segment.
     fn count(&self) -> Result<RecordBatch> {
         let mut counts: HashMap<Vec<Option<String>>, i64> = HashMap::new();
@@ -289,8 +298,16 @@ impl IndexCountExec {
                     all
                 }
             };
+            if self.columns.is_empty() {
+                *counts.entry(Vec::new()).or_default() += selected.len() as i64;
+                continue;
+            }
             let groups = GroupValues::of(&self.columns, &index)?;
             count_groups(&groups, 0, &selected, &mut Vec::new(), &mut counts);
+        }
+        if self.columns.is_empty() {
+            // Without GROUP BY there is one row, whatever the count.
+            counts.entry(Vec::new()).or_default();
         }
         let mut keys: Vec<Vec<Option<String>>> = Vec::with_capacity(counts.len());
         let mut values: Vec<i64> = Vec::with_capacity(counts.len());
@@ -424,12 +441,13 @@ fn add(
 
 impl DisplayAs for IndexCountExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        let names: Vec<&str> = self.columns.iter().map(|g| g.name.as_str()).collect();
+        let c = &self.counting;
+        let names: Vec<&str> = c.columns.iter().map(|g| g.name.as_str()).collect();
         write!(
             f,
             "KtrailIndexCountExec: group_by=[{}], segments={}",
             names.join(", "),
-            self.snapshot.segments.len()
+            c.snapshot.segments.len()
         )
     }
 }
@@ -466,10 +484,10 @@ impl ExecutionPlan for IndexCountExec {
         _partition: usize,
         _context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        let batch = self.count();
+        let counting = self.counting.clone();
         Ok(Box::pin(RecordBatchStreamAdapter::new(
-            self.schema.clone(),
-            futures::stream::once(async move { batch }),
+            counting.schema.clone(),
+            futures::stream::once(async move { counting.count() }),
         )))
     }
 }

@@ -295,6 +295,14 @@ async fn grouped_counts_are_answered_from_the_indexes() {
     );
     assert!(!plan.contains("parquet"), "{plan}");
     assert!(plan.contains("partition_sizes"), "{plan}");
+    // Without GROUP BY: one count.
+    let sql = "SELECT count(*) AS n FROM events WHERE kind = 'network_connect' OR pod = 'x'";
+    both.same_answer_anyhow(sql).await;
+    let plan = plan_text(&both.indexed, sql).await;
+    assert!(
+        plan.contains("KtrailIndexCountExec: group_by=[], segments=4"),
+        "{plan}"
+    );
     // A count with a test the index cannot answer (time) is left to the scan.
     let sql = "SELECT pod, count(*) FROM events WHERE ts >= to_timestamp_nanos(0) \
                GROUP BY pod ORDER BY pod";
@@ -462,6 +470,10 @@ proptest! {
                     "SELECT {groups}, count(*) AS n FROM events {filter} \
                      GROUP BY {groups} ORDER BY {groups}"
                 );
+                let (a, _) = run(&indexed, &sql).await;
+                let (b, _) = run(&full, &sql).await;
+                prop_assert_eq!(text(&a), text(&b), "{}", sql);
+                let sql = format!("SELECT count(*) AS n FROM events {filter}");
                 let (a, _) = run(&indexed, &sql).await;
                 let (b, _) = run(&full, &sql).await;
                 prop_assert_eq!(text(&a), text(&b), "{}", sql);
