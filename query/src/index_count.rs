@@ -1,4 +1,4 @@
-//! `count(*) … GROUP BY` answered from the sidecar indexes.
+//! `count(*)`, grouped or not, answered from the sidecar indexes.
 //!
 //! A segment's index holds, per indexed column, each distinct value's rows. When a grouped
 //! count reads only indexed columns (`SELECT namespace, pod, count(*) FROM events WHERE kind =
@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::array::{ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
@@ -40,14 +40,14 @@ use datafusion::physical_plan::{
 use roaring::RoaringBitmap;
 use storage::{INDEXED_COLUMNS, SegmentIndex, Snapshot};
 
-use crate::provider::{IndexFilter, exact_index_filter, value_test};
+use crate::provider::{IndexFilter, exact_index_filter, kept_values, segment_index, value_test};
 use crate::scan_exec::ScanExec;
 
 /// Most intersections one query may spend per segment (the product of the group columns'
 /// distinct values): past it, grouping by a column of many values is left to the scan.
 const MAX_INTERSECTIONS_PER_SEGMENT: usize = 1 << 16;
 
-/// Rewrites grouped `count(*)`s over `events` that the indexes answer (see module docs).
+/// Rewrites `count(*)`s over `events` that the indexes answer (see module docs).
 /// It runs before DataFusion's own physical rules, on the plan as the planner made it.
 #[derive(Debug, Default)]
 pub struct IndexCountRule;
@@ -76,6 +76,11 @@ impl PhysicalOptimizerRule for IndexCountRule {
     }
 }
 
+/// `plan` as a `T`, when it is one.
+fn plan_as<T: 'static>(plan: &Arc<dyn ExecutionPlan>) -> Option<&T> {
+    (plan.as_ref() as &dyn Any).downcast_ref::<T>()
+}
+
 /// A group column and the test (over its values) that the predicate puts on it, if any.
 #[derive(Debug, Clone)]
 struct GroupColumn {
@@ -83,9 +88,9 @@ struct GroupColumn {
     test: Option<Arc<dyn PhysicalExpr>>,
 }
 
-/// The replacement for `node` when it is a partial grouped count the indexes answer.
+/// The replacement for `node` when it is a partial count the indexes answer.
 fn rewrite(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan>>> {
-    let Some(agg) = (node.as_ref() as &dyn Any).downcast_ref::<AggregateExec>() else {
+    let Some(agg) = plan_as::<AggregateExec>(node) else {
         return Ok(None);
     };
     if *agg.mode() != AggregateMode::Partial
@@ -119,15 +124,13 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan
     let mut predicates: Vec<Arc<dyn PhysicalExpr>> = Vec::new();
     let mut below = agg.input().clone();
     let scan = loop {
-        if let Some(scan) = (below.as_ref() as &dyn Any).downcast_ref::<ScanExec>() {
+        if let Some(scan) = plan_as::<ScanExec>(&below) {
             break scan;
         }
-        if let Some(filter) = (below.as_ref() as &dyn Any).downcast_ref::<FilterExec>() {
+        if let Some(filter) = plan_as::<FilterExec>(&below) {
             predicates.extend(split_conjunction(filter.predicate()).into_iter().cloned());
             below = filter.input().clone();
-        } else if let Some(projection) =
-            (below.as_ref() as &dyn Any).downcast_ref::<ProjectionExec>()
-        {
+        } else if let Some(projection) = plan_as::<ProjectionExec>(&below) {
             let renames = projection.expr().iter().any(|p| {
                 p.expr
                     .downcast_ref::<PhysicalColumn>()
@@ -184,9 +187,7 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan
         f.columns(&mut needed);
     }
     for segment in &snapshot.segments {
-        let index = segment
-            .index()
-            .map_err(|e| DataFusionError::External(Box::new(crate::QueryError::from(e))))?;
+        let index = segment_index(segment)?;
         if !needed.iter().all(|c| index.has_column(c)) {
             return Ok(None);
         }
@@ -224,7 +225,7 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan
     let over_memtable = node
         .clone()
         .transform_up(|n| {
-            Ok(if (n.as_ref() as &dyn Any).is::<ScanExec>() {
+            Ok(if plan_as::<ScanExec>(&n).is_some() {
                 Transformed::yes(memtable.clone() as Arc<dyn ExecutionPlan>)
             } else {
                 Transformed::no(n)
@@ -234,8 +235,8 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan
     Ok(Some(UnionExec::try_new(vec![counted, over_memtable])?))
 }
 
-/// The segments' part of a grouped count, read from their indexes (see module docs): one
-/// batch in the partial aggregate's shape, a row per non-empty group.
+/// The segments' part of a count, read from their indexes (see module docs): one batch in
+/// the partial aggregate's shape, a row per non-empty group (one row without GROUP BY).
 #[derive(Debug)]
 pub struct IndexCountExec {
     counting: Arc<Counting>,
@@ -281,9 +282,7 @@ impl Counting {
     fn count(&self) -> Result<RecordBatch> {
         let mut counts: HashMap<Vec<Option<String>>, i64> = HashMap::new();
         for segment in &self.snapshot.segments {
-            let index = segment
-                .index()
-                .map_err(|e| DataFusionError::External(Box::new(crate::QueryError::from(e))))?;
+            let index = segment_index(segment)?;
             let rows = segment.meta.rows as u32;
             let selected = match &self.filter {
                 Some(f) => f.exact_rows(&index, rows).ok_or_else(|| {
@@ -345,30 +344,29 @@ impl<'a> GroupValues<'a> {
     fn of(columns: &[GroupColumn], index: &'a SegmentIndex) -> Result<Self> {
         let mut out = Vec::with_capacity(columns.len());
         for g in columns {
-            let entries: Vec<(&str, &RoaringBitmap)> = index
-                .entries(&g.name)
-                .ok_or_else(|| DataFusionError::Internal(format!("{} not indexed", g.name)))?
-                .collect();
-            let kept: Vec<bool> = match &g.test {
-                Some(test) => {
-                    let values = StringArray::from_iter_values(entries.iter().map(|(v, _)| *v));
-                    crate::provider::evaluate(test, &g.name, &values)
+            let (values, bitmaps, kept) = match &g.test {
+                Some(test) => kept_values(index, &g.name, test).ok_or_else(|| {
+                    DataFusionError::Internal(format!(
+                        "test on {} not evaluable over its values",
+                        g.name
+                    ))
+                })?,
+                None => {
+                    let (values, bitmaps): (Vec<&str>, Vec<&RoaringBitmap>) = index
+                        .entries(&g.name)
                         .ok_or_else(|| {
-                            DataFusionError::Internal(format!(
-                                "test on {} not evaluable over its values",
-                                g.name
-                            ))
+                            DataFusionError::Internal(format!("{} not indexed", g.name))
                         })?
-                        .values()
-                        .iter()
-                        .collect()
+                        .unzip();
+                    let kept = BooleanArray::from(vec![true; values.len()]);
+                    (values, bitmaps, kept)
                 }
-                None => vec![true; entries.len()],
             };
             out.push(
-                entries
+                values
                     .into_iter()
-                    .zip(kept)
+                    .zip(bitmaps)
+                    .zip(kept.values().iter())
                     .map(|((v, rows), keep)| (v, rows, keep))
                     .collect(),
             );

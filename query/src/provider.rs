@@ -119,9 +119,7 @@ impl TableProvider for EventsTable {
             let path = segment.path.to_string_lossy().into_owned();
             let mut file = PartitionedFile::new(path, segment.meta.bytes);
             if let Some(filter) = &filter {
-                let rows = index_rows(segment, filter).map_err(|e| {
-                    datafusion::error::DataFusionError::External(Box::new(QueryError::from(e)))
-                })?;
+                let rows = index_rows(&*segment_index(segment)?, segment, filter);
                 let plan = access_plan(&segment.meta.row_groups, &rows);
                 let scanned = plan.row_group_indexes().len();
                 if scanned == 0 {
@@ -341,44 +339,37 @@ pub(crate) enum IndexFilter {
     Any(Vec<IndexFilter>),
 }
 
+/// How a predicate is read into an [`IndexFilter`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// A superset of the rows: a conjunct the index cannot read is left to the scan.
+    Narrowing,
+    /// Exactly the rows ([`IndexFilter::exact_rows`]): a part it cannot read refuses the whole.
+    Exact,
+}
+
 /// `None` when the index cannot narrow the rows `expr` keeps (a conjunct it cannot read is
 /// left to the scan; a disjunct it cannot read makes the whole `OR` unreadable).
 fn index_filter(expr: &Arc<dyn PhysicalExpr>) -> Option<IndexFilter> {
-    if let Some(b) = expr.downcast_ref::<BinaryExpr>() {
-        return match b.op() {
-            Operator::And => match (index_filter(b.left()), index_filter(b.right())) {
-                (Some(l), Some(r)) => Some(IndexFilter::All(vec![l, r])),
-                (one, None) | (None, one) => one,
-            },
-            Operator::Or => Some(IndexFilter::Any(vec![
-                index_filter(b.left())?,
-                index_filter(b.right())?,
-            ])),
-            Operator::Eq => lookup(b.left(), std::slice::from_ref(b.right()))
-                .or_else(|| lookup(b.right(), std::slice::from_ref(b.left())))
-                .or_else(|| matching(expr)),
-            _ => matching(expr),
-        };
-    }
-    match expr.downcast_ref::<InListExpr>() {
-        Some(list) if !list.negated() => lookup(list.expr(), list.list()),
-        _ => matching(expr),
-    }
+    read_index_filter(expr, Reading::Narrowing)
 }
 
 /// `expr` as an index filter whose rows ([`IndexFilter::exact_rows`]) are exactly the rows
 /// `expr` keeps; `None` when a part of it is not a test the index answers.
 pub(crate) fn exact_index_filter(expr: &Arc<dyn PhysicalExpr>) -> Option<IndexFilter> {
+    read_index_filter(expr, Reading::Exact)
+}
+
+fn read_index_filter(expr: &Arc<dyn PhysicalExpr>, reading: Reading) -> Option<IndexFilter> {
+    let read = |e| read_index_filter(e, reading);
     if let Some(b) = expr.downcast_ref::<BinaryExpr>() {
         return match b.op() {
-            Operator::And => Some(IndexFilter::All(vec![
-                exact_index_filter(b.left())?,
-                exact_index_filter(b.right())?,
-            ])),
-            Operator::Or => Some(IndexFilter::Any(vec![
-                exact_index_filter(b.left())?,
-                exact_index_filter(b.right())?,
-            ])),
+            Operator::And => match (read(b.left()), read(b.right())) {
+                (Some(l), Some(r)) => Some(IndexFilter::All(vec![l, r])),
+                (one, None) | (None, one) if reading == Reading::Narrowing => one,
+                _ => None,
+            },
+            Operator::Or => Some(IndexFilter::Any(vec![read(b.left())?, read(b.right())?])),
             Operator::Eq => lookup(b.left(), std::slice::from_ref(b.right()))
                 .or_else(|| lookup(b.right(), std::slice::from_ref(b.left())))
                 .or_else(|| matching(expr)),
@@ -450,7 +441,7 @@ fn matching(expr: &Arc<dyn PhysicalExpr>) -> Option<IndexFilter> {
 
 /// `test` over `values` (as column `name`): true where it keeps the value; `None` when it
 /// cannot be evaluated there (it is then no use to the index).
-pub(crate) fn evaluate(
+fn evaluate(
     test: &Arc<dyn PhysicalExpr>,
     name: &str,
     values: &StringArray,
@@ -497,27 +488,14 @@ impl IndexFilter {
                 index.lookup(column, values.iter().map(String::as_str))
             }
             IndexFilter::Matching { column, test } => {
-                let entries = index.entries(column)?;
-                let mut values = Vec::with_capacity(entries.len());
-                let mut bitmaps = Vec::with_capacity(entries.len());
-                for (value, rows) in entries {
-                    values.push(value);
-                    bitmaps.push(rows);
-                }
-                let kept = evaluate(test, column, &StringArray::from(values))?;
+                let (_, bitmaps, kept) = kept_values(index, column, test)?;
                 // A test that keeps every value (`src_ip IS NOT NULL`) only drops NULLs, and
                 // its rows would be the union of every value's, which costs more than the
                 // scan saves (a run container unions with an array one value at a time).
                 if kept.true_count() == kept.len() {
                     return None;
                 }
-                Some(
-                    bitmaps
-                        .into_iter()
-                        .zip(kept.values())
-                        .filter(|(_, keep)| *keep)
-                        .fold(RoaringBitmap::new(), |acc, (rows, _)| acc | rows),
-                )
+                Some(union_of_kept(bitmaps, &kept))
             }
             IndexFilter::All(parts) => {
                 // Lookups first: when they leave no row, the tests over distinct values are
@@ -555,9 +533,7 @@ impl IndexFilter {
                 index.lookup(column, values.iter().map(String::as_str))
             }
             IndexFilter::Matching { column, test } => {
-                let (values, bitmaps): (Vec<&str>, Vec<&RoaringBitmap>) =
-                    index.entries(column)?.unzip();
-                let kept = evaluate(test, column, &StringArray::from(values))?;
+                let (_, bitmaps, kept) = kept_values(index, column, test)?;
                 let non_null: u64 = bitmaps.iter().map(|b| b.len()).sum();
                 if kept.true_count() == kept.len() && non_null == u64::from(rows) {
                     // Every row, without a union of every value's rows.
@@ -565,27 +541,20 @@ impl IndexFilter {
                     all.insert_range(0..rows);
                     return Some(all);
                 }
-                Some(
-                    bitmaps
-                        .into_iter()
-                        .zip(kept.values())
-                        .filter(|(_, keep)| *keep)
-                        .fold(RoaringBitmap::new(), |acc, (b, _)| acc | b),
-                )
+                Some(union_of_kept(bitmaps, &kept))
             }
             IndexFilter::All(parts) => {
                 let mut acc: Option<RoaringBitmap> = None;
                 for p in parts {
-                    if acc.as_ref().is_some_and(RoaringBitmap::is_empty) {
-                        // Still check the other parts' columns exist: `None` must not hide.
-                        p.exact_rows(index, 0)?;
-                        continue;
-                    }
                     let r = p.exact_rows(index, rows)?;
-                    acc = Some(match acc {
+                    let both = match acc {
                         Some(a) => a & r,
                         None => r,
-                    });
+                    };
+                    if both.is_empty() {
+                        return Some(both);
+                    }
+                    acc = Some(both);
                 }
                 acc
             }
@@ -608,14 +577,41 @@ impl IndexFilter {
     }
 }
 
+/// Each distinct value of `column` in a segment, its rows, and whether `test` keeps it;
+/// `None` when the column is not indexed or the test cannot be evaluated over its values.
+pub(crate) fn kept_values<'a>(
+    index: &'a SegmentIndex,
+    column: &str,
+    test: &Arc<dyn PhysicalExpr>,
+) -> Option<(Vec<&'a str>, Vec<&'a RoaringBitmap>, BooleanArray)> {
+    let (values, bitmaps): (Vec<&str>, Vec<&RoaringBitmap>) = index.entries(column)?.unzip();
+    let kept = evaluate(test, column, &StringArray::from(values.clone()))?;
+    Some((values, bitmaps, kept))
+}
+
+/// The rows of the values `kept` keeps.
+fn union_of_kept(bitmaps: Vec<&RoaringBitmap>, kept: &BooleanArray) -> RoaringBitmap {
+    bitmaps
+        .into_iter()
+        .zip(kept.values())
+        .filter(|(_, keep)| *keep)
+        .fold(RoaringBitmap::new(), |acc, (rows, _)| acc | rows)
+}
+
+/// A segment's index (read on first use), a read failure as a query error.
+pub(crate) fn segment_index(segment: &Segment) -> Result<Arc<SegmentIndex>> {
+    segment
+        .index()
+        .map_err(|e| datafusion::error::DataFusionError::External(Box::new(QueryError::from(e))))
+}
+
 /// Rows of a segment that may satisfy `filter` (all of them when the index cannot tell).
-fn index_rows(segment: &Segment, filter: &IndexFilter) -> storage::Result<RoaringBitmap> {
-    let index = segment.index()?;
-    Ok(filter.rows(&index).unwrap_or_else(|| {
+fn index_rows(index: &SegmentIndex, segment: &Segment, filter: &IndexFilter) -> RoaringBitmap {
+    filter.rows(index).unwrap_or_else(|| {
         let mut all = RoaringBitmap::new();
         all.insert_range(0..segment.meta.rows as u32);
         all
-    }))
+    })
 }
 
 /// Shortest gap worth skipping. Shorter gaps between hits are read and left to the scan's
