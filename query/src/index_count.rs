@@ -20,8 +20,6 @@ use datafusion::arrow::array::{ArrayRef, BooleanArray, Int64Array, RecordBatch, 
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::expressions::{Column as PhysicalColumn, Literal};
@@ -40,7 +38,10 @@ use datafusion::physical_plan::{
 use roaring::RoaringBitmap;
 use storage::{INDEXED_COLUMNS, SegmentIndex, Snapshot};
 
-use crate::provider::{IndexFilter, exact_index_filter, kept_values, segment_index, value_test};
+use crate::provider::{
+    IndexFilter, all_rows, exact_index_filter, kept_values, memtable_exec, segment_index,
+    value_test,
+};
 use crate::scan_exec::ScanExec;
 
 /// Most intersections one query may spend per segment (the product of the group columns'
@@ -217,16 +218,12 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan
         .iter()
         .map(|f| events.index_of(f.name()))
         .collect::<std::result::Result<Vec<_>, _>>()?;
-    let memtable = DataSourceExec::from_data_source(MemorySourceConfig::try_new(
-        std::slice::from_ref(&snapshot.memtable),
-        events,
-        Some(projection),
-    )?);
+    let memtable = memtable_exec(&snapshot, Some(projection), None)?;
     let over_memtable = node
         .clone()
         .transform_up(|n| {
             Ok(if plan_as::<ScanExec>(&n).is_some() {
-                Transformed::yes(memtable.clone() as Arc<dyn ExecutionPlan>)
+                Transformed::yes(memtable.clone())
             } else {
                 Transformed::no(n)
             })
@@ -291,11 +288,7 @@ impl Counting {
                         segment.path.display()
                     ))
                 })?,
-                None => {
-                    let mut all = RoaringBitmap::new();
-                    all.insert_range(0..rows);
-                    all
-                }
+                None => all_rows(rows),
             };
             if self.columns.is_empty() {
                 *counts.entry(Vec::new()).or_default() += selected.len() as i64;

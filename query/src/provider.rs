@@ -37,7 +37,7 @@ use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::union::UnionExec;
 use roaring::RoaringBitmap;
-use storage::{INDEXED_COLUMNS, Segment, SegmentIndex, Store};
+use storage::{INDEXED_COLUMNS, Segment, SegmentIndex, Snapshot, Store};
 
 use crate::QueryError;
 use crate::scan_exec::{ScanExec, ScanStats};
@@ -119,7 +119,8 @@ impl TableProvider for EventsTable {
             let path = segment.path.to_string_lossy().into_owned();
             let mut file = PartitionedFile::new(path, segment.meta.bytes);
             if let Some(filter) = &filter {
-                let rows = index_rows(&*segment_index(segment)?, segment, filter);
+                let index = segment_index(segment)?;
+                let rows = index_rows(&index, segment.meta.rows as u32, filter);
                 let plan = access_plan(&segment.meta.row_groups, &rows);
                 let scanned = plan.row_group_indexes().len();
                 if scanned == 0 {
@@ -168,17 +169,26 @@ impl TableProvider for EventsTable {
             inputs.push(DataSourceExec::from_data_source(config));
         }
         if stats.memtable_rows > 0 || inputs.is_empty() {
-            let mem = MemorySourceConfig::try_new(
-                std::slice::from_ref(&snapshot.memtable),
-                schema.clone(),
-                projection.cloned(),
-            )?
-            .with_limit(limit);
-            inputs.push(DataSourceExec::from_data_source(mem));
+            inputs.push(memtable_exec(&snapshot, projection.cloned(), limit)?);
         }
         let union = UnionExec::try_new(inputs)?;
         Ok(Arc::new(ScanExec::new(union, stats, snapshot)))
     }
+}
+
+/// The memtable's rows of `snapshot` as a plan (`projection` of the `events` columns).
+pub(crate) fn memtable_exec(
+    snapshot: &Snapshot,
+    projection: Option<Vec<usize>>,
+    limit: Option<usize>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let mem = MemorySourceConfig::try_new(
+        std::slice::from_ref(&snapshot.memtable),
+        model::events_schema(),
+        projection,
+    )?
+    .with_limit(limit);
+    Ok(DataSourceExec::from_data_source(mem))
 }
 
 /// True when the predicate has a `LIKE` / `ILIKE` or a regular-expression match.
@@ -522,9 +532,7 @@ impl IndexFilter {
                 .try_fold(RoaringBitmap::new(), |acc, p| Some(acc | p.rows(index)?)),
         }
     }
-}
 
-impl IndexFilter {
     /// Exactly the rows of a segment of `rows` rows that the filter's expression keeps (it was
     /// made by [`exact_index_filter`]); `None` when the index lacks one of its columns.
     pub(crate) fn exact_rows(&self, index: &SegmentIndex, rows: u32) -> Option<RoaringBitmap> {
@@ -537,9 +545,7 @@ impl IndexFilter {
                 let non_null: u64 = bitmaps.iter().map(|b| b.len()).sum();
                 if kept.true_count() == kept.len() && non_null == u64::from(rows) {
                     // Every row, without a union of every value's rows.
-                    let mut all = RoaringBitmap::new();
-                    all.insert_range(0..rows);
-                    return Some(all);
+                    return Some(all_rows(rows));
                 }
                 Some(union_of_kept(bitmaps, &kept))
             }
@@ -605,13 +611,17 @@ pub(crate) fn segment_index(segment: &Segment) -> Result<Arc<SegmentIndex>> {
         .map_err(|e| datafusion::error::DataFusionError::External(Box::new(QueryError::from(e))))
 }
 
-/// Rows of a segment that may satisfy `filter` (all of them when the index cannot tell).
-fn index_rows(index: &SegmentIndex, segment: &Segment, filter: &IndexFilter) -> RoaringBitmap {
-    filter.rows(index).unwrap_or_else(|| {
-        let mut all = RoaringBitmap::new();
-        all.insert_range(0..segment.meta.rows as u32);
-        all
-    })
+/// Rows of a segment of `rows` rows that may satisfy `filter` (all of them when the index
+/// cannot tell).
+fn index_rows(index: &SegmentIndex, rows: u32, filter: &IndexFilter) -> RoaringBitmap {
+    filter.rows(index).unwrap_or_else(|| all_rows(rows))
+}
+
+/// Every row of a segment of `rows` rows.
+pub(crate) fn all_rows(rows: u32) -> RoaringBitmap {
+    let mut all = RoaringBitmap::new();
+    all.insert_range(0..rows);
+    all
 }
 
 /// Shortest gap worth skipping. Shorter gaps between hits are read and left to the scan's
