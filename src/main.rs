@@ -473,10 +473,14 @@ fn ingest_inputs(
             continue;
         }
         let mut appended: Vec<(&'static str, storage::AppendOutcome)> = Vec::new();
+        let mut on_durable =
+            |name: &'static str, out: storage::AppendOutcome| appended.push((name, out));
+        let mut pipeline = storage::AppendPipeline::new(store, &mut on_durable);
         let mut sink = |fmt: Format, batch: datafusion::arrow::array::RecordBatch| {
             let rows = batch.num_rows();
-            let out = store.append(batch).map_err(|e| e.to_string())?;
-            appended.push((fmt.name(), out));
+            pipeline
+                .push(fmt.name(), batch)
+                .map_err(|e| e.to_string())?;
             on_batch(rows);
             Ok(())
         };
@@ -484,7 +488,13 @@ fn ingest_inputs(
             eprintln!("{r}");
             dead.keep(&r);
         };
-        let result = ingest::read_input(input, format, batch_rows.max(1), &mut sink, &mut reject);
+        let read = ingest::read_input(input, format, batch_rows.max(1), &mut sink, &mut reject);
+        // The input counts as ingested only once every batch read from it is durable.
+        let result = pipeline.finish().map_err(|e| ingest::IngestError::Io {
+            path: input.display(),
+            source: std::io::Error::other(e.to_string()),
+        });
+        let result = read.and_then(|summary| result.map(|()| summary));
         for (name, out) in appended {
             let t = outcome.totals.entry(name).or_default();
             t.0 += out.accepted as u64;

@@ -291,15 +291,18 @@ fn store_body(state: &AppState, format: Format, body: Bytes) -> Result<Response,
     };
     let (mut accepted, mut duplicates) = (0usize, 0usize);
     let mut rejections = Vec::new();
-    let mut sink = |_: Format, batch| {
-        let out = state.store.append(batch).map_err(|e| e.to_string())?;
+    let mut on_durable = |(), out: storage::AppendOutcome| {
         accepted += out.accepted;
         duplicates += out.duplicates;
-        Ok(())
     };
+    let mut pipeline = storage::AppendPipeline::new(&state.store, &mut on_durable);
+    let mut sink = |_: Format, batch| pipeline.push((), batch).map_err(|e| e.to_string());
     let mut reject = |r: ingest::Rejection| rejections.push(r);
     let summary = ingest::read_input(&input, format, state.batch_rows, &mut sink, &mut reject)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string());
+    // The reply is sent only when every batch of the body is durable (or one failed).
+    pipeline.finish().map_err(|e| e.to_string())?;
+    let summary = summary?;
     if !rejections.is_empty() {
         let mut dl = state.dead_letter.lock();
         for r in &rejections {

@@ -2,7 +2,8 @@
 //! the manifest that lists them.
 //!
 //! Invariants this crate owns (see `ARCHITECTURE.md`):
-//! - [`Store::append`] returns only after the events are fsynced in the WAL; from then on they
+//! - [`Store::append`] (or [`PendingAppend::wait`] after [`Store::submit`]) returns only after
+//!   the events are fsynced in the WAL; from then on they
 //!   are visible to [`Store::snapshot`] and survive a crash.
 //! - Segments are immutable; a segment exists for readers iff the manifest lists it.
 //! - Row `i` of a segment's index is row `i` of its Parquet file.
@@ -85,6 +86,81 @@ pub struct AppendOutcome {
     pub accepted: usize,
     /// Rows dropped because an event with the same `event_id` is already stored.
     pub duplicates: usize,
+}
+
+/// A batch handed to the WAL by [`Store::submit`], not yet acknowledged.
+#[must_use = "a batch is acknowledged only when wait() returns"]
+pub struct PendingAppend<'a> {
+    store: &'a Store,
+    outcome: AppendOutcome,
+    /// `None` when no row was accepted (nothing to write).
+    durable: Option<wal::Pending>,
+}
+
+impl PendingAppend<'_> {
+    /// Blocks until the batch is durable. **When this returns `Ok`, the accepted rows are
+    /// durable** and visible to every later [`Store::snapshot`], exactly as after
+    /// [`Store::append`].
+    pub fn wait(self) -> Result<AppendOutcome> {
+        if let Some(durable) = self.durable {
+            durable.wait()?;
+            self.store.after_append();
+        }
+        Ok(self.outcome)
+    }
+}
+
+/// Appends a stream of batches with up to [`AppendPipeline::IN_FLIGHT`] of them submitted and
+/// not yet durable, so that a reader parses its next batch while the WAL syncs the last one
+/// (one thread otherwise spends every fsync idle). Each batch's outcome goes to `on_durable`,
+/// in order, once the batch is durable.
+pub struct AppendPipeline<'a, T> {
+    store: &'a Store,
+    in_flight: std::collections::VecDeque<(T, PendingAppend<'a>)>,
+    on_durable: &'a mut dyn FnMut(T, AppendOutcome),
+}
+
+impl<'a, T> AppendPipeline<'a, T> {
+    /// Batches submitted and not yet waited for. Two let parsing overlap the sync of the
+    /// previous batch; more would only hold more memory outside the memtable's accounting.
+    pub const IN_FLIGHT: usize = 2;
+
+    pub fn new(store: &'a Store, on_durable: &'a mut dyn FnMut(T, AppendOutcome)) -> Self {
+        Self {
+            store,
+            in_flight: std::collections::VecDeque::with_capacity(Self::IN_FLIGHT + 1),
+            on_durable,
+        }
+    }
+
+    /// Submits `batch` (labelled `tag` for `on_durable`); first waits for the oldest batch
+    /// when [`IN_FLIGHT`](Self::IN_FLIGHT) are pending. An error is the first failed append:
+    /// nothing submitted after a failure is acknowledged.
+    pub fn push(&mut self, tag: T, batch: RecordBatch) -> Result<()> {
+        if self.in_flight.len() >= Self::IN_FLIGHT {
+            self.wait_oldest()?;
+        }
+        let pending = self.store.submit(batch)?;
+        self.in_flight.push_back((tag, pending));
+        Ok(())
+    }
+
+    /// Waits for every batch submitted. **When this returns `Ok`, every batch pushed is
+    /// durable.**
+    pub fn finish(mut self) -> Result<()> {
+        while !self.in_flight.is_empty() {
+            self.wait_oldest()?;
+        }
+        Ok(())
+    }
+
+    fn wait_oldest(&mut self) -> Result<()> {
+        if let Some((tag, pending)) = self.in_flight.pop_front() {
+            let outcome = pending.wait()?;
+            (self.on_durable)(tag, outcome);
+        }
+        Ok(())
+    }
 }
 
 /// A consistent view for readers: the segments listed at one instant and the memtable rows not
@@ -297,26 +373,41 @@ impl Store {
     /// are written to the WAL. **When this returns `Ok`, the accepted rows are durable** (fsynced)
     /// and visible to every later [`snapshot`](Self::snapshot).
     pub fn append(&self, batch: RecordBatch) -> Result<AppendOutcome> {
+        self.submit(batch)?.wait()
+    }
+
+    /// [`append`](Self::append) in two steps: the batch is deduplicated, encoded and handed to
+    /// the WAL here, and is acknowledged only when [`PendingAppend::wait`] returns `Ok`. The
+    /// caller may prepare its next batch meanwhile (see [`AppendPipeline`]). Batches become
+    /// durable in the order they are submitted.
+    pub fn submit(&self, batch: RecordBatch) -> Result<PendingAppend<'_>> {
         check_schema(&batch)?;
+        let mut outcome = AppendOutcome::default();
         if batch.num_rows() == 0 {
-            return Ok(AppendOutcome::default());
+            return Ok(PendingAppend {
+                store: self,
+                outcome,
+                durable: None,
+            });
         }
         let fresh = self.inner.reserve_ids(&batch)?;
-        let duplicates = fresh.iter().filter(|f| f == &Some(false)).count();
-        let batch = if duplicates == 0 {
+        outcome.duplicates = fresh.iter().filter(|f| f == &Some(false)).count();
+        let batch = if outcome.duplicates == 0 {
             batch
         } else {
             filter_record_batch(&batch, &fresh)?
         };
-        let accepted = batch.num_rows();
-        if accepted > 0 {
+        outcome.accepted = batch.num_rows();
+        let durable = if outcome.accepted > 0 {
             let payload = wal::encode_batch(&batch, self.inner.options.wal_zstd_level)?;
-            self.inner.wal.append(payload, batch)?;
-            self.after_append();
-        }
-        Ok(AppendOutcome {
-            accepted,
-            duplicates,
+            Some(self.inner.wal.submit(payload, batch)?)
+        } else {
+            None
+        };
+        Ok(PendingAppend {
+            store: self,
+            outcome,
+            durable,
         })
     }
 

@@ -65,6 +65,41 @@ fn appended_events_are_visible_at_once_and_after_reopen() {
 }
 
 #[test]
+fn pipelined_appends_are_acknowledged_in_order_and_durable_at_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), opts()).unwrap();
+    let mut acks = Vec::new();
+    let mut on_durable = |k: usize, out: AppendOutcome| acks.push((k, out));
+    let mut pipeline = AppendPipeline::new(&store, &mut on_durable);
+    for k in 0..5u64 {
+        // Batch 3 repeats batch 1: its rows are duplicates.
+        let first = if k == 3 { 10 } else { k * 10 };
+        let events: Vec<Event> = (first..first + 10).map(|i| event(i, "ns", "p")).collect();
+        pipeline.push(k as usize, batch_of(&events)).unwrap();
+    }
+    pipeline.finish().unwrap();
+    let accepted = |n| AppendOutcome {
+        accepted: n,
+        duplicates: 10 - n,
+    };
+    assert_eq!(
+        acks,
+        vec![
+            (0, accepted(10)),
+            (1, accepted(10)),
+            (2, accepted(10)),
+            (3, accepted(0)),
+            (4, accepted(10)),
+        ]
+    );
+    let expected: Vec<i64> = (0..30).chain(40..50).collect();
+    assert_eq!(ids_in(&store.snapshot()), expected);
+    drop(store); // no close: the WAL must carry every batch acknowledged
+    let (store, _) = Store::open(dir.path(), opts()).unwrap();
+    assert_eq!(ids_in(&store.snapshot()), expected);
+}
+
+#[test]
 fn duplicates_are_dropped_in_memory_in_segments_and_across_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = Store::open(dir.path(), opts()).unwrap();

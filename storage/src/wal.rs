@@ -5,7 +5,8 @@
 //! then frames `[len u32][crc32c u32][seq u64][payload; len]`, all little-endian, the CRC over
 //! `seq ‖ payload`. Sequence numbers increase by one across files.
 //!
-//! Contract: [`Wal::append`] returns only after the record's bytes and every earlier record are
+//! Contract: [`Wal::append`] (and [`Pending::wait`] after [`Wal::submit`]) returns only after the
+//! record's bytes and every earlier record are
 //! on stable storage (`fdatasync`), and after the [`DurableSink`] has seen the record; a record
 //! whose append returned an error may or may not be replayed after a crash, exactly like any
 //! write that was never acknowledged. All appenders that queue while a sync is running share the
@@ -81,6 +82,18 @@ enum Cmd<T> {
 struct WalFile {
     first_seq: u64,
     path: PathBuf,
+}
+
+/// A record handed to the writer thread whose durability is not known yet.
+#[must_use = "a record is acknowledged only when wait() returns"]
+pub struct Pending(Receiver<Result<u64>>);
+
+impl Pending {
+    /// Blocks until the record is durable and returns its sequence number, or the error that
+    /// kept it from being written (then it may or may not be replayed after a crash).
+    pub fn wait(self) -> Result<u64> {
+        self.0.recv().map_err(|_| StorageError::Closed)?
+    }
 }
 
 /// Handle to the WAL's writer thread.
@@ -183,13 +196,21 @@ impl<T: Send + 'static> Wal<T> {
 
     /// Appends one record; returns its sequence number once it is durable (see module docs).
     pub fn append(&self, payload: Vec<u8>, item: T) -> Result<u64> {
+        self.submit(payload, item)?.wait()
+    }
+
+    /// Hands one record to the writer and returns without waiting for it: the record is
+    /// durable (and acknowledged) only when [`Pending::wait`] returns its sequence number.
+    /// Records are written in the order they are submitted, so waiting for one also means
+    /// every record submitted before it is durable.
+    pub fn submit(&self, payload: Vec<u8>, item: T) -> Result<Pending> {
         let (done, rx) = mpsc::sync_channel(1);
         self.send(Cmd::Append {
             payload,
             item,
             done,
         })?;
-        rx.recv().map_err(|_| StorageError::Closed)?
+        Ok(Pending(rx))
     }
 
     /// Closes the active file and starts a new one, so that everything appended so far lies in

@@ -28,7 +28,8 @@ fn child_options() -> StoreOptions {
     }
 }
 
-/// The child: appends from two threads forever, printing each acknowledged id range.
+/// The child: appends from two threads forever (one with `Store::append`, one through an
+/// `AppendPipeline`), printing each acknowledged id range.
 #[test]
 #[ignore = "runs only as the child of the crash tests"]
 fn crash_child() {
@@ -45,6 +46,15 @@ fn crash_child() {
             std::thread::spawn(move || {
                 let mut rng = rand::rngs::StdRng::seed_from_u64((base + t) as u64);
                 let mut next = base + t * 500_000_000;
+                // Thread 1 appends through the pipeline: its acks are the batches it reports
+                // durable, while later ones are still in flight.
+                let ack = |first: i64, end: i64| {
+                    let mut o = out.lock().unwrap();
+                    writeln!(o, "acked {first} {end}").unwrap();
+                    o.flush().unwrap();
+                };
+                let mut on_durable = |(first, end): (i64, i64), _| ack(first, end);
+                let mut pipeline = storage::AppendPipeline::new(&store, &mut on_durable);
                 loop {
                     let n = rng.random_range(1..400);
                     let events: Vec<Event> = (next..next + n)
@@ -60,10 +70,12 @@ fn crash_child() {
                             ..Default::default()
                         })
                         .collect();
-                    store.append(batch_of(&events)).unwrap();
-                    let mut o = out.lock().unwrap();
-                    writeln!(o, "acked {next} {}", next + n).unwrap();
-                    o.flush().unwrap();
+                    if t == 1 {
+                        pipeline.push((next, next + n), batch_of(&events)).unwrap();
+                    } else {
+                        store.append(batch_of(&events)).unwrap();
+                        ack(next, next + n);
+                    }
                     next += n;
                 }
             })
