@@ -32,6 +32,7 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
 use datafusion::common::ScalarValue;
+use datafusion::execution::SessionState;
 use datafusion::logical_expr::{LogicalPlan, TableType};
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::{DFParser, Statement as DFStatement};
@@ -49,7 +50,12 @@ pub struct FlightSql {
 }
 
 impl FlightSql {
-    pub fn new(ctx: SessionContext, limits: QueryLimits) -> Self {
+    /// A service over `ctx`'s tables and functions. Fails only if the limited session cannot
+    /// be built.
+    pub fn new(ctx: SessionContext, limits: QueryLimits) -> datafusion::error::Result<Self> {
+        // Built once: every query plans in it, and each executes under a memory pool of its
+        // own (`remote::execute_limited`).
+        let ctx = remote::limited_context(&ctx, &limits)?;
         let mut info = SqlInfoDataBuilder::new();
         info.append(SqlInfo::FlightSqlServerName, "ktrail");
         info.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
@@ -57,19 +63,19 @@ impl FlightSql {
         info.append(SqlInfo::FlightSqlServerReadOnly, true);
         info.append(SqlInfo::FlightSqlServerSql, true);
         info.append(SqlInfo::FlightSqlServerSubstrait, false);
-        FlightSql {
+        Ok(FlightSql {
             ctx,
             limits,
             info: info.build().expect("static SqlInfo"),
-        }
+        })
     }
 
-    /// The plan of `sql` with `params` bound, checked as remote SQL, in a limited session.
+    /// The plan of `sql` with `params` bound, checked as remote SQL, in the limited session.
     async fn plan(
         &self,
         sql: &str,
         params: &[ScalarValue],
-    ) -> Result<(SessionContext, LogicalPlan), Status> {
+    ) -> Result<(SessionState, LogicalPlan), Status> {
         let mut statements = DFParser::parse_sql(sql).map_err(invalid)?;
         if statements.len() != 1 {
             return Err(Status::invalid_argument(format!(
@@ -87,27 +93,24 @@ impl FlightSql {
             };
             remote::bind_placeholders(s, params).map_err(invalid)?;
         }
-        let ctx = remote::limited_context(&self.ctx, &self.limits).map_err(internal)?;
-        let plan = ctx
-            .state()
-            .statement_to_plan(statement)
-            .await
-            .map_err(invalid)?;
+        let state = self.ctx.state();
+        let plan = state.statement_to_plan(statement).await.map_err(invalid)?;
         remote::check_remote_plan(&plan).map_err(|e| Status::permission_denied(e.to_string()))?;
-        Ok((ctx, plan))
+        Ok((state, plan))
     }
 
     async fn execute(&self, sql: &str, params: &[ScalarValue]) -> Result<DoGetStream, Status> {
-        let (ctx, plan) = self.plan(sql, params).await?;
+        let (state, plan) = self.plan(sql, params).await?;
         // The schema advertised in FlightInfo (the logical one): strict clients compare them.
         let schema = Arc::new(plan.schema().as_arrow().clone());
         let timeout = self.limits.timeout;
-        let batches = tokio::time::timeout(timeout, async {
-            ctx.execute_logical_plan(plan).await?.execute_stream().await
-        })
-        .await
-        .map_err(|_| Status::deadline_exceeded(remote::timeout_error(&self.limits).to_string()))?
-        .map_err(internal)?;
+        let batches =
+            tokio::time::timeout(timeout, remote::execute_limited(&state, plan, &self.limits))
+                .await
+                .map_err(|_| {
+                    Status::deadline_exceeded(remote::timeout_error(&self.limits).to_string())
+                })?
+                .map_err(internal)?;
         let batches = batches.map_err(|e| FlightError::ExternalError(Box::new(e)));
         let flight = FlightDataEncoderBuilder::new()
             .with_schema(schema)

@@ -133,7 +133,8 @@ pub async fn run(store: Store, data: PathBuf, options: ServeOptions) -> Result<(
             .into_server(options.token.clone());
         let ctx = remote.clone().expect("made for the query listeners");
         let flight = arrow_flight::flight_service_server::FlightServiceServer::with_interceptor(
-            crate::flight::FlightSql::new(ctx, options.limits.clone()),
+            crate::flight::FlightSql::new(ctx, options.limits.clone())
+                .map_err(|e| format!("Flight SQL session: {e}"))?,
             crate::grpc::bearer(options.token.clone()),
         );
         announce("grpc", listener.local_addr().map_err(|e| e.to_string())?);

@@ -1,6 +1,7 @@
 //! Arrow Flight SQL on `ktrail serve --grpc`, driven by ADBC's Flight SQL driver
 //! (tests/flight/clients.py): statements, prepared statements with parameters, catalog
-//! metadata, bearer token, read-only refusals; over plaintext on loopback and over TLS.
+//! metadata, bearer token, read-only refusals; over plaintext on loopback and over TLS; and
+//! each query under its own memory and time limits (tests/flight/limits.py).
 
 mod common;
 
@@ -27,15 +28,24 @@ fn start(dir: &Path, data: &Path, extra: &[&str]) -> Server {
 }
 
 fn adbc(uri: &str, ca: Option<&Path>) {
+    let ca = ca.map(|p| p.to_str().expect("UTF-8 path"));
+    adbc_script("clients.py", uri, ca.as_slice());
+}
+
+/// Runs `tests/flight/SCRIPT URI TOKEN ARGS..`, which prints `all ok` last when every check
+/// passed.
+fn adbc_script(script: &str, uri: &str, args: &[&str]) {
     let mut c = Command::new(python());
     c.arg("-W")
         .arg("ignore")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/flight/clients.py"))
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/flight")
+                .join(script),
+        )
         .arg(uri)
         .arg(TOKEN);
-    if let Some(ca) = ca {
-        c.arg(ca);
-    }
+    c.args(args);
     let o = c.output().unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
@@ -52,6 +62,22 @@ fn adbc_flight_sql() {
     let server = start(dir.path(), &data, &[]);
     adbc(&format!("grpc://{}", server.addr), None);
     server.stop();
+}
+
+/// Each Flight SQL query runs under the server's limits with a memory pool of its own: one
+/// over its memory or time limit fails with the reason, a concurrent one is unharmed.
+#[test]
+fn flight_queries_run_under_their_own_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = exec_scenario_store(dir.path());
+    for (limit, flags) in [
+        ("memory", ["--query-memory", "2M"]),
+        ("time", ["--query-timeout", "1"]),
+    ] {
+        let server = start(dir.path(), &data, &flags);
+        adbc_script("limits.py", &format!("grpc://{}", server.addr), &[limit]);
+        server.stop();
+    }
 }
 
 #[test]

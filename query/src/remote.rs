@@ -9,8 +9,8 @@
 //!   again ([`check_remote_plan`]) so a statement that plans into DDL/DML cannot slip through.
 //! - No function registered in a ktrail session reads or writes the server's filesystem; the
 //!   only ways to files are the statements refused here.
-//! - Each query gets its own memory pool ([`limited_context`]): one over its limit spills, then
-//!   fails alone; the others keep theirs.
+//! - Each query gets its own memory pool ([`limited_context`], [`execute_limited`]): one over
+//!   its limit spills, then fails alone; the others keep theirs.
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -19,10 +19,12 @@ use std::time::Duration;
 use datafusion::common::ScalarValue;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::lit;
 use datafusion::logical_expr::{LogicalPlan, Statement as PlanStatement};
+use datafusion::physical_plan::execute_stream;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{
@@ -250,9 +252,7 @@ pub fn bind_placeholders(statement: &mut Statement, values: &[ScalarValue]) -> R
 /// memory pool of its own (spilling to the OS temp directory before it fails), every plan
 /// under the time limit.
 pub fn limited_state(base: &SessionState, limits: &QueryLimits) -> Result<SessionState> {
-    let runtime = RuntimeEnvBuilder::new()
-        .with_memory_limit(limits.memory_bytes, 1.0)
-        .build_arc()?;
+    let runtime = query_runtime(limits)?;
     let mut rules = base.physical_optimizers().to_vec();
     rules.push(Arc::new(DeadlineRule {
         limit: limits.timeout,
@@ -261,6 +261,33 @@ pub fn limited_state(base: &SessionState, limits: &QueryLimits) -> Result<Sessio
         .with_runtime_env(runtime)
         .with_physical_optimizer_rules(rules)
         .build())
+}
+
+/// The runtime of one remote query: a memory pool of its own, spilling to the OS temp
+/// directory before it fails.
+fn query_runtime(limits: &QueryLimits) -> Result<Arc<RuntimeEnv>> {
+    RuntimeEnvBuilder::new()
+        .with_memory_limit(limits.memory_bytes, 1.0)
+        .build_arc()
+}
+
+/// Runs a query `plan` (planned in `state`, a [`limited_state`]) under a memory pool of its
+/// own: the same limits as executing it in a fresh [`limited_context`], without building a
+/// session state per query (its function registries are rebuilt on every build, which cost
+/// a remote `SELECT 1` most of its server time). Plans that are not queries (transaction
+/// bookkeeping, ...) go through a fresh [`limited_context`], which knows how to run them.
+pub async fn execute_limited(
+    state: &SessionState,
+    plan: LogicalPlan,
+    limits: &QueryLimits,
+) -> Result<SendableRecordBatchStream> {
+    if matches!(plan, LogicalPlan::Statement(_) | LogicalPlan::Ddl(_)) {
+        let ctx = SessionContext::new_with_state(limited_state(state, limits)?);
+        return ctx.execute_logical_plan(plan).await?.execute_stream().await;
+    }
+    let physical = state.create_physical_plan(&plan).await?;
+    let task = TaskContext::from(state).with_runtime(query_runtime(limits)?);
+    execute_stream(physical, Arc::new(task))
 }
 
 /// [`limited_state`] as a context.
