@@ -3,8 +3,8 @@
 //!
 //! Invariants this crate owns (see `ARCHITECTURE.md`):
 //! - [`Store::append`] (or [`PendingAppend::wait`] after [`Store::submit`]) returns only after
-//!   the events are fsynced in the WAL; from then on they
-//!   are visible to [`Store::snapshot`] and survive a crash.
+//!   the events are fsynced in the WAL; from then on they are visible to [`Store::snapshot`]
+//!   and survive a crash.
 //! - Segments are immutable; a segment exists for readers iff the manifest lists it.
 //! - Row `i` of a segment's index is row `i` of its Parquet file.
 //! - The WAL is trimmed only after the manifest recording the flush is durable.
@@ -113,7 +113,8 @@ impl PendingAppend<'_> {
 /// Appends a stream of batches with up to [`AppendPipeline::IN_FLIGHT`] of them submitted and
 /// not yet durable, so that a reader parses its next batch while the WAL syncs the last one
 /// (one thread otherwise spends every fsync idle). Each batch's outcome goes to `on_durable`,
-/// in order, once the batch is durable.
+/// in order, once the batch is durable. Dropped without [`finish`](Self::finish), the batches
+/// still in flight may become durable but are never acknowledged.
 pub struct AppendPipeline<'a, T> {
     store: &'a Store,
     in_flight: std::collections::VecDeque<(T, PendingAppend<'a>)>,

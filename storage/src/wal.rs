@@ -5,12 +5,11 @@
 //! then frames `[len u32][crc32c u32][seq u64][payload; len]`, all little-endian, the CRC over
 //! `seq ‖ payload`. Sequence numbers increase by one across files.
 //!
-//! Contract: [`Wal::append`] (and [`Pending::wait`] after [`Wal::submit`]) returns only after the
-//! record's bytes and every earlier record are
-//! on stable storage (`fdatasync`), and after the [`DurableSink`] has seen the record; a record
-//! whose append returned an error may or may not be replayed after a crash, exactly like any
-//! write that was never acknowledged. All appenders that queue while a sync is running share the
-//! next one (group commit).
+//! Contract: [`Wal::append`] (and [`Pending::wait`] after [`Wal::submit`]) returns only after
+//! the record's bytes and every earlier record are on stable storage (`fdatasync`), and after
+//! the [`DurableSink`] has seen the record; a record whose append returned an error may or may
+//! not be replayed after a crash, exactly like any write that was never acknowledged. All
+//! appenders that queue while a sync is running share the next one (group commit).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Cursor, Read, Seek, SeekFrom, Write};
