@@ -44,7 +44,8 @@ use tonic::{Request, Response, Status, Streaming};
 type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send>>;
 
 pub struct FlightSql {
-    ctx: SessionContext,
+    /// The limited session every query plans in (its catalogs are the server's).
+    state: SessionState,
     limits: QueryLimits,
     info: SqlInfoData,
 }
@@ -55,7 +56,7 @@ impl FlightSql {
     pub fn new(ctx: SessionContext, limits: QueryLimits) -> datafusion::error::Result<Self> {
         // Built once: every query plans in it, and each executes under a memory pool of its
         // own (`remote::execute_limited`).
-        let ctx = remote::limited_context(&ctx, &limits)?;
+        let state = remote::limited_state(&ctx.state(), &limits)?;
         let mut info = SqlInfoDataBuilder::new();
         info.append(SqlInfo::FlightSqlServerName, "ktrail");
         info.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
@@ -64,18 +65,14 @@ impl FlightSql {
         info.append(SqlInfo::FlightSqlServerSql, true);
         info.append(SqlInfo::FlightSqlServerSubstrait, false);
         Ok(FlightSql {
-            ctx,
+            state,
             limits,
             info: info.build().expect("static SqlInfo"),
         })
     }
 
     /// The plan of `sql` with `params` bound, checked as remote SQL, in the limited session.
-    async fn plan(
-        &self,
-        sql: &str,
-        params: &[ScalarValue],
-    ) -> Result<(SessionState, LogicalPlan), Status> {
+    async fn plan(&self, sql: &str, params: &[ScalarValue]) -> Result<LogicalPlan, Status> {
         let mut statements = DFParser::parse_sql(sql).map_err(invalid)?;
         if statements.len() != 1 {
             return Err(Status::invalid_argument(format!(
@@ -93,24 +90,27 @@ impl FlightSql {
             };
             remote::bind_placeholders(s, params).map_err(invalid)?;
         }
-        let state = self.ctx.state();
-        let plan = state.statement_to_plan(statement).await.map_err(invalid)?;
+        let plan = self
+            .state
+            .statement_to_plan(statement)
+            .await
+            .map_err(invalid)?;
         remote::check_remote_plan(&plan).map_err(|e| Status::permission_denied(e.to_string()))?;
-        Ok((state, plan))
+        Ok(plan)
     }
 
     async fn execute(&self, sql: &str, params: &[ScalarValue]) -> Result<DoGetStream, Status> {
-        let (state, plan) = self.plan(sql, params).await?;
+        let plan = self.plan(sql, params).await?;
         // The schema advertised in FlightInfo (the logical one): strict clients compare them.
         let schema = Arc::new(plan.schema().as_arrow().clone());
         let timeout = self.limits.timeout;
-        let batches =
-            tokio::time::timeout(timeout, remote::execute_limited(&state, plan, &self.limits))
-                .await
-                .map_err(|_| {
-                    Status::deadline_exceeded(remote::timeout_error(&self.limits).to_string())
-                })?
-                .map_err(internal)?;
+        let batches = tokio::time::timeout(
+            timeout,
+            remote::execute_limited(&self.state, plan, &self.limits),
+        )
+        .await
+        .map_err(|_| Status::deadline_exceeded(remote::timeout_error(&self.limits).to_string()))?
+        .map_err(internal)?;
         let batches = batches.map_err(|e| FlightError::ExternalError(Box::new(e)));
         let flight = FlightDataEncoderBuilder::new()
             .with_schema(schema)
@@ -120,7 +120,7 @@ impl FlightSql {
     }
 
     async fn schema_of(&self, sql: &str, params: &[ScalarValue]) -> Result<SchemaRef, Status> {
-        let (_, plan) = self.plan(sql, params).await?;
+        let plan = self.plan(sql, params).await?;
         Ok(Arc::new(plan.schema().as_arrow().clone()))
     }
 }
@@ -250,7 +250,7 @@ impl FlightSqlService for FlightSql {
         _request: Request<arrow_flight::Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         // Planned now, so a statement that may not run is refused when prepared.
-        let (_, plan) = self.plan(&query.query, &[]).await?;
+        let plan = self.plan(&query.query, &[]).await?;
         let schema = plan.schema().as_arrow().clone();
         let IpcMessage(dataset_schema) = SchemaAsIpc::new(&schema, &IpcWriteOptions::default())
             .try_into()
@@ -336,7 +336,7 @@ impl FlightSqlService for FlightSql {
         _request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let mut builder = query.into_builder();
-        for catalog in self.ctx.catalog_names() {
+        for catalog in self.state.catalog_list().catalog_names() {
             builder.append(catalog);
         }
         let schema = builder.schema();
@@ -365,8 +365,8 @@ impl FlightSqlService for FlightSql {
         _request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let mut builder = query.into_builder();
-        for catalog in self.ctx.catalog_names() {
-            if let Some(c) = self.ctx.catalog(&catalog) {
+        for catalog in self.state.catalog_list().catalog_names() {
+            if let Some(c) = self.state.catalog_list().catalog(&catalog) {
                 for schema in c.schema_names() {
                     builder.append(&catalog, schema);
                 }
@@ -398,8 +398,8 @@ impl FlightSqlService for FlightSql {
         _request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let mut builder = query.into_builder();
-        for catalog in self.ctx.catalog_names() {
-            let Some(c) = self.ctx.catalog(&catalog) else {
+        for catalog in self.state.catalog_list().catalog_names() {
+            let Some(c) = self.state.catalog_list().catalog(&catalog) else {
                 continue;
             };
             for schema_name in c.schema_names() {

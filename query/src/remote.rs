@@ -274,14 +274,15 @@ fn query_runtime(limits: &QueryLimits) -> Result<Arc<RuntimeEnv>> {
 /// Runs a query `plan` (planned in `state`, a [`limited_state`]) under a memory pool of its
 /// own: the same limits as executing it in a fresh [`limited_context`], without building a
 /// session state per query (its function registries are rebuilt on every build, which cost
-/// a remote `SELECT 1` most of its server time). Plans that are not queries (transaction
-/// bookkeeping, ...) go through a fresh [`limited_context`], which knows how to run them.
+/// a remote `SELECT 1` most of its server time). Statement plans (transaction bookkeeping,
+/// ...) go through a fresh [`limited_context`], which knows how to run them; DDL never gets
+/// here ([`check_remote_plan`] refuses it).
 pub async fn execute_limited(
     state: &SessionState,
     plan: LogicalPlan,
     limits: &QueryLimits,
 ) -> Result<SendableRecordBatchStream> {
-    if matches!(plan, LogicalPlan::Statement(_) | LogicalPlan::Ddl(_)) {
+    if matches!(plan, LogicalPlan::Statement(_)) {
         let ctx = SessionContext::new_with_state(limited_state(state, limits)?);
         return ctx.execute_logical_plan(plan).await?.execute_stream().await;
     }

@@ -384,13 +384,7 @@ impl Store {
     pub fn submit(&self, batch: RecordBatch) -> Result<PendingAppend<'_>> {
         check_schema(&batch)?;
         let mut outcome = AppendOutcome::default();
-        if batch.num_rows() == 0 {
-            return Ok(PendingAppend {
-                store: self,
-                outcome,
-                durable: None,
-            });
-        }
+        // An empty batch reserves nothing and accepts nothing: no WAL record is written.
         let fresh = self.inner.reserve_ids(&batch)?;
         outcome.duplicates = fresh.iter().filter(|f| f == &Some(false)).count();
         let batch = if outcome.duplicates == 0 {
