@@ -541,28 +541,62 @@ fn replay_file(
     Ok(FileOutcome::Complete)
 }
 
-/// WAL payload: one codec byte (0 plain, 1 zstd) + an Arrow IPC stream of one batch.
+/// WAL payload: one codec byte, then an Arrow IPC stream of one batch: as it is (0), or as
+/// one zstd frame after its length as a little-endian `u64` (1).
+///
+/// The compressed form is compressed while the IPC stream is written, through zstd's small
+/// window: building the whole stream first and compressing it after put a batch-sized buffer
+/// (14 MB for 8 192 Tetragon events) through regrowth and fresh page faults for every batch,
+/// 10 % of durable Tetragon ingest (perf, `ingest_durable/tetragon_generated`).
 pub fn encode_batch(batch: &RecordBatch, zstd_level: i32) -> Result<Vec<u8>> {
-    let mut ipc = Vec::with_capacity(batch.get_array_memory_size() / 2 + 1024);
-    {
-        let mut w = StreamWriter::try_new(&mut ipc, &batch.schema())?;
+    fn ipc_into<W: Write>(w: W, batch: &RecordBatch) -> Result<W> {
+        let mut w = StreamWriter::try_new(w, &batch.schema())?;
         w.write(batch)?;
         w.finish()?;
+        Ok(w.into_inner()?)
     }
-    if zstd_level == 0 {
-        let mut out = Vec::with_capacity(ipc.len() + 1);
-        out.push(0);
-        out.extend_from_slice(&ipc);
-        return Ok(out);
-    }
-    let mut out = vec![1u8];
-    let compressed = zstd::bulk::compress(&ipc, zstd_level).map_err(|e| StorageError::Io {
+    let io = |source| StorageError::Io {
         path: PathBuf::from("<wal payload>"),
-        source: e,
-    })?;
-    out.extend_from_slice(&(ipc.len() as u64).to_le_bytes());
-    out.extend_from_slice(&compressed);
+        source,
+    };
+    if zstd_level == 0 {
+        let mut out = Vec::with_capacity(batch.get_array_memory_size() / 2 + 1024);
+        out.push(0);
+        return ipc_into(out, batch);
+    }
+    let mut out = Vec::with_capacity(batch.get_array_memory_size() / 32 + 1024);
+    out.push(1);
+    out.extend_from_slice(&[0; 8]);
+    let encoder = zstd::stream::write::Encoder::new(&mut out, zstd_level).map_err(io)?;
+    let counted = ipc_into(CountingWriter::new(encoder), batch)?;
+    let ipc_len = counted.written;
+    counted.inner.finish().map_err(io)?;
+    out[1..9].copy_from_slice(&ipc_len.to_le_bytes());
     Ok(out)
+}
+
+/// Counts the bytes written through it.
+struct CountingWriter<W> {
+    inner: W,
+    written: u64,
+}
+
+impl<W> CountingWriter<W> {
+    fn new(inner: W) -> Self {
+        Self { inner, written: 0 }
+    }
+}
+
+impl<W: Write> Write for CountingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 pub fn decode_batch(payload: &[u8]) -> std::result::Result<RecordBatch, String> {
@@ -615,6 +649,42 @@ mod tests {
         files.retain(|f| fs::metadata(&f.path).unwrap().len() > FILE_HEADER);
         assert_eq!(files.len(), 1);
         files.remove(0).path
+    }
+
+    #[test]
+    fn payloads_decode_to_the_batch_in_every_codec() {
+        let events: Vec<model::Event> = (0..3000)
+            .map(|i| model::Event {
+                ts: i,
+                kind: "process_exec".into(),
+                source: "tetragon".into(),
+                exe: (i % 3 == 0).then(|| format!("/usr/bin/tool-{i}")),
+                raw: Some(format!("{{\"n\":{i}}}")),
+                ..Default::default()
+            })
+            .collect();
+        let batch = model::batch_of(&events);
+        for level in [0, -3, 1, 3] {
+            let payload = encode_batch(&batch, level).unwrap();
+            assert_eq!(payload[0], u8::from(level != 0));
+            assert_eq!(decode_batch(&payload).unwrap(), batch, "level {level}");
+        }
+        // WAL files written before compression was streamed: one frame from `bulk::compress`
+        // (its content size in the frame header), same layout.
+        let mut ipc = Vec::new();
+        {
+            let mut w = StreamWriter::try_new(&mut ipc, &batch.schema()).unwrap();
+            w.write(&batch).unwrap();
+            w.finish().unwrap();
+        }
+        let mut old = vec![1u8];
+        old.extend_from_slice(&(ipc.len() as u64).to_le_bytes());
+        old.extend_from_slice(&zstd::bulk::compress(&ipc, -3).unwrap());
+        assert_eq!(decode_batch(&old).unwrap(), batch);
+        // A length that does not match the frame is an error, not a short batch.
+        let mut wrong = encode_batch(&batch, -3).unwrap();
+        wrong[1..9].copy_from_slice(&100u64.to_le_bytes());
+        assert!(decode_batch(&wrong).is_err());
     }
 
     #[test]
