@@ -333,7 +333,26 @@ impl Writers {
             Sink::Tetragon => &mut self.tetragon,
             Sink::Falco => &mut self.falco,
         };
-        serde_json::to_writer(&mut *w, v)?;
+        match (which, v) {
+            // Tetragon's export writes the event first, then `node_name` and `time` (the order
+            // of `GetEventsResponse`'s fields), as the samples show; a map would sort the event
+            // key after them.
+            (Sink::Tetragon, Value::Object(fields)) => {
+                let mut keys: Vec<&String> = fields.keys().collect();
+                keys.sort_by_key(|k| !k.starts_with("process_"));
+                w.write_all(b"{")?;
+                for (i, k) in keys.into_iter().enumerate() {
+                    if i > 0 {
+                        w.write_all(b",")?;
+                    }
+                    serde_json::to_writer(&mut *w, k)?;
+                    w.write_all(b":")?;
+                    serde_json::to_writer(&mut *w, &fields[k])?;
+                }
+                w.write_all(b"}")?;
+            }
+            _ => serde_json::to_writer(&mut *w, v)?,
+        }
         w.write_all(b"\n")?;
         self.records += 1;
         Ok(())
@@ -1092,6 +1111,22 @@ mod tests {
             std::fs::read(&sa.files[2]).unwrap()
         );
         assert!(sa.records >= 5_000, "{}", sa.records);
+    }
+
+    #[test]
+    fn tetragon_lines_lead_with_the_event_as_tetragon_writes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        generate(dir.path(), &Config::new(7, 2_000)).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("tetragon.jsonl")).unwrap();
+        let mut lines = 0;
+        for line in text.lines() {
+            let v: Value = serde_json::from_str(line).unwrap();
+            let event = line[2..].split('"').next().unwrap();
+            assert!(event.starts_with("process_"), "{line}");
+            assert!(v[event].is_object() && v["node_name"].is_string() && v["time"].is_string());
+            lines += 1;
+        }
+        assert!(lines > 1_000, "{lines}");
     }
 
     #[test]
