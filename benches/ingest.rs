@@ -2,8 +2,8 @@
 //! - `ingest_parse/*`: records → `events` batches, no storage;
 //! - `ingest_durable/*`: records → batches → the store's WAL, fsynced (acknowledged) by the
 //!   end, as `ktrail ingest` appends (`AppendPipeline`);
-//! - `ingest_durable/grpc_arrow_ipc`: the gRPC fast path's work (Arrow IPC decode, validation,
-//!   append) without the network.
+//! - `ingest_durable/grpc_arrow_ipc*`: the gRPC fast path's work (Arrow IPC decode, validation,
+//!   append) without the network, with the Tetragon records in `raw` and without.
 //!
 //! `cargo bench --bench ingest`. Two kinds of input per format:
 //! - `tetragon`, `k8s_audit`, `falco`: one real sample record (`../shared/samples`, and a Falco
@@ -184,36 +184,43 @@ fn durable(c: &mut Criterion) {
             });
         });
     }
-    // The gRPC fast path: an Arrow IPC stream of 8192-event batches. Built on the bench's first
-    // call, not here: criterion calls the closure only when the filter selects the bench, so a
-    // run or a profile of the other benches does not include this setup.
-    let payloads = std::cell::OnceCell::new();
+    // The gRPC fast path: an Arrow IPC stream of 8192-event batches, with the Tetragon records
+    // in `raw` (as ingest keeps them) and without (an agent sending the native shape only).
+    // Built on the bench's first call, not here: criterion calls the closure only when the
+    // filter selects the bench, so a run or a profile of the other benches does not include
+    // this setup.
     group.throughput(Throughput::Elements(LINES as u64));
-    group.bench_function("grpc_arrow_ipc", |b| {
-        let payloads = payloads.get_or_init(|| ipc_payloads(&inputs[2].1));
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let store_dir = tempfile::tempdir_in(dir.path()).unwrap();
-                let (store, _) = storage::Store::open(store_dir.path(), options()).unwrap();
-                // The service owns each message's bytes as prost decoded them.
-                let owned = payloads.clone();
-                let start = std::time::Instant::now();
-                for p in owned {
-                    let batch = ingest::arrow_ipc::read_stream(p).unwrap().unwrap();
-                    store.append(batch).unwrap();
+    for (name, keep_raw) in [("grpc_arrow_ipc", true), ("grpc_arrow_ipc_no_raw", false)] {
+        let payloads = std::cell::OnceCell::new();
+        group.bench_function(name, |b| {
+            let payloads = payloads.get_or_init(|| ipc_payloads(&inputs[2].1, keep_raw));
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let store_dir = tempfile::tempdir_in(dir.path()).unwrap();
+                    let (store, _) = storage::Store::open(store_dir.path(), options()).unwrap();
+                    // The service owns each message's bytes as prost decoded them.
+                    let owned = payloads.clone();
+                    let start = std::time::Instant::now();
+                    let mut accepted = 0;
+                    for p in owned {
+                        let batch = ingest::arrow_ipc::read_stream(p).unwrap().unwrap();
+                        accepted += store.append(batch).unwrap().accepted;
+                    }
+                    total += start.elapsed();
+                    assert_eq!(accepted, LINES);
+                    drop(store);
                 }
-                total += start.elapsed();
-                drop(store);
-            }
-            total
+                total
+            });
         });
-    });
+    }
     group.finish();
 }
 
-/// `input` read into 8192-event batches, each as the Arrow IPC stream a gRPC client sends.
-fn ipc_payloads(input: &Input) -> Vec<Vec<u8>> {
+/// `input` read into 8192-event batches, each as the Arrow IPC stream a gRPC client sends;
+/// `raw` all null unless `keep_raw`.
+fn ipc_payloads(input: &Input, keep_raw: bool) -> Vec<Vec<u8>> {
     let mut batches = Vec::new();
     ingest::read_input(
         input,
@@ -226,6 +233,15 @@ fn ipc_payloads(input: &Input) -> Vec<Vec<u8>> {
         &mut |r| panic!("{r}"),
     )
     .unwrap();
+    if !keep_raw {
+        use datafusion::arrow::array::new_null_array;
+        for b in &mut batches {
+            let raw = b.schema().index_of("raw").unwrap();
+            let mut columns = b.columns().to_vec();
+            columns[raw] = new_null_array(columns[raw].data_type(), b.num_rows());
+            *b = datafusion::arrow::array::RecordBatch::try_new(b.schema(), columns).unwrap();
+        }
+    }
     batches
         .iter()
         .map(|b| {
