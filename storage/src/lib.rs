@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::{AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::array::{AsArray, BooleanArray, BooleanBufferBuilder, RecordBatch};
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::{Int64Type, TimestampNanosecondType};
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -391,7 +391,7 @@ impl Store {
         let mut outcome = AppendOutcome::default();
         // An empty batch reserves nothing and accepts nothing: no WAL record is written.
         let fresh = self.inner.reserve_ids(&batch)?;
-        outcome.duplicates = fresh.iter().filter(|f| f == &Some(false)).count();
+        outcome.duplicates = fresh.len() - fresh.true_count();
         let batch = if outcome.duplicates == 0 {
             batch
         } else {
@@ -531,24 +531,41 @@ impl Inner {
         rows.max(bytes)
     }
 
-    /// Marks each row's event id as stored; `Some(true)` for rows seen for the first time.
+    /// Marks each row's event id as stored; `true` for rows seen for the first time.
     fn reserve_ids(&self, batch: &RecordBatch) -> Result<BooleanArray> {
         let ids = batch
             .column_by_name(model::col::EVENT_ID)
             .expect("schema checked")
-            .as_primitive::<Int64Type>();
-        let ts = batch.column(0).as_primitive::<TimestampNanosecondType>();
-        let mut dedup = self.dedup.lock();
-        let mut out = Vec::with_capacity(batch.num_rows());
-        for (id, t) in ids.values().iter().zip(ts.values().iter()) {
+            .as_primitive::<Int64Type>()
+            .values();
+        let ts = batch.column(0).as_primitive::<TimestampNanosecondType>().values();
+        // A batch's rows come in runs of one hour (producers write in time order), so an
+        // hour's set is looked up and grown once per run, not rehashed as it fills.
+        let mut runs: Vec<(i64, std::ops::Range<usize>)> = Vec::new();
+        for (i, t) in ts.iter().enumerate() {
             let hour = segment::hour_of(*t);
-            let set = match dedup.hours.entry(hour) {
-                Entry::Occupied(e) => e.into_mut(),
-                Entry::Vacant(e) => e.insert(self.stored_ids(hour)?),
-            };
-            out.push(Some(set.insert(*id)));
+            match runs.last_mut() {
+                Some((h, r)) if *h == hour => r.end = i + 1,
+                _ => runs.push((hour, i..i + 1)),
+            }
         }
-        Ok(BooleanArray::from(out))
+        let mut dedup = self.dedup.lock();
+        // Every hour's set is loaded before any id is marked, so a failed load leaves no id
+        // of this (rejected) batch marked as stored.
+        for (hour, _) in &runs {
+            if let Entry::Vacant(e) = dedup.hours.entry(*hour) {
+                e.insert(self.stored_ids(*hour)?);
+            }
+        }
+        let mut fresh = BooleanBufferBuilder::new(ids.len());
+        for (hour, rows) in runs {
+            let set = dedup.hours.get_mut(&hour).expect("loaded above");
+            set.reserve(rows.len());
+            for id in &ids[rows] {
+                fresh.append(set.insert(*id));
+            }
+        }
+        Ok(BooleanArray::new(fresh.finish(), None))
     }
 
     /// Ids of events of one hour already in segments or the memtable.

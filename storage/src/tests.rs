@@ -129,6 +129,51 @@ fn duplicates_are_dropped_in_memory_in_segments_and_across_reopen() {
 }
 
 #[test]
+fn duplicates_are_found_per_hour_in_batches_that_interleave_hours() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), opts()).unwrap();
+    // Hours 0, 1, 0 again: runs of one hour, a repeat within a run and one across runs.
+    let ids = [0, 1, 1, 3600, 3601, 2, 0, 3601, 3];
+    let events: Vec<Event> = ids.iter().map(|&i| event(i, "ns", "p")).collect();
+    let out = store.append(batch_of(&events)).unwrap();
+    assert_eq!(
+        out,
+        AppendOutcome {
+            accepted: 6,
+            duplicates: 3
+        }
+    );
+    assert_eq!(ids_in(&store.snapshot()), vec![0, 1, 2, 3, 3600, 3601]);
+}
+
+#[test]
+fn a_batch_rejected_while_loading_an_hour_marks_none_of_its_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), opts()).unwrap();
+    let hour_1: Vec<Event> = (3600..3610).map(|i| event(i, "ns", "p")).collect();
+    store.append(batch_of(&hour_1)).unwrap();
+    store.flush().unwrap();
+    let path = store.snapshot().segments[0].path.clone();
+    drop(store);
+    // Reopened, the store loads an hour's stored ids on its first append to that hour.
+    let (store, _) = Store::open(dir.path(), opts()).unwrap();
+    let bytes = fs::read(&path).unwrap();
+    fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let batch: Vec<Event> = (0..5).chain(3600..3605).map(|i| event(i, "ns", "p")).collect();
+    assert!(store.append(batch_of(&batch)).is_err());
+    fs::write(&path, &bytes).unwrap();
+    let out = store.append(batch_of(&batch)).unwrap();
+    assert_eq!(
+        out,
+        AppendOutcome {
+            accepted: 5,
+            duplicates: 5
+        },
+        "hour 0's ids were not stored by the rejected batch"
+    );
+}
+
+#[test]
 fn flush_writes_hive_partitioned_segments_and_trims_the_wal() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = Store::open(dir.path(), opts()).unwrap();
