@@ -231,6 +231,51 @@ fn sorted_chunks_are_one_sort_cut_in_pieces_and_index_as_one() {
 }
 
 #[test]
+fn sorted_chunks_hold_one_hour_each_in_hour_order() {
+    // Three hours of events, each batch holding rows of every hour.
+    let pods = ["a", "b", "c"];
+    let batch = |k: u64| {
+        let events: Vec<Event> = (0..10_800u64)
+            .step_by(7)
+            .filter(|i| i % 3 == k)
+            .map(|i| event(i, "ns", pods[(i * 5 % 3) as usize]))
+            .collect();
+        batch_of(&events)
+    };
+    let batches: Vec<RecordBatch> = (0..3).map(batch).collect();
+    let chunks = segment::sort_rows_into(&batches, usize::MAX).unwrap();
+    let hours: Vec<Vec<i64>> = chunks
+        .iter()
+        .map(|c| {
+            let ts = c.column(0).as_primitive::<TimestampNanosecondType>();
+            let mut h: Vec<i64> = ts.values().iter().map(|t| segment::hour_of(*t)).collect();
+            h.dedup();
+            h
+        })
+        .collect();
+    let first = segment::hour_of(event(0, "ns", "a").ts);
+    assert_eq!(hours, vec![vec![first], vec![first + 1], vec![first + 2]]);
+    // Each chunk is the sort of that hour's rows alone.
+    for (chunk, hour) in chunks.iter().zip(first..) {
+        let of_hour: Vec<RecordBatch> = batches
+            .iter()
+            .map(|b| {
+                let ts = b.column(0).as_primitive::<TimestampNanosecondType>();
+                let mask: BooleanArray = ts
+                    .values()
+                    .iter()
+                    .map(|t| Some(segment::hour_of(*t) == hour))
+                    .collect();
+                filter_record_batch(b, &mask).unwrap()
+            })
+            .collect();
+        let alone = segment::sort_rows_into(&of_hour, usize::MAX).unwrap();
+        assert_eq!(alone.len(), 1);
+        assert_eq!(chunk, &alone[0]);
+    }
+}
+
+#[test]
 fn index_row_numbers_equal_parquet_row_numbers() {
     let dir = tempfile::tempdir().unwrap();
     let options = StoreOptions {
