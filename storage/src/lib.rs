@@ -538,7 +538,10 @@ impl Inner {
             .expect("schema checked")
             .as_primitive::<Int64Type>()
             .values();
-        let ts = batch.column(0).as_primitive::<TimestampNanosecondType>().values();
+        let ts = batch
+            .column(0)
+            .as_primitive::<TimestampNanosecondType>()
+            .values();
         // A batch's rows come in runs of one hour (producers write in time order), so an
         // hour's set is looked up and grown once per run, not rehashed as it fills.
         let mut runs: Vec<(i64, std::ops::Range<usize>)> = Vec::new();

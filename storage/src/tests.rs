@@ -159,7 +159,10 @@ fn a_batch_rejected_while_loading_an_hour_marks_none_of_its_ids() {
     let (store, _) = Store::open(dir.path(), opts()).unwrap();
     let bytes = fs::read(&path).unwrap();
     fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
-    let batch: Vec<Event> = (0..5).chain(3600..3605).map(|i| event(i, "ns", "p")).collect();
+    let batch: Vec<Event> = (0..5)
+        .chain(3600..3605)
+        .map(|i| event(i, "ns", "p"))
+        .collect();
     assert!(store.append(batch_of(&batch)).is_err());
     fs::write(&path, &bytes).unwrap();
     let out = store.append(batch_of(&batch)).unwrap();
