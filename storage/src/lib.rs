@@ -623,7 +623,7 @@ impl Inner {
         let sorted = segment::sort_rows(&batches)?;
         let mut manifest = self.state.read().manifest.clone();
         let mut new_segments = Vec::new();
-        for (hour, rows) in segment::split_by_hour(&sorted)? {
+        for (hour, rows) in segment::split_by_hour(&sorted) {
             let id = manifest.next_segment_id;
             manifest.next_segment_id += 1;
             let meta =

@@ -1,7 +1,7 @@
 //! Immutable Parquet segments: written once (temp → fsync → rename → fsync dir), never changed,
 //! deleted only after the manifest stopped listing them and no reader holds them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -132,8 +132,8 @@ pub(crate) fn sort_rows_into(
             .then((ba, ra).cmp(&(bb, rb)))
     });
     drop(keys);
-    let hours: Vec<i64> = order.iter().map(|&(h, _, _)| h).collect();
-    let order: Vec<(usize, usize)> = order.into_iter().map(|(_, b, r)| (b, r)).collect();
+    let (hours, order): (Vec<i64>, Vec<(usize, usize)>) =
+        order.into_iter().map(|(h, b, r)| (h, (b, r))).unzip();
 
     let strings: Vec<Vec<&datafusion::arrow::array::StringArray>> = batches
         .iter()
@@ -164,30 +164,20 @@ pub(crate) fn sort_rows_into(
     Ok(chunks)
 }
 
-/// Splits sorted chunks by hour bucket (the partition a segment belongs to), keeping each
-/// hour's rows in order. Chunks from [`sort_rows`] hold one hour each and are not copied.
-pub fn split_by_hour(chunks: &[RecordBatch]) -> Result<Vec<(i64, Vec<RecordBatch>)>> {
-    let mut hours: BTreeMap<i64, Vec<RecordBatch>> = BTreeMap::new();
-    for chunk in chunks {
+/// Groups the chunks of [`sort_rows`], one hour each and in hour order, by that hour (the
+/// partition a segment belongs to).
+pub fn split_by_hour(chunks: &[RecordBatch]) -> Vec<(i64, Vec<RecordBatch>)> {
+    let mut hours: Vec<(i64, Vec<RecordBatch>)> = Vec::new();
+    for chunk in chunks.iter().filter(|c| c.num_rows() > 0) {
         let ts = chunk.column(0).as_primitive::<TimestampNanosecondType>();
-        let in_chunk: BTreeSet<i64> = ts.values().iter().map(|t| hour_of(*t)).collect();
-        if in_chunk.len() == 1 {
-            let h = *in_chunk.first().expect("one");
-            hours.entry(h).or_default().push(chunk.clone());
-            continue;
-        }
-        for h in in_chunk {
-            let mask: datafusion::arrow::array::BooleanArray =
-                ts.values().iter().map(|t| Some(hour_of(*t) == h)).collect();
-            hours
-                .entry(h)
-                .or_default()
-                .push(datafusion::arrow::compute::filter_record_batch(
-                    chunk, &mask,
-                )?);
+        let hour = hour_of(ts.value(0));
+        debug_assert_eq!(hour, hour_of(ts.value(ts.len() - 1)), "a chunk spans hours");
+        match hours.last_mut() {
+            Some((h, group)) if *h == hour => group.push(chunk.clone()),
+            _ => hours.push((hour, vec![chunk.clone()])),
         }
     }
-    Ok(hours.into_iter().collect())
+    hours
 }
 
 struct HashingWriter {

@@ -549,12 +549,6 @@ fn replay_file(
 /// (14 MB for 8 192 Tetragon events) through regrowth and fresh page faults for every batch,
 /// 10 % of durable Tetragon ingest (perf, `ingest_durable/tetragon_generated`).
 pub fn encode_batch(batch: &RecordBatch, zstd_level: i32) -> Result<Vec<u8>> {
-    fn ipc_into<W: Write>(w: W, batch: &RecordBatch) -> Result<W> {
-        let mut w = StreamWriter::try_new(w, &batch.schema())?;
-        w.write(batch)?;
-        w.finish()?;
-        Ok(w.into_inner()?)
-    }
     let io = |source| StorageError::Io {
         path: PathBuf::from("<wal payload>"),
         source,
@@ -573,6 +567,14 @@ pub fn encode_batch(batch: &RecordBatch, zstd_level: i32) -> Result<Vec<u8>> {
     counted.inner.finish().map_err(io)?;
     out[1..9].copy_from_slice(&ipc_len.to_le_bytes());
     Ok(out)
+}
+
+/// `batch` as an Arrow IPC stream written into `w`.
+fn ipc_into<W: Write>(w: W, batch: &RecordBatch) -> Result<W> {
+    let mut w = StreamWriter::try_new(w, &batch.schema())?;
+    w.write(batch)?;
+    w.finish()?;
+    Ok(w.into_inner()?)
 }
 
 /// Counts the bytes written through it.
@@ -671,12 +673,7 @@ mod tests {
         }
         // WAL files written before compression was streamed: one frame from `bulk::compress`
         // (its content size in the frame header), same layout.
-        let mut ipc = Vec::new();
-        {
-            let mut w = StreamWriter::try_new(&mut ipc, &batch.schema()).unwrap();
-            w.write(&batch).unwrap();
-            w.finish().unwrap();
-        }
+        let ipc = ipc_into(Vec::new(), &batch).unwrap();
         let mut old = vec![1u8];
         old.extend_from_slice(&(ipc.len() as u64).to_le_bytes());
         old.extend_from_slice(&zstd::bulk::compress(&ipc, -3).unwrap());
