@@ -162,7 +162,7 @@ enum Command {
     },
     /// Recompute every segment's SHA-256 and compare it with the manifest.
     Verify,
-    /// Flush the memtable and compact small segments now.
+    /// Flush the memtable and merge each hour's segments into as few as the target size allows.
     Compact,
     /// The `known_networks` allow-list (destinations `egress` calls `allowlisted`). Local only:
     /// edits the data directory's `known_networks.json`, also while `serve` runs (`sql` and
@@ -723,7 +723,7 @@ fn verify_cmd(data: &PathBuf) -> Result<ExitCode, CliError> {
 fn compact_cmd(data: &PathBuf) -> Result<ExitCode, CliError> {
     let store = open_store(data, false)?;
     store.flush()?;
-    let n = store.compact()?;
+    let n = store.compact_major()?;
     println!("{n} segment(s) compacted");
     Ok(ExitCode::SUCCESS)
 }

@@ -41,6 +41,9 @@ pub enum StorageError {
     /// Parquet failed to write or read a segment.
     #[error("parquet: {0}")]
     Parquet(#[from] datafusion::parquet::errors::ParquetError),
+    /// DataFusion's merge of sorted segments failed for a reason that is none of the above.
+    #[error("merge: {0}")]
+    Merge(datafusion::error::DataFusionError),
     /// The store was closed.
     #[error("store is closed")]
     Closed,

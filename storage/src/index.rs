@@ -46,6 +46,84 @@ pub struct SegmentIndex {
     columns: BTreeMap<String, BTreeMap<String, RoaringBitmap>>,
 }
 
+/// Builds a [`SegmentIndex`] chunk by chunk, in the order the chunks are written, so a segment
+/// streamed out of a merge is indexed without holding its rows.
+#[derive(Debug)]
+pub struct SegmentIndexBuilder {
+    columns: BTreeMap<String, BTreeMap<String, RoaringBitmap>>,
+    /// Free-text columns dropped for having too many distinct values.
+    over_cap: Vec<&'static str>,
+    max_free_text_values: usize,
+    /// Segment row number of the next chunk's first row.
+    offset: u32,
+}
+
+impl SegmentIndexBuilder {
+    /// A builder for a segment of `rows` rows (the free-text cap is a share of them).
+    pub fn new(rows: usize) -> Self {
+        Self {
+            columns: BTreeMap::new(),
+            over_cap: Vec::new(),
+            max_free_text_values: rows / FREE_TEXT_MIN_REPEAT,
+            offset: 0,
+        }
+    }
+
+    /// Indexes the segment's next rows.
+    pub fn push(&mut self, batch: &RecordBatch) {
+        let offset = self.offset;
+        for &name in INDEXED_COLUMNS {
+            // Free text over the cap is dropped after the first chunk that shows it (chunks
+            // are bounded in bytes): a column of unique command lines is copied here one
+            // chunk's worth at most, not whole.
+            if self.over_cap.contains(&name) {
+                continue;
+            }
+            let Some(col) = batch.column_by_name(name) else {
+                continue;
+            };
+            let strings = col.as_string::<i32>();
+            let values = self.columns.entry(name.to_string()).or_default();
+            // Segments are sorted, so equal values come in runs: insert ranges, not rows.
+            let mut run_start = 0usize;
+            for i in 1..=strings.len() {
+                let run_ends = i == strings.len()
+                    || strings.is_null(i) != strings.is_null(run_start)
+                    || (!strings.is_null(i) && strings.value(i) != strings.value(run_start));
+                if run_ends {
+                    if !strings.is_null(run_start) {
+                        let v = strings.value(run_start);
+                        let rows = offset + run_start as u32..offset + i as u32;
+                        match values.get_mut(v) {
+                            Some(b) => {
+                                b.insert_range(rows);
+                            }
+                            None => {
+                                let mut b = RoaringBitmap::new();
+                                b.insert_range(rows);
+                                values.insert(v.to_string(), b);
+                            }
+                        }
+                    }
+                    run_start = i;
+                }
+            }
+            if FREE_TEXT_COLUMNS.contains(&name) && values.len() > self.max_free_text_values {
+                self.columns.remove(name);
+                self.over_cap.push(name);
+            }
+        }
+        self.offset += batch.num_rows() as u32;
+    }
+
+    /// The index of every row pushed.
+    pub fn finish(self) -> SegmentIndex {
+        SegmentIndex {
+            columns: self.columns,
+        }
+    }
+}
+
 impl SegmentIndex {
     /// Indexes `batch`, whose row `i` is Parquet row `i` of the segment (tests: segments are
     /// written from chunks, see [`Self::build_chunks`]).
@@ -57,56 +135,11 @@ impl SegmentIndex {
     /// Indexes a segment written from `chunks` in order: row `i` of chunk `k` is Parquet row
     /// (rows of the chunks before `k`) + `i`.
     pub fn build_chunks(chunks: &[RecordBatch]) -> Self {
-        let mut columns: BTreeMap<String, BTreeMap<String, RoaringBitmap>> = BTreeMap::new();
-        // Free text over the cap is dropped after the first chunk that shows it (chunks are
-        // bounded in bytes, `sort_rows`): a column of unique command lines is copied here one
-        // chunk's worth at most, not whole.
-        let max_free_text_values =
-            chunks.iter().map(|b| b.num_rows()).sum::<usize>() / FREE_TEXT_MIN_REPEAT;
-        let mut over_cap: Vec<&str> = Vec::new();
-        let mut offset = 0u32;
-        for batch in chunks {
-            for &name in INDEXED_COLUMNS {
-                if over_cap.contains(&name) {
-                    continue;
-                }
-                let Some(col) = batch.column_by_name(name) else {
-                    continue;
-                };
-                let strings = col.as_string::<i32>();
-                let values = columns.entry(name.to_string()).or_default();
-                // Segments are sorted, so equal values come in runs: insert ranges, not rows.
-                let mut run_start = 0usize;
-                for i in 1..=strings.len() {
-                    let run_ends = i == strings.len()
-                        || strings.is_null(i) != strings.is_null(run_start)
-                        || (!strings.is_null(i) && strings.value(i) != strings.value(run_start));
-                    if run_ends {
-                        if !strings.is_null(run_start) {
-                            let v = strings.value(run_start);
-                            let rows = offset + run_start as u32..offset + i as u32;
-                            match values.get_mut(v) {
-                                Some(b) => {
-                                    b.insert_range(rows);
-                                }
-                                None => {
-                                    let mut b = RoaringBitmap::new();
-                                    b.insert_range(rows);
-                                    values.insert(v.to_string(), b);
-                                }
-                            }
-                        }
-                        run_start = i;
-                    }
-                }
-                if FREE_TEXT_COLUMNS.contains(&name) && values.len() > max_free_text_values {
-                    columns.remove(name);
-                    over_cap.push(name);
-                }
-            }
-            offset += batch.num_rows() as u32;
+        let mut builder = SegmentIndexBuilder::new(chunks.iter().map(|b| b.num_rows()).sum());
+        for chunk in chunks {
+            builder.push(chunk);
         }
-        Self { columns }
+        builder.finish()
     }
 
     /// True when `column` is in this index.

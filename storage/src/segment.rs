@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{IoContext, Result, StorageError};
 use crate::fsutil;
-use crate::index::SegmentIndex;
+use crate::index::{SegmentIndex, SegmentIndexBuilder};
 use crate::manifest::SegmentMeta;
 
 /// Sort order of every segment: rows of one pod's container are contiguous and in time order,
@@ -209,71 +209,128 @@ pub fn write_segment(
     sorted: &[RecordBatch],
     options: &SegmentOptions,
 ) -> Result<SegmentMeta> {
-    let rel_dir = partition_dir(hour);
-    let abs_dir = dir.join(&rel_dir);
-    fsutil::create_dir_durable(&abs_dir)?;
-    let rel_path = format!("{rel_dir}/{id:016x}.parquet");
-    let rel_index = format!("{rel_dir}/{id:016x}.idx");
-    let path = dir.join(&rel_path);
-    let tmp = fsutil::tmp_path(&path);
-
-    let file = File::create(&tmp).at(&tmp)?;
-    let sink = HashingWriter {
-        inner: BufWriter::with_capacity(1 << 20, file),
-        hasher: Sha256::new(),
-        bytes: 0,
-    };
-    let schema = model::events_schema();
-    let mut writer = ArrowWriter::try_new(sink, schema, Some(writer_properties(options)))?;
+    let rows = sorted.iter().map(|c| c.num_rows()).sum();
+    let mut writer = SegmentWriter::create(dir, id, hour, level, rows, options)?;
     for chunk in sorted {
         writer.write(chunk)?;
     }
-    let metadata = writer.finish()?;
-    let sink = writer.inner_mut();
-    sink.flush().at(&tmp)?;
-    sink.inner.get_ref().sync_all().at(&tmp)?;
-    let sha256 = hex::encode(sink.hasher.clone().finalize());
-    let bytes = sink.bytes;
-    drop(writer);
-    fsutil::publish(&tmp, &path)?;
+    writer.finish()
+}
 
-    let index = SegmentIndex::build_chunks(sorted);
-    let index_bytes = index.to_bytes();
-    fsutil::write_atomic(&dir.join(&rel_index), &index_bytes)?;
+/// A segment being written chunk by chunk (in [`SORT_COLUMNS`] order, one hour), so that a
+/// compaction streams its merge to disk instead of holding the merged rows. The file appears
+/// under its name only in [`Self::finish`]; a writer dropped before that leaves a temp file,
+/// which the next open deletes.
+pub struct SegmentWriter {
+    dir: PathBuf,
+    id: u64,
+    level: u32,
+    rel_path: String,
+    rel_index: String,
+    tmp: PathBuf,
+    writer: ArrowWriter<HashingWriter>,
+    index: SegmentIndexBuilder,
+    rows: u64,
+    min_ts: i64,
+    max_ts: i64,
+}
 
-    let (min_ts, max_ts) = sorted
-        .iter()
-        .flat_map(|c| {
-            c.column(0)
-                .as_primitive::<TimestampNanosecondType>()
-                .values()
-                .iter()
-                .copied()
+impl SegmentWriter {
+    /// Starts segment `id` of `hour` under `dir`; `expected_rows` is how many rows it will
+    /// hold (the index's free-text cap is a share of them).
+    pub fn create(
+        dir: &Path,
+        id: u64,
+        hour: i64,
+        level: u32,
+        expected_rows: usize,
+        options: &SegmentOptions,
+    ) -> Result<Self> {
+        let rel_dir = partition_dir(hour);
+        fsutil::create_dir_durable(&dir.join(&rel_dir))?;
+        let rel_path = format!("{rel_dir}/{id:016x}.parquet");
+        let rel_index = format!("{rel_dir}/{id:016x}.idx");
+        let tmp = fsutil::tmp_path(&dir.join(&rel_path));
+        let file = File::create(&tmp).at(&tmp)?;
+        let sink = HashingWriter {
+            inner: BufWriter::with_capacity(1 << 20, file),
+            hasher: Sha256::new(),
+            bytes: 0,
+        };
+        let writer = ArrowWriter::try_new(
+            sink,
+            model::events_schema(),
+            Some(writer_properties(options)),
+        )?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            id,
+            level,
+            rel_path,
+            rel_index,
+            tmp,
+            writer,
+            index: SegmentIndexBuilder::new(expected_rows),
+            rows: 0,
+            min_ts: i64::MAX,
+            max_ts: i64::MIN,
         })
-        .fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(t), hi.max(t)));
-    let namespaces: Vec<String> = index.values("namespace").map(str::to_string).collect();
-    let pods: BTreeSet<&str> = index.values("pod").collect();
-    Ok(SegmentMeta {
-        id,
-        path: rel_path,
-        index_path: rel_index,
-        rows: sorted.iter().map(|c| c.num_rows() as u64).sum(),
-        bytes,
-        index_bytes: index_bytes.len() as u64,
-        sha256,
-        index_sha256: hex::encode(Sha256::digest(&index_bytes)),
-        min_ts,
-        max_ts,
-        row_groups: metadata
+    }
+
+    /// Appends the segment's next rows.
+    pub fn write(&mut self, chunk: &RecordBatch) -> Result<()> {
+        self.writer.write(chunk)?;
+        self.index.push(chunk);
+        let ts = chunk.column(0).as_primitive::<TimestampNanosecondType>();
+        for t in ts.values() {
+            self.min_ts = self.min_ts.min(*t);
+            self.max_ts = self.max_ts.max(*t);
+        }
+        self.rows += chunk.num_rows() as u64;
+        Ok(())
+    }
+
+    /// Closes the Parquet file, makes it and its index durable under their names, and returns
+    /// the segment's manifest entry.
+    pub fn finish(mut self) -> Result<SegmentMeta> {
+        let metadata = self.writer.finish()?;
+        let sink = self.writer.inner_mut();
+        sink.flush().at(&self.tmp)?;
+        sink.inner.get_ref().sync_all().at(&self.tmp)?;
+        let sha256 = hex::encode(sink.hasher.clone().finalize());
+        let bytes = sink.bytes;
+        let row_groups = metadata
             .row_groups()
             .iter()
             .map(|rg| rg.num_rows() as u64)
-            .collect(),
-        namespaces,
-        pods: (pods.len() <= MAX_LISTED_PODS)
-            .then(|| pods.into_iter().map(str::to_string).collect()),
-        level,
-    })
+            .collect();
+        drop(self.writer);
+        fsutil::publish(&self.tmp, &self.dir.join(&self.rel_path))?;
+
+        let index = self.index.finish();
+        let index_bytes = index.to_bytes();
+        fsutil::write_atomic(&self.dir.join(&self.rel_index), &index_bytes)?;
+
+        let namespaces: Vec<String> = index.values("namespace").map(str::to_string).collect();
+        let pods: BTreeSet<&str> = index.values("pod").collect();
+        Ok(SegmentMeta {
+            id: self.id,
+            path: self.rel_path,
+            index_path: self.rel_index,
+            rows: self.rows,
+            bytes,
+            index_bytes: index_bytes.len() as u64,
+            sha256,
+            index_sha256: hex::encode(Sha256::digest(&index_bytes)),
+            min_ts: self.min_ts,
+            max_ts: self.max_ts,
+            row_groups,
+            namespaces,
+            pods: (pods.len() <= MAX_LISTED_PODS)
+                .then(|| pods.into_iter().map(str::to_string).collect()),
+            level: self.level,
+        })
+    }
 }
 
 fn writer_properties(options: &SegmentOptions) -> WriterProperties {

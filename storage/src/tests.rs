@@ -353,6 +353,136 @@ fn compaction_merges_small_segments_of_an_hour() {
     assert_eq!(store.snapshot().rows(), 400);
 }
 
+/// Events of one hour across pods of two namespaces, some without a pod (nulls sort first).
+fn mixed_events(ids: std::ops::Range<u64>) -> Vec<Event> {
+    ids.map(|i| {
+        let mut e = event(
+            i,
+            ["x", "y"][(i % 2) as usize],
+            ["a", "b", "c"][(i * 7 % 3) as usize],
+        );
+        if i.is_multiple_of(13) {
+            e.pod = None;
+        }
+        e
+    })
+    .collect()
+}
+
+#[test]
+fn compaction_streams_a_merge_equal_to_sorting_every_row_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        compaction_min_segments: 3,
+        segment: SegmentOptions {
+            row_group_rows: 100,
+            zstd_level: 1,
+        },
+        ..opts()
+    };
+    let (store, _) = Store::open(dir.path(), options).unwrap();
+    // Interleaved ids: every segment holds rows of every pod, so the merge interleaves them.
+    for k in 0..3u64 {
+        let events: Vec<Event> = mixed_events(0..3000)
+            .into_iter()
+            .filter(|e| e.event_id.unwrap() as u64 % 3 == k)
+            .collect();
+        store.append(batch_of(&events)).unwrap();
+        store.flush().unwrap();
+    }
+    let mut inputs = Vec::new();
+    for s in &store.snapshot().segments {
+        inputs.extend(s.read_all(None).unwrap());
+    }
+    let expected = segment::sort_rows(&inputs).unwrap();
+    assert_eq!(store.compact().unwrap(), 3);
+    let snap = store.snapshot();
+    assert_eq!(snap.segments.len(), 1);
+    let seg = &snap.segments[0];
+    let schema = model::events_schema();
+    let merged =
+        datafusion::arrow::compute::concat_batches(&schema, &seg.read_all(None).unwrap()).unwrap();
+    assert_eq!(
+        merged,
+        datafusion::arrow::compute::concat_batches(&schema, &expected).unwrap()
+    );
+    assert_eq!(*seg.index().unwrap(), SegmentIndex::build(&merged));
+    assert_eq!(seg.meta.rows, 3000);
+    assert!(seg.meta.row_groups.len() >= 30);
+    let ts = merged.column(0).as_primitive::<TimestampNanosecondType>();
+    assert_eq!(
+        (seg.meta.min_ts, seg.meta.max_ts),
+        (
+            *ts.values().iter().min().unwrap(),
+            *ts.values().iter().max().unwrap()
+        )
+    );
+    seg.verify().unwrap();
+}
+
+#[test]
+fn a_merged_segment_is_not_rewritten_with_each_new_small_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        compaction_min_segments: 3,
+        compaction_small_rows: 0,
+        ..opts()
+    };
+    let (store, _) = Store::open(dir.path(), options).unwrap();
+    let flush_100 = |k: u64| {
+        let events: Vec<Event> = (k * 100..k * 100 + 100)
+            .map(|i| event(i, "ns", "p"))
+            .collect();
+        store.append(batch_of(&events)).unwrap();
+        store.flush().unwrap();
+        store.compact().unwrap()
+    };
+    assert_eq!((0..3).map(flush_100).sum::<usize>(), 3);
+    let first_merge = store.manifest().segments[0].id;
+    // Two more small segments beside the merged one: three segments, but not of one tier.
+    assert_eq!(flush_100(3) + flush_100(4), 0);
+    assert_eq!(store.manifest().segments.len(), 3);
+    // The third small one completes their tier; the first merge is left as it is.
+    assert_eq!(flush_100(5), 3);
+    let m = store.manifest();
+    let mut levels: Vec<(u32, u64)> = m.segments.iter().map(|s| (s.level, s.rows)).collect();
+    levels.sort();
+    assert_eq!(levels, vec![(1, 300), (1, 300)]);
+    assert!(m.segments.iter().any(|s| s.id == first_merge));
+    assert_eq!(ids_in(&store.snapshot()), (0..600).collect::<Vec<_>>());
+}
+
+#[test]
+fn major_compaction_merges_an_hours_segments_whatever_their_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), opts()).unwrap();
+    // Hour one: segments of 100 and 1 000 rows; hour two (ids from 3 600): one segment.
+    for ids in [0..100u64, 100..1100, 3600..3700] {
+        let events: Vec<Event> = ids.map(|i| event(i, "ns", "p")).collect();
+        store.append(batch_of(&events)).unwrap();
+        store.flush().unwrap();
+    }
+    assert_eq!(store.manifest().segments.len(), 3);
+    assert_eq!(
+        store.compact().unwrap(),
+        0,
+        "two tiers, neither of four segments"
+    );
+    assert_eq!(store.compact_major().unwrap(), 2);
+    let mut rows: Vec<(u64, u32)> = store
+        .manifest()
+        .segments
+        .iter()
+        .map(|s| (s.rows, s.level))
+        .collect();
+    rows.sort();
+    assert_eq!(rows, vec![(100, 0), (1100, 1)]);
+    assert_eq!(store.compact_major().unwrap(), 0);
+    let mut expected: Vec<i64> = (0..1100).chain(3600..3700).collect();
+    expected.sort();
+    assert_eq!(ids_in(&store.snapshot()), expected);
+}
+
 #[test]
 fn crash_leftovers_are_removed_and_missing_segments_are_corruption() {
     let dir = tempfile::tempdir().unwrap();
