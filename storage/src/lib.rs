@@ -663,13 +663,20 @@ impl Inner {
     /// returns how many segments were replaced.
     fn compact(&self, how: Compaction) -> Result<usize> {
         let _m = self.maintenance.lock();
-        let (min_segments, small_rows) = match how {
+        let (min_segments, small_rows, threads) = match how {
+            // Beside ingest: one thread, the other core parses.
             Compaction::Tiered => (
                 self.options.compaction_min_segments,
                 self.options.compaction_small_rows,
+                1,
             ),
             // Every segment of an hour in one tier: any two that fit the target are merged.
-            Compaction::Major => (2, u64::MAX),
+            // Nothing else runs (`ktrail compact`), so every core merges.
+            Compaction::Major => (
+                2,
+                u64::MAX,
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            ),
         };
         let mut replaced = 0;
         loop {
@@ -682,21 +689,56 @@ impl Inner {
             if groups.is_empty() {
                 return Ok(replaced);
             }
-            for group in groups {
-                self.replace(&group)?;
-                replaced += group.len();
-            }
+            let segments: usize = groups.iter().map(Vec::len).sum();
+            self.merge_groups(groups, threads)?;
+            replaced += segments;
         }
     }
 
-    /// Writes `group`'s rows as one new segment and publishes it in their place.
-    fn replace(&self, group: &[Arc<Segment>]) -> Result<()> {
+    /// Merges each group (disjoint sets of segments) into a new segment on up to `threads`
+    /// threads, publishing each new segment as soon as it is written. The caller holds the
+    /// maintenance lock, so nothing else changes the manifest meanwhile.
+    fn merge_groups(&self, groups: Vec<Vec<Arc<Segment>>>, threads: usize) -> Result<()> {
+        let first_id = self.state.read().manifest.next_segment_id;
+        let threads = threads.clamp(1, groups.len());
+        // Popped from the back: in id order.
+        let mut work: Vec<(u64, Vec<Arc<Segment>>)> = (first_id..).zip(groups).collect();
+        work.reverse();
+        let queue = Mutex::new(work);
+        let publishing = Mutex::new(());
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| -> Result<()> {
+                        loop {
+                            let Some((id, group)) = queue.lock().pop() else {
+                                return Ok(());
+                            };
+                            let merged = self.write_merged(id, &group).and_then(|meta| {
+                                let _p = publishing.lock();
+                                self.publish_merged(&group, meta)
+                            });
+                            if merged.is_err() {
+                                // The first failure ends the run; its error is the answer.
+                                queue.lock().clear();
+                                return merged;
+                            }
+                        }
+                    })
+                })
+                .collect();
+            // The scope joins any worker left when an error returns early.
+            workers
+                .into_iter()
+                .try_for_each(|w| w.join().expect("compaction worker panicked"))
+        })
+    }
+
+    /// Writes `group`'s rows, merged, as segment `id` (not yet listed).
+    fn write_merged(&self, id: u64, group: &[Arc<Segment>]) -> Result<SegmentMeta> {
         let hour = segment::hour_of(group[0].meta.min_ts);
         let level = group.iter().map(|s| s.meta.level).max().unwrap_or(0) + 1;
         let rows = group.iter().map(|s| s.meta.rows as usize).sum();
-        let mut manifest = self.state.read().manifest.clone();
-        let id = manifest.next_segment_id;
-        manifest.next_segment_id += 1;
         let mut writer = segment::SegmentWriter::create(
             &self.dir,
             id,
@@ -706,15 +748,21 @@ impl Inner {
             &self.options.segment,
         )?;
         compaction::merge_into(group, &mut writer)?;
-        let meta = writer.finish()?;
+        writer.finish()
+    }
+
+    /// Lists `merged` in place of `group`, durably, and retires the group's segments.
+    fn publish_merged(&self, group: &[Arc<Segment>], merged: SegmentMeta) -> Result<()> {
+        let mut manifest = self.state.read().manifest.clone();
+        manifest.next_segment_id = manifest.next_segment_id.max(merged.id + 1);
         let old: HashSet<u64> = group.iter().map(|s| s.meta.id).collect();
         manifest.segments.retain(|s| !old.contains(&s.id));
-        manifest.segments.push(meta.clone());
+        manifest.segments.push(merged.clone());
         manifest.save(&self.dir)?;
         let mut st = self.state.write();
         st.manifest = manifest;
         st.segments.retain(|s| !old.contains(&s.meta.id));
-        st.segments.push(Arc::new(Segment::new(&self.dir, meta)));
+        st.segments.push(Arc::new(Segment::new(&self.dir, merged)));
         for s in group {
             s.retire();
         }

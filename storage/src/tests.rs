@@ -453,33 +453,43 @@ fn a_merged_segment_is_not_rewritten_with_each_new_small_one() {
 }
 
 #[test]
-fn major_compaction_merges_an_hours_segments_whatever_their_sizes() {
+fn major_compaction_merges_each_hours_segments_whatever_their_sizes() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = Store::open(dir.path(), opts()).unwrap();
-    // Hour one: segments of 100 and 1 000 rows; hour two (ids from 3 600): one segment.
-    for ids in [0..100u64, 100..1100, 3600..3700] {
-        let events: Vec<Event> = ids.map(|i| event(i, "ns", "p")).collect();
-        store.append(batch_of(&events)).unwrap();
-        store.flush().unwrap();
+    // Three hours with segments of 100 and 1 000 rows, one hour with a single segment: three
+    // groups for the merge threads.
+    let mut expected = Vec::new();
+    for hour in 0..4u64 {
+        let first = hour * 3600;
+        let sizes: &[u64] = if hour == 3 { &[100] } else { &[100, 1000] };
+        let mut start = first;
+        for n in sizes {
+            let events: Vec<Event> = (start..start + n).map(|i| event(i, "ns", "p")).collect();
+            store.append(batch_of(&events)).unwrap();
+            store.flush().unwrap();
+            expected.extend((start..start + n).map(|i| i as i64));
+            start += n;
+        }
     }
-    assert_eq!(store.manifest().segments.len(), 3);
+    assert_eq!(store.manifest().segments.len(), 7);
     assert_eq!(
         store.compact().unwrap(),
         0,
         "two tiers, neither of four segments"
     );
-    assert_eq!(store.compact_major().unwrap(), 2);
-    let mut rows: Vec<(u64, u32)> = store
-        .manifest()
-        .segments
-        .iter()
-        .map(|s| (s.rows, s.level))
-        .collect();
+    assert_eq!(store.compact_major().unwrap(), 6);
+    let m = store.manifest();
+    let mut rows: Vec<(u64, u32)> = m.segments.iter().map(|s| (s.rows, s.level)).collect();
     rows.sort();
-    assert_eq!(rows, vec![(100, 0), (1100, 1)]);
+    assert_eq!(rows, vec![(100, 0), (1100, 1), (1100, 1), (1100, 1)]);
+    let ids: HashSet<u64> = m.segments.iter().map(|s| s.id).collect();
+    assert_eq!(ids.len(), 4);
+    assert!(ids.iter().all(|id| *id < m.next_segment_id));
     assert_eq!(store.compact_major().unwrap(), 0);
-    let mut expected: Vec<i64> = (0..1100).chain(3600..3700).collect();
-    expected.sort();
+    assert_eq!(ids_in(&store.snapshot()), expected);
+    drop(store);
+    let (store, report) = Store::open(dir.path(), opts()).unwrap();
+    assert!(report.removed_orphans.is_empty());
     assert_eq!(ids_in(&store.snapshot()), expected);
 }
 
