@@ -700,7 +700,7 @@ impl Inner {
     /// maintenance lock, so nothing else changes the manifest meanwhile.
     fn merge_groups(&self, groups: Vec<Vec<Arc<Segment>>>, threads: usize) -> Result<()> {
         let first_id = self.state.read().manifest.next_segment_id;
-        let threads = threads.clamp(1, groups.len());
+        let threads = threads.min(groups.len()).max(1);
         // Popped from the back: in id order.
         let mut work: Vec<(u64, Vec<Arc<Segment>>)> = (first_id..).zip(groups).collect();
         work.reverse();
