@@ -103,7 +103,10 @@ fn reingest_adds_nothing_and_rejections_name_file_and_line() {
     // the parse found before the hash was known is not reported again.
     let o = ktrail(&data, &["ingest", input.to_str().unwrap()]);
     let err = stderr(&o);
-    assert!(err.contains("1 input(s) already ingested, skipped"), "{err}");
+    assert!(
+        err.contains("1 input(s) already ingested, skipped"),
+        "{err}"
+    );
     assert!(!err.contains(":2: "), "{err}");
     assert!(
         err.contains("auto: accepted 0, rejected 0, duplicates 0"),
