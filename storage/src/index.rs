@@ -73,9 +73,9 @@ impl SegmentIndexBuilder {
     pub fn push(&mut self, batch: &RecordBatch) {
         let offset = self.offset;
         for &name in INDEXED_COLUMNS {
-            // Free text over the cap is dropped after the first chunk that shows it (chunks
-            // are bounded in bytes): a column of unique command lines is copied here one
-            // chunk's worth at most, not whole.
+            // Free text over the cap is dropped after the first chunk that shows it (a flush's
+            // chunks are bounded in bytes, a merge's in rows): a column of unique command
+            // lines is copied here one chunk's worth at most, not whole.
             if self.over_cap.contains(&name) {
                 continue;
             }
