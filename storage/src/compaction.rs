@@ -11,15 +11,12 @@
 //! the writer's row group, whatever the group's size, and nothing is sorted again.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::compute::SortOptions;
-use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
+use datafusion::arrow::row::OwnedRow;
 use datafusion::error::DataFusionError;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, UnboundedMemoryPool};
-use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
 use datafusion::physical_plan::expressions::col;
 use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet};
@@ -27,8 +24,8 @@ use datafusion::physical_plan::sorts::streaming_merge::StreamingMergeBuilder;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::StreamExt;
 
-use crate::error::{IoContext, Result, StorageError};
-use crate::segment::{self, SORT_COLUMNS, Segment, SegmentWriter};
+use crate::error::{Result, StorageError};
+use crate::segment::{self, SORT_COLUMNS, SORT_OPTIONS, Segment, SegmentWriter, SortKey};
 
 /// Segments within this factor of their bucket's smallest share a bucket.
 pub const TIER_RATIO: u64 = 2;
@@ -95,15 +92,12 @@ pub fn merge_into(group: &[Arc<Segment>], out: &mut SegmentWriter) -> Result<()>
     let ordering = LexOrdering::new(
         SORT_COLUMNS
             .iter()
-            .map(|c| PhysicalSortExpr::new(col(c, &schema).expect("sort column"), sort_options())),
+            .map(|c| PhysicalSortExpr::new(col(c, &schema).expect("sort column"), SORT_OPTIONS)),
     )
     .expect("sort columns");
     let mut streams = Vec::with_capacity(group.len());
     for s in group {
-        let file = File::open(&s.path).at(&s.path)?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file)?
-            .with_batch_size(MERGE_BATCH_ROWS)
-            .build()?;
+        let reader = s.reader(MERGE_BATCH_ROWS)?.build()?;
         let mut check = OrderCheck::new(s)?;
         let batches = reader.map(move |b| {
             let b = b.map_err(StorageError::from)?;
@@ -137,34 +131,19 @@ pub fn merge_into(group: &[Arc<Segment>], out: &mut SegmentWriter) -> Result<()>
     })
 }
 
-fn sort_options() -> SortOptions {
-    SortOptions {
-        descending: false,
-        nulls_first: true,
-    }
-}
-
 /// Checks that a segment's batches come in [`SORT_COLUMNS`] order, across batch boundaries.
 struct OrderCheck {
     segment: std::path::PathBuf,
-    converter: RowConverter,
+    key: SortKey,
     last: Option<OwnedRow>,
     rows_seen: u64,
 }
 
 impl OrderCheck {
     fn new(segment: &Segment) -> Result<Self> {
-        let schema = model::events_schema();
-        let fields = SORT_COLUMNS
-            .iter()
-            .map(|c| {
-                let f = schema.field_with_name(c).expect("sort column");
-                SortField::new_with_options(f.data_type().clone(), sort_options())
-            })
-            .collect();
         Ok(Self {
             segment: segment.path.clone(),
-            converter: RowConverter::new(fields)?,
+            key: SortKey::new()?,
             last: None,
             rows_seen: 0,
         })
@@ -174,11 +153,7 @@ impl OrderCheck {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let columns: Vec<_> = SORT_COLUMNS
-            .iter()
-            .map(|c| batch.column_by_name(c).expect("sort column").clone())
-            .collect();
-        let rows = self.converter.convert_columns(&columns)?;
+        let rows = self.key.rows(batch)?;
         let previous = self.last.as_ref().map(|r| r.row());
         for i in 0..rows.num_rows() {
             let before = if i == 0 {

@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::compute::{SortOptions, interleave_record_batch};
 use datafusion::arrow::datatypes::TimestampNanosecondType;
-use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::basic::{Compression, Encoding, ZstdLevel};
@@ -28,6 +28,42 @@ use crate::manifest::SegmentMeta;
 /// Sort order of every segment: rows of one pod's container are contiguous and in time order,
 /// so pod lookups touch few pages and the index holds few runs.
 pub const SORT_COLUMNS: &[&str] = &["namespace", "pod", "container_id", "ts"];
+/// Direction of every [`SORT_COLUMNS`] column.
+pub const SORT_OPTIONS: SortOptions = SortOptions {
+    descending: false,
+    nulls_first: true,
+};
+
+/// Rows' [`SORT_COLUMNS`] values in Arrow's row format, which compares bytewise in segment
+/// order.
+pub struct SortKey {
+    converter: RowConverter,
+}
+
+impl SortKey {
+    pub fn new() -> Result<Self> {
+        let schema = model::events_schema();
+        let fields = SORT_COLUMNS
+            .iter()
+            .map(|c| {
+                let f = schema.field_with_name(c).expect("sort column");
+                SortField::new_with_options(f.data_type().clone(), SORT_OPTIONS)
+            })
+            .collect();
+        Ok(Self {
+            converter: RowConverter::new(fields)?,
+        })
+    }
+
+    /// The sort keys of `batch`'s rows (comparable with those of any batch of this key).
+    pub fn rows(&self, batch: &RecordBatch) -> Result<Rows> {
+        let columns: Vec<_> = SORT_COLUMNS
+            .iter()
+            .map(|c| batch.column_by_name(c).expect("sort column").clone())
+            .collect();
+        Ok(self.converter.convert_columns(&columns)?)
+    }
+}
 /// Equality columns with many distinct values get Parquet bloom filters.
 pub const BLOOM_COLUMNS: &[&str] = &["dst_ip", "container_id", "exec_id", "audit_id"];
 /// Rows per data page (best effort).
@@ -86,32 +122,14 @@ pub(crate) fn sort_rows_into(
     batches: &[RecordBatch],
     chunk_bytes: usize,
 ) -> Result<Vec<RecordBatch>> {
-    let schema = model::events_schema();
     // Arrow's row format turns the four-column comparison into one memcmp per pair: several
-    // times faster than a lexicographic sort over string columns. One converter for every
-    // batch, so rows of different batches compare.
-    let fields = SORT_COLUMNS
+    // times faster than a lexicographic sort over string columns. One key for every batch,
+    // so rows of different batches compare.
+    let key = SortKey::new()?;
+    let keys = batches
         .iter()
-        .map(|c| {
-            let f = schema.field_with_name(c).expect("sort column");
-            SortField::new_with_options(
-                f.data_type().clone(),
-                SortOptions {
-                    descending: false,
-                    nulls_first: true,
-                },
-            )
-        })
-        .collect();
-    let converter = RowConverter::new(fields)?;
-    let mut keys = Vec::with_capacity(batches.len());
-    for batch in batches {
-        let columns: Vec<_> = SORT_COLUMNS
-            .iter()
-            .map(|c| batch.column_by_name(c).expect("sort column").clone())
-            .collect();
-        keys.push(converter.convert_columns(&columns)?);
-    }
+        .map(|b| key.rows(b))
+        .collect::<Result<Vec<_>>>()?;
     // The hour leads the order, so no chunk spans two hours and splitting a memtable into
     // its hours' segments copies nothing: filtering the sorted rows by hour copied every
     // column (`raw` included) a second time, into freshly faulted pages (perf, `ktrail ingest`).
@@ -339,8 +357,8 @@ fn writer_properties(options: &SegmentOptions) -> WriterProperties {
         .iter()
         .map(|c| SortingColumn {
             column_idx: schema.index_of(c).expect("sort column") as i32,
-            descending: false,
-            nulls_first: true,
+            descending: SORT_OPTIONS.descending,
+            nulls_first: SORT_OPTIONS.nulls_first,
         })
         .collect();
     let mut b = WriterProperties::builder()
@@ -405,11 +423,15 @@ impl Segment {
         Ok(self.index.get_or_init(|| index).clone())
     }
 
-    /// Reads the whole segment (compaction, deduplication, verification).
-    pub fn read_all(&self, projection: Option<&[&str]>) -> Result<Vec<RecordBatch>> {
+    /// A reader of the segment's Parquet file in batches of `batch_rows` rows.
+    pub fn reader(&self, batch_rows: usize) -> Result<ParquetRecordBatchReaderBuilder<File>> {
         let file = File::open(&self.path).at(&self.path)?;
-        let mut builder =
-            ParquetRecordBatchReaderBuilder::try_new(file)?.with_batch_size(64 * 1024);
+        Ok(ParquetRecordBatchReaderBuilder::try_new(file)?.with_batch_size(batch_rows))
+    }
+
+    /// Reads the whole segment (deduplication, tests).
+    pub fn read_all(&self, projection: Option<&[&str]>) -> Result<Vec<RecordBatch>> {
+        let mut builder = self.reader(64 * 1024)?;
         if let Some(cols) = projection {
             let schema = builder.parquet_schema();
             let indices: Vec<usize> = cols
