@@ -482,3 +482,42 @@ proptest! {
         })?;
     }
 }
+
+/// A scan leaves each segment it opened in the table's cache with its page index, so the next
+/// query decodes neither the footer nor the page index again.
+#[tokio::test]
+async fn scans_cache_each_segments_footer_with_its_page_index() {
+    use datafusion::datasource::physical_plan::parquet::metadata::CachedParquetMetaData;
+    let dir = tempfile::tempdir().unwrap();
+    let store = fixture(dir.path());
+    let table = Arc::new(EventsTable::new(store.clone(), IndexUse::On));
+    let ctx = SessionContext::new();
+    ctx.register_table("events", table.clone()).unwrap();
+    let (batches, _) = run(
+        &ctx,
+        "SELECT count(*) AS n FROM events WHERE dst_ip = '10.1.0.0' AND ts > 0::timestamp",
+    )
+    .await;
+    // j % 36 == 0 for 500 events in each of the 4 hours.
+    assert_eq!(text(&batches).lines().nth(3).unwrap().trim(), "| 56 |");
+    let segments = store.snapshot().segments;
+    assert_eq!(segments.len(), 4);
+    for segment in segments {
+        let key = object_store::path::Path::from(segment.path.to_string_lossy().as_ref());
+        let entry = table
+            .metadata_cache()
+            .get(&key)
+            .unwrap_or_else(|| panic!("{} not cached", segment.path.display()));
+        let parquet = entry
+            .file_metadata
+            .as_any()
+            .downcast_ref::<CachedParquetMetaData>()
+            .unwrap()
+            .parquet_metadata();
+        assert!(
+            parquet.column_index().is_some() && parquet.offset_index().is_some(),
+            "{}: cached without its page index",
+            segment.path.display()
+        );
+    }
+}
