@@ -396,6 +396,7 @@ fn arb_predicate() -> impl Strategy<Value = String> {
             "pod ILIKE 'B%'",
             "starts_with(namespace, 'kube')",
             "dst_ip LIKE '10.%'",
+            "kind NOT IN ('process_exec', 'k8s_audit')",
         ][..],
     )
     .prop_map(str::to_string);
