@@ -239,11 +239,15 @@ impl TableProvider for EventsTable {
             let mut source = ParquetSource::new(schema.clone())
                 .with_parquet_file_reader_factory(Arc::new(reader))
                 .with_enable_page_index(true)
-                // Late materialisation for substring searches, which no index narrows: the
-                // predicate runs while decoding, so the other columns are decoded for the
-                // matching rows only. Elsewhere it measured slower (the index already selected
-                // the rows, and filtering while decoding costs an extra pass).
-                .with_pushdown_filters(predicate.as_ref().is_some_and(has_text_search))
+                // Late materialisation for substring searches and identifier lookups, which no
+                // index narrows: the predicate runs while decoding, so the other columns are
+                // decoded for the matching rows only. Elsewhere it measured slower (the index
+                // already selected the rows, and filtering while decoding costs an extra pass).
+                .with_pushdown_filters(
+                    predicate
+                        .as_ref()
+                        .is_some_and(|p| has_text_search(p) || has_identifier_lookup(p)),
+                )
                 .with_reorder_filters(true)
                 // Bloom filters only exist on a few columns; reading them for any other
                 // predicate costs time and proves nothing.
@@ -297,6 +301,40 @@ fn has_text_search(predicate: &Arc<dyn PhysicalExpr>) -> bool {
                         | Operator::ILikeMatch
                 )
             });
+        Ok(if found {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    });
+    found
+}
+
+/// Identifiers no sidecar index holds (each value is on a handful of rows, so an index would
+/// grow like the column): an equality on one keeps few of the rows the other filters leave.
+const IDENTIFIER_COLUMNS: &[&str] = &[
+    "exec_id",
+    "parent_exec_id",
+    "audit_id",
+    "session_id",
+    "event_id",
+];
+
+/// True when the predicate has `identifier = literal` or `identifier IN (literals)`.
+fn has_identifier_lookup(predicate: &Arc<dyn PhysicalExpr>) -> bool {
+    let identifier = |e: &Arc<dyn PhysicalExpr>| {
+        e.downcast_ref::<PhysicalColumn>()
+            .is_some_and(|c| IDENTIFIER_COLUMNS.contains(&c.name()))
+    };
+    let mut found = false;
+    let _ = predicate.apply(|e| {
+        found = e.downcast_ref::<BinaryExpr>().is_some_and(|b| {
+            b.op() == &Operator::Eq
+                && ((identifier(b.left()) && b.right().downcast_ref::<Literal>().is_some())
+                    || (identifier(b.right()) && b.left().downcast_ref::<Literal>().is_some()))
+        }) || e
+            .downcast_ref::<InListExpr>()
+            .is_some_and(|l| !l.negated() && identifier(l.expr()));
         Ok(if found {
             TreeNodeRecursion::Stop
         } else {
