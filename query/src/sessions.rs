@@ -25,7 +25,7 @@ use datafusion::arrow::datatypes::{
 };
 use datafusion::catalog::Session;
 use datafusion::common::tree_node::{Transformed, TreeNode};
-use datafusion::common::{Column, Result};
+use datafusion::common::{Column, Result, ScalarValue};
 use datafusion::datasource::TableProvider;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::execution::SessionState;
@@ -175,6 +175,12 @@ struct Request {
     code: Option<i32>,
 }
 
+impl Request {
+    fn pod_key(&self) -> PodKey {
+        (self.namespace.clone(), self.pod.clone())
+    }
+}
+
 /// One runtime row of a pod (process or connection, or a Falco alert).
 #[derive(Debug, Clone)]
 struct Activity {
@@ -306,35 +312,63 @@ async fn compute(ctx: &SessionContext, filters: &[Expr]) -> Result<RecordBatch> 
         set.into_iter().collect()
     };
     let start = requests.iter().map(|r| r.ts).min().unwrap_or(0) - MATCH_WINDOW_BEFORE_NS;
-    // Processes (and Falco's alerts) decide the pairing and the lineage; the rest of the
-    // pods' activity is read only for the exec ids that turn out to be sessions'.
-    let lineage_kinds = ["process_exec", "falco_alert"];
-    let processes = pod_activity(ctx, &pods, start, &lineage_kinds, None).await?;
-    let mut by_pod = activity_by_pod(&processes);
-    let exec_ids: Vec<String> = attribute(&requests, &by_pod)
+    // Narrow reads, not the pods' whole activity since the first request: the processes and
+    // Falco alerts in the requests' windows (the candidates), the sessions' process trees
+    // level by level, then their own rows.
+    let candidates = pod_activity(
+        ctx,
+        &pods,
+        in_windows(&requests),
+        &["process_exec", "falco_alert"],
+        None,
+    )
+    .await?;
+    let mut by_pod = activity_by_pod(&candidates);
+    // Which pods have runtime process data decides only whether Falco's alerts stand in for
+    // a request that found no process: asked only for those pods.
+    let all_pods: HashSet<PodKey> = pods.iter().cloned().collect();
+    let paired = attribute(&requests, &by_pod, &all_pods);
+    let rootless: Vec<PodKey> = paired
         .iter()
         .zip(&requests)
-        .flat_map(|(s, r)| {
-            let acts = by_pod.get(&(r.namespace.clone(), r.pod.clone()));
-            s.processes
-                .iter()
-                .filter_map(move |&i| acts.and_then(|a| a[i].exec_id.clone()))
-        })
-        .collect::<HashSet<String>>()
+        .filter(|(s, _)| s.root.is_none())
+        .map(|(_, r)| r.pod_key())
+        .collect::<HashSet<_>>()
         .into_iter()
         .collect();
-    if !exec_ids.is_empty() {
-        let other_kinds: Vec<&str> = runtime_kinds()
-            .filter(|k| !lineage_kinds.contains(k))
-            .collect();
-        let rest = pod_activity(ctx, &pods, start, &other_kinds, Some(&exec_ids)).await?;
-        // Only processes can be roots or lineage: attributing again over both finds the same
-        // sessions, now with their connections and exits.
-        for (key, acts) in activity_by_pod(&rest) {
-            by_pod.entry(key).or_default().extend(acts);
+    let with_runtime = match rootless.is_empty() {
+        true => all_pods,
+        false => pods_with_processes(ctx, &rootless, start).await?,
+    };
+    let mut roots: HashSet<ProcessKey> = HashSet::new();
+    for (s, r) in paired.iter().zip(&requests) {
+        let acts = by_pod.get(&r.pod_key());
+        if let Some(root) = s.root.and_then(|i| acts.and_then(|a| a[i].exec_id.clone())) {
+            roots.insert((r.namespace.clone(), r.pod.clone(), root));
         }
     }
-    let sessions = attribute(&requests, &by_pod);
+    let exec_ids: HashSet<String> = process_trees(ctx, &pods, start, roots)
+        .await?
+        .into_iter()
+        .map(|(_, _, id)| id)
+        .collect();
+    if !exec_ids.is_empty() {
+        let ids: Vec<String> = exec_ids.iter().cloned().collect();
+        let kinds: Vec<&str> = runtime_kinds().collect();
+        let own = pod_activity(ctx, &pods, since(start), &kinds, Some(&ids)).await?;
+        // The sessions' processes were read again with their exits and connections: drop
+        // the candidates' copies. Attributing again over both finds the same roots (every
+        // candidate is still there), now with whole trees.
+        for acts in by_pod.values_mut() {
+            acts.retain(|a| !a.exec_id.as_ref().is_some_and(|e| exec_ids.contains(e)));
+        }
+        for (key, acts) in activity_by_pod(&own) {
+            let pod = by_pod.entry(key).or_default();
+            pod.extend(acts);
+            pod.sort_by_key(|a| a.ts);
+        }
+    }
+    let sessions = attribute(&requests, &by_pod, &with_runtime);
     match wanted {
         None => build(&requests, &by_pod, &sessions),
         Some(wanted) => {
@@ -361,22 +395,61 @@ fn in_pods(pods: &[PodKey]) -> Expr {
         .and(col("pod").in_list(names.into_iter().map(|p| lit(p.clone())).collect(), false))
 }
 
-/// Activity of `kinds` in `pods` from `start` on (of those exec ids only, when given).
+/// `ts` from `start` on.
+fn since(start: i64) -> Expr {
+    col("ts").gt_eq(lit(ScalarValue::TimestampNanosecond(
+        Some(start),
+        Some("UTC".into()),
+    )))
+}
+
+/// More windows than this are read as one range, from the first to the last: the predicate
+/// stays bounded, and the rows between the windows are read in vain.
+const MAX_WINDOWS: usize = 64;
+
+/// `ts` within some request's match window (the Falco one, the longest), overlapping windows
+/// merged. `requests` are in time order.
+fn in_windows(requests: &[Request]) -> Expr {
+    let mut windows: Vec<(i64, i64)> = Vec::new();
+    for r in requests {
+        let (from, to) = (
+            r.ts - MATCH_WINDOW_BEFORE_NS,
+            r.ts + MATCH_WINDOW_AFTER_NS.max(FALCO_WINDOW_AFTER_NS),
+        );
+        match windows.last_mut() {
+            Some(last) if from <= last.1 => last.1 = last.1.max(to),
+            _ => windows.push((from, to)),
+        }
+    }
+    if windows.len() > MAX_WINDOWS {
+        let (first, last) = (windows[0].0, windows[windows.len() - 1].1);
+        windows = vec![(first, last)];
+    }
+    let ts = |v: i64| {
+        lit(ScalarValue::TimestampNanosecond(
+            Some(v),
+            Some("UTC".into()),
+        ))
+    };
+    windows
+        .into_iter()
+        .map(|(from, to)| col("ts").between(ts(from), ts(to)))
+        .reduce(Expr::or)
+        .unwrap_or(lit(false))
+}
+
+/// Rows of `kinds` in `pods` that pass `time` (of those exec ids only, when given), as
+/// [`activity_by_pod`] reads them.
 async fn pod_activity(
     ctx: &SessionContext,
     pods: &[PodKey],
-    start: i64,
+    time: Expr,
     kinds: &[&str],
     exec_ids: Option<&[String]>,
 ) -> Result<Vec<RecordBatch>> {
     let mut filter = in_pods(pods)
         .and(col("kind").in_list(kinds.iter().map(|k| lit(*k)).collect(), false))
-        .and(
-            col("ts").gt_eq(lit(datafusion::common::ScalarValue::TimestampNanosecond(
-                Some(start),
-                Some("UTC".into()),
-            ))),
-        );
+        .and(time);
     if let Some(ids) = exec_ids {
         filter =
             filter.and(col("exec_id").in_list(ids.iter().map(|i| lit(i.clone())).collect(), false));
@@ -401,6 +474,96 @@ async fn pod_activity(
         ])?
         .collect()
         .await
+}
+
+/// The pods among `pods` with runtime process data from `start` on: Falco alerts stand in
+/// for it only where there is none.
+async fn pods_with_processes(
+    ctx: &SessionContext,
+    pods: &[PodKey],
+    start: i64,
+) -> Result<HashSet<PodKey>> {
+    let batches = ctx
+        .table("events")
+        .await?
+        .filter(
+            in_pods(pods)
+                .and(col("kind").eq(lit("process_exec")))
+                .and(since(start)),
+        )?
+        .aggregate(vec![col("namespace"), col("pod")], vec![])?
+        .collect()
+        .await?;
+    let mut out = HashSet::new();
+    for b in &batches {
+        for (ns, pod) in strings(b, "namespace").into_iter().zip(strings(b, "pod")) {
+            if let (Some(ns), Some(pod)) = (ns, pod) {
+                out.insert((ns, pod));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A process: its pod and exec id.
+type ProcessKey = (String, String, String);
+
+/// `roots` and every process below them in their pods (by `exec_id` lineage, from `start`
+/// on), found a level at a time: the children of the last level's processes. The segments'
+/// bloom filters on `parent_exec_id` keep each level's read to the hours that hold children,
+/// so the cost follows the trees' depth, not the pods' history (a pod's whole process list
+/// since the request was 40 ms of a 10 M-event store's session lookup).
+async fn process_trees(
+    ctx: &SessionContext,
+    pods: &[PodKey],
+    start: i64,
+    roots: HashSet<ProcessKey>,
+) -> Result<HashSet<ProcessKey>> {
+    let mut found = roots.clone();
+    let mut level = roots;
+    while !level.is_empty() {
+        let parents: HashSet<&str> = level.iter().map(|(_, _, id)| id.as_str()).collect();
+        let batches = ctx
+            .table("events")
+            .await?
+            .filter(
+                in_pods(pods)
+                    .and(col("kind").eq(lit("process_exec")))
+                    .and(since(start))
+                    .and(col("parent_exec_id").in_list(
+                        parents.into_iter().map(|p| lit(p.to_string())).collect(),
+                        false,
+                    )),
+            )?
+            .select_columns(&["namespace", "pod", "parent_exec_id", "exec_id"])?
+            .collect()
+            .await?;
+        let mut next = HashSet::new();
+        for b in &batches {
+            let ns = strings(b, "namespace");
+            let pod = strings(b, "pod");
+            let parent = strings(b, "parent_exec_id");
+            let id = strings(b, "exec_id");
+            for i in 0..b.num_rows() {
+                let (Some(ns), Some(pod), Some(parent), Some(id)) =
+                    (&ns[i], &pod[i], &parent[i], &id[i])
+                else {
+                    continue;
+                };
+                // A child of a process of this level in the same pod (the IN list is of every
+                // pod's ids).
+                let key = (ns.clone(), pod.clone(), parent.clone());
+                if level.contains(&key) {
+                    let child = (ns.clone(), pod.clone(), id.clone());
+                    if found.insert(child.clone()) {
+                        next.insert(child);
+                    }
+                }
+            }
+        }
+        level = next;
+    }
+    Ok(found)
 }
 
 fn strings(b: &RecordBatch, name: &str) -> Vec<Option<String>> {
@@ -584,7 +747,13 @@ fn container_ok(req: &Request, a: &Activity) -> bool {
     }
 }
 
-fn attribute(requests: &[Request], by_pod: &HashMap<PodKey, Vec<Activity>>) -> Vec<Attribution> {
+/// Pairs each request with its root process (and the tree below it among `by_pod`'s rows),
+/// or with Falco's alerts in pods not in `with_runtime`.
+fn attribute(
+    requests: &[Request],
+    by_pod: &HashMap<PodKey, Vec<Activity>>,
+    with_runtime: &HashSet<PodKey>,
+) -> Vec<Attribution> {
     let empty = Vec::new();
     // Candidate roots per request, and candidate requests per root.
     let mut candidates: Vec<Vec<usize>> = Vec::with_capacity(requests.len());
@@ -624,7 +793,12 @@ fn attribute(requests: &[Request], by_pod: &HashMap<PodKey, Vec<Activity>>) -> V
             .copied()
             .find(|&ai| !taken.contains(&(key.clone(), ai)));
         let Some(root) = choice else {
-            sessions.push(falco_fallback(r, requests, acts));
+            sessions.push(falco_fallback(
+                r,
+                requests,
+                acts,
+                with_runtime.contains(&key),
+            ));
             continue;
         };
         taken.insert((key.clone(), root));
@@ -684,7 +858,12 @@ fn descendants(acts: &[Activity], root: usize) -> (Vec<usize>, Vec<usize>, Optio
 }
 
 /// Without runtime process data for the pod, Falco's shell-in-container alerts in the window.
-fn falco_fallback(r: &Request, requests: &[Request], acts: &[Activity]) -> Attribution {
+fn falco_fallback(
+    r: &Request,
+    requests: &[Request],
+    acts: &[Activity],
+    has_runtime: bool,
+) -> Attribution {
     let none = Attribution {
         root: None,
         confidence: 0.0,
@@ -692,7 +871,6 @@ fn falco_fallback(r: &Request, requests: &[Request], acts: &[Activity]) -> Attri
         connections: Vec::new(),
         last: None,
     };
-    let has_runtime = acts.iter().any(|a| a.kind == "process_exec");
     if has_runtime || r.subresource.as_deref() != Some("exec") || r.code.is_some_and(|c| c >= 400) {
         return none;
     }

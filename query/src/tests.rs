@@ -522,3 +522,122 @@ async fn scans_cache_each_segments_footer_with_its_page_index() {
         );
     }
 }
+
+/// A session's process tree is followed to any depth and any time: a shell's grandchild and
+/// its great-grandchild started hours later (another segment) still belong to the session,
+/// and a process of the pod outside the tree does not.
+#[tokio::test]
+async fn exec_sessions_follow_the_process_tree_to_any_depth_and_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), options()).unwrap();
+    let hour: i64 = 3_600_000_000_000;
+    let pod = |e: Event| Event {
+        namespace: Some("billing".into()),
+        pod: Some("api-1".into()),
+        source: "test".into(),
+        ..e
+    };
+    let process = |i: i64, ts: i64, exe: &str, args: &str, id: &str, parent: &str, parent_exe| {
+        pod(Event {
+            ts,
+            kind: "process_exec".into(),
+            event_id: Some(i),
+            exe: Some(exe.into()),
+            args: Some(args.into()),
+            exec_id: Some(id.into()),
+            parent_exec_id: Some(parent.into()),
+            parent_exe: Some(parent_exe),
+            ..Default::default()
+        })
+    };
+    let request = pod(Event {
+        ts: T0,
+        kind: "k8s_audit".into(),
+        event_id: Some(1),
+        verb: Some("create".into()),
+        resource: Some("pods".into()),
+        subresource: Some("exec".into()),
+        audit_id: Some("req-1".into()),
+        k8s_user: Some("mallory".into()),
+        exe: Some("sh".into()),
+        ..Default::default()
+    });
+    let first_hour = vec![
+        request,
+        process(
+            2,
+            T0 + 1_000_000,
+            "/bin/sh",
+            "",
+            "sh",
+            "shim",
+            "/usr/bin/runc".into(),
+        ),
+        process(
+            3,
+            T0 + 5_000_000_000,
+            "/bin/bash",
+            "",
+            "bash",
+            "sh",
+            "/bin/sh".into(),
+        ),
+        process(
+            4,
+            T0 + 6_000_000_000,
+            "/usr/bin/app",
+            "--serve",
+            "app",
+            "init",
+            "/init".into(),
+        ),
+    ];
+    let later = vec![
+        process(
+            5,
+            T0 + 2 * hour,
+            "/usr/bin/python3",
+            "x.py",
+            "py",
+            "bash",
+            "/bin/bash".into(),
+        ),
+        process(
+            6,
+            T0 + 3 * hour,
+            "/usr/bin/curl",
+            "-s https://203.0.113.50",
+            "curl",
+            "py",
+            "/usr/bin/python3".into(),
+        ),
+        pod(Event {
+            ts: T0 + 3 * hour + 1_000_000,
+            kind: "network_connect".into(),
+            event_id: Some(7),
+            exec_id: Some("curl".into()),
+            dst_ip: Some("203.0.113.50".into()),
+            dst_port: Some(443),
+            ..Default::default()
+        }),
+    ];
+    for events in [first_hour, later] {
+        store.append(batch_of(&events)).unwrap();
+        store.flush().unwrap();
+    }
+    let ctx = session(&store, IndexUse::On).await.unwrap();
+    let (batches, _) = run(
+        &ctx,
+        "SELECT k8s_user, process_count, processes, connections FROM exec_sessions \
+         WHERE session_id = 'req-1'",
+    )
+    .await;
+    assert_eq!(
+        text(&batches),
+        "+----------+---------------+------------------------------------------------------------------------------------+--------------------+\n\
+         | k8s_user | process_count | processes                                                                          | connections        |\n\
+         +----------+---------------+------------------------------------------------------------------------------------+--------------------+\n\
+         | mallory  | 4             | [/bin/sh, /bin/bash, /usr/bin/python3 x.py, /usr/bin/curl -s https://203.0.113.50] | [203.0.113.50:443] |\n\
+         +----------+---------------+------------------------------------------------------------------------------------+--------------------+"
+    );
+}

@@ -64,8 +64,15 @@ impl SortKey {
         Ok(self.converter.convert_columns(&columns)?)
     }
 }
-/// Equality columns with many distinct values get Parquet bloom filters.
-pub const BLOOM_COLUMNS: &[&str] = &["dst_ip", "container_id", "exec_id", "audit_id"];
+/// Equality columns with many distinct values get Parquet bloom filters (`parent_exec_id`:
+/// an exec session's process tree is found level by level, children by their parents' ids).
+pub const BLOOM_COLUMNS: &[&str] = &[
+    "dst_ip",
+    "container_id",
+    "exec_id",
+    "parent_exec_id",
+    "audit_id",
+];
 /// Rows per data page (best effort).
 const PAGE_ROWS: usize = 8 * 1024;
 /// Above this many distinct pods a segment's summary does not list them.
