@@ -119,7 +119,7 @@ pub struct EventsTable {
     store: Store,
     index: IndexUse,
     /// Decoded footers and page indexes of the segments scanned so far, least recently used
-    /// evicted first. Kept by the table, not by a query's runtime: a remote query runs in a
+    /// evicted first. Kept by the table, not by a query's runtime: a Postgres query runs in a
     /// runtime of its own, and would otherwise decode every segment's metadata again. Segments
     /// are immutable and a path is never reused for other contents within a process (segment
     /// ids only grow), so an entry never goes stale; a compacted segment's ages out.

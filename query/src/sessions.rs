@@ -476,6 +476,13 @@ async fn pod_activity(
         .await
 }
 
+/// Process starts in `pods` from `start` on.
+fn processes_since(pods: &[PodKey], start: i64) -> Expr {
+    in_pods(pods)
+        .and(col("kind").eq(lit("process_exec")))
+        .and(since(start))
+}
+
 /// The pods among `pods` with runtime process data from `start` on: Falco alerts stand in
 /// for it only where there is none.
 async fn pods_with_processes(
@@ -486,11 +493,7 @@ async fn pods_with_processes(
     let batches = ctx
         .table("events")
         .await?
-        .filter(
-            in_pods(pods)
-                .and(col("kind").eq(lit("process_exec")))
-                .and(since(start)),
-        )?
+        .filter(processes_since(pods, start))?
         .aggregate(vec![col("namespace"), col("pod")], vec![])?
         .collect()
         .await?;
@@ -527,13 +530,10 @@ async fn process_trees(
             .table("events")
             .await?
             .filter(
-                in_pods(pods)
-                    .and(col("kind").eq(lit("process_exec")))
-                    .and(since(start))
-                    .and(col("parent_exec_id").in_list(
-                        parents.into_iter().map(|p| lit(p.to_string())).collect(),
-                        false,
-                    )),
+                processes_since(pods, start).and(col("parent_exec_id").in_list(
+                    parents.into_iter().map(|p| lit(p.to_string())).collect(),
+                    false,
+                )),
             )?
             .select_columns(&["namespace", "pod", "parent_exec_id", "exec_id"])?
             .collect()
