@@ -287,11 +287,27 @@ pub(crate) fn memtable_exec(
     Ok(DataSourceExec::from_data_source(mem))
 }
 
-/// True when the predicate has a `LIKE` / `ILIKE` or a regular-expression match.
-fn has_text_search(predicate: &Arc<dyn PhysicalExpr>) -> bool {
+/// True when some node of the predicate passes `test`.
+fn contains(
+    predicate: &Arc<dyn PhysicalExpr>,
+    test: impl Fn(&Arc<dyn PhysicalExpr>) -> bool,
+) -> bool {
     let mut found = false;
     let _ = predicate.apply(|e| {
-        found = e.downcast_ref::<LikeExpr>().is_some()
+        found = test(e);
+        Ok(if found {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    });
+    found
+}
+
+/// True when the predicate has a `LIKE` / `ILIKE` or a regular-expression match.
+fn has_text_search(predicate: &Arc<dyn PhysicalExpr>) -> bool {
+    contains(predicate, |e| {
+        e.downcast_ref::<LikeExpr>().is_some()
             || e.downcast_ref::<BinaryExpr>().is_some_and(|b| {
                 matches!(
                     b.op(),
@@ -300,14 +316,8 @@ fn has_text_search(predicate: &Arc<dyn PhysicalExpr>) -> bool {
                         | Operator::LikeMatch
                         | Operator::ILikeMatch
                 )
-            });
-        Ok(if found {
-            TreeNodeRecursion::Stop
-        } else {
-            TreeNodeRecursion::Continue
-        })
-    });
-    found
+            })
+    })
 }
 
 /// Identifiers no sidecar index holds (each value is on a handful of rows, so an index would
@@ -326,22 +336,15 @@ fn has_identifier_lookup(predicate: &Arc<dyn PhysicalExpr>) -> bool {
         e.downcast_ref::<PhysicalColumn>()
             .is_some_and(|c| IDENTIFIER_COLUMNS.contains(&c.name()))
     };
-    let mut found = false;
-    let _ = predicate.apply(|e| {
-        found = e.downcast_ref::<BinaryExpr>().is_some_and(|b| {
+    contains(predicate, |e| {
+        e.downcast_ref::<BinaryExpr>().is_some_and(|b| {
             b.op() == &Operator::Eq
                 && ((identifier(b.left()) && b.right().downcast_ref::<Literal>().is_some())
                     || (identifier(b.right()) && b.left().downcast_ref::<Literal>().is_some()))
         }) || e
             .downcast_ref::<InListExpr>()
-            .is_some_and(|l| !l.negated() && identifier(l.expr()));
-        Ok(if found {
-            TreeNodeRecursion::Stop
-        } else {
-            TreeNodeRecursion::Continue
-        })
-    });
-    found
+            .is_some_and(|l| !l.negated() && identifier(l.expr()))
+    })
 }
 
 /// True when the predicate references a column the segments carry bloom filters for.

@@ -304,13 +304,8 @@ async fn compute(ctx: &SessionContext, filters: &[Expr]) -> Result<RecordBatch> 
     if requests.is_empty() {
         return build(&[], &HashMap::new(), &[]);
     }
-    let pods: Vec<(String, String)> = {
-        let set: HashSet<_> = requests
-            .iter()
-            .map(|r| (r.namespace.clone(), r.pod.clone()))
-            .collect();
-        set.into_iter().collect()
-    };
+    let all_pods: HashSet<PodKey> = requests.iter().map(Request::pod_key).collect();
+    let pods: Vec<PodKey> = all_pods.iter().cloned().collect();
     let start = requests.iter().map(|r| r.ts).min().unwrap_or(0) - MATCH_WINDOW_BEFORE_NS;
     // Narrow reads, not the pods' whole activity since the first request: the processes and
     // Falco alerts in the requests' windows (the candidates), the sessions' process trees
@@ -326,7 +321,6 @@ async fn compute(ctx: &SessionContext, filters: &[Expr]) -> Result<RecordBatch> 
     let mut by_pod = activity_by_pod(&candidates);
     // Which pods have runtime process data decides only whether Falco's alerts stand in for
     // a request that found no process: asked only for those pods.
-    let all_pods: HashSet<PodKey> = pods.iter().cloned().collect();
     let paired = attribute(&requests, &by_pod, &all_pods);
     let rootless: Vec<PodKey> = paired
         .iter()
@@ -397,10 +391,15 @@ fn in_pods(pods: &[PodKey]) -> Expr {
 
 /// `ts` from `start` on.
 fn since(start: i64) -> Expr {
-    col("ts").gt_eq(lit(ScalarValue::TimestampNanosecond(
-        Some(start),
+    col("ts").gt_eq(ts_lit(start))
+}
+
+/// A `ts` value (nanoseconds, UTC) as a literal.
+fn ts_lit(ns: i64) -> Expr {
+    lit(ScalarValue::TimestampNanosecond(
+        Some(ns),
         Some("UTC".into()),
-    )))
+    ))
 }
 
 /// More windows than this are read as one range, from the first to the last: the predicate
@@ -425,15 +424,9 @@ fn in_windows(requests: &[Request]) -> Expr {
         let (first, last) = (windows[0].0, windows[windows.len() - 1].1);
         windows = vec![(first, last)];
     }
-    let ts = |v: i64| {
-        lit(ScalarValue::TimestampNanosecond(
-            Some(v),
-            Some("UTC".into()),
-        ))
-    };
     windows
         .into_iter()
-        .map(|(from, to)| col("ts").between(ts(from), ts(to)))
+        .map(|(from, to)| col("ts").between(ts_lit(from), ts_lit(to)))
         .reduce(Expr::or)
         .unwrap_or(lit(false))
 }
