@@ -3,6 +3,8 @@
 //! they change only when events are appended. A [`DerivedTable`] computes its view once per
 //! [`Store::version`] and answers from memory until the version moves, so `egress` and the
 //! investigations built on it cost a join against a small table, not a history scan.
+//! Recomputing after events arrived aggregates only what is new: the partial aggregate of each
+//! segment is kept (see `partials.rs`).
 
 use std::sync::{Arc, Mutex};
 
@@ -13,10 +15,30 @@ use datafusion::catalog::Session;
 use datafusion::datasource::TableProvider;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::source::DataSourceExec;
-use datafusion::error::Result;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::SessionState;
 use datafusion::logical_expr::{Expr, LogicalPlan, TableType};
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use storage::Store;
+
+use crate::partials::PartialCache;
+
+/// The calling query's state without dynamic filters: a filter a join derives at run time from
+/// its other side must not narrow a partial aggregate that is kept for later queries.
+fn planning_state(state: &dyn Session) -> Result<SessionState> {
+    let Some(state) = state.as_any().downcast_ref::<SessionState>() else {
+        return Err(DataFusionError::Internal(
+            "derived tables are planned in a SessionState".into(),
+        ));
+    };
+    let mut state = state.clone();
+    let optimizer = &mut state.config_mut().options_mut().optimizer;
+    optimizer.enable_dynamic_filter_pushdown = false;
+    optimizer.enable_join_dynamic_filter_pushdown = false;
+    optimizer.enable_topk_dynamic_filter_pushdown = false;
+    optimizer.enable_aggregate_dynamic_filter_pushdown = false;
+    Ok(state)
+}
 
 /// A view whose rows are computed at most once per store version.
 #[derive(Debug)]
@@ -26,6 +48,8 @@ pub struct DerivedTable {
     schema: SchemaRef,
     /// The rows and the store version they were computed at.
     rows: Mutex<Option<(u64, Arc<Vec<RecordBatch>>)>>,
+    /// Per-segment partial aggregates of the view's scans of `events`.
+    partials: Arc<PartialCache>,
 }
 
 impl DerivedTable {
@@ -36,7 +60,14 @@ impl DerivedTable {
             plan,
             schema,
             rows: Mutex::new(None),
+            partials: Arc::default(),
         }
+    }
+
+    /// The per-segment partial aggregates this table keeps (tests).
+    #[cfg(test)]
+    pub(crate) fn partials(&self) -> &PartialCache {
+        &self.partials
     }
 
     fn cached(&self, version: u64) -> Option<Arc<Vec<RecordBatch>>> {
@@ -72,8 +103,14 @@ impl TableProvider for DerivedTable {
             None => {
                 // Under the calling query's limits (memory pool, deadline): a derived table
                 // too big for them fails that query, as the view itself would.
-                let physical = state.create_physical_plan(&self.plan).await?;
+                let physical = planning_state(state)?
+                    .create_physical_plan(&self.plan)
+                    .await?;
+                let physical = self.partials.rewrite(physical)?;
                 let batches = Arc::new(collect(physical, state.task_ctx()).await?);
+                let live = self.store.snapshot().segments;
+                self.partials
+                    .retain(&live.iter().map(|s| s.meta.id).collect());
                 *self.rows.lock().expect("not poisoned") = Some((version, batches.clone()));
                 batches
             }

@@ -11,6 +11,7 @@ mod error;
 pub mod functions;
 mod index_count;
 pub mod investigations;
+mod partials;
 mod provider;
 pub mod remote;
 mod scan_exec;

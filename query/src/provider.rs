@@ -268,7 +268,8 @@ impl TableProvider for EventsTable {
             inputs.push(memtable_exec(&snapshot, projection.cloned(), limit)?);
         }
         let union = UnionExec::try_new(inputs)?;
-        Ok(Arc::new(ScanExec::new(union, stats, snapshot)))
+        let reading = format!("projection={projection:?} filters={filters:?} limit={limit:?}");
+        Ok(Arc::new(ScanExec::new(union, stats, snapshot, reading)))
     }
 }
 

@@ -39,17 +39,26 @@ pub struct ScanExec {
     stats: ScanStats,
     metrics: ExecutionPlanMetricsSet,
     _snapshot: Arc<Snapshot>,
+    /// What the scan reads (projection, filters, limit), whatever the snapshot: scans with
+    /// the same reading the same segment return the same rows.
+    reading: Arc<str>,
 }
 
 impl ScanExec {
-    pub(crate) fn new(input: Arc<dyn ExecutionPlan>, stats: ScanStats, snapshot: Snapshot) -> Self {
-        Self::with_snapshot(input, stats, Arc::new(snapshot))
+    pub(crate) fn new(
+        input: Arc<dyn ExecutionPlan>,
+        stats: ScanStats,
+        snapshot: Snapshot,
+        reading: String,
+    ) -> Self {
+        Self::with_snapshot(input, stats, Arc::new(snapshot), reading.into())
     }
 
     fn with_snapshot(
         input: Arc<dyn ExecutionPlan>,
         stats: ScanStats,
         snapshot: Arc<Snapshot>,
+        reading: Arc<str>,
     ) -> Self {
         let metrics = ExecutionPlanMetricsSet::new();
         let count =
@@ -74,12 +83,18 @@ impl ScanExec {
             stats,
             metrics,
             _snapshot: snapshot,
+            reading,
         }
     }
 
     /// The store snapshot the scan reads.
     pub(crate) fn snapshot(&self) -> &Arc<Snapshot> {
         &self._snapshot
+    }
+
+    /// What the scan reads, as text (see the field).
+    pub(crate) fn reading(&self) -> &str {
+        &self.reading
     }
 
     /// What the scan skipped.
@@ -148,6 +163,7 @@ impl ExecutionPlan for ScanExec {
             input,
             self.stats,
             self._snapshot.clone(),
+            self.reading.clone(),
         )))
     }
 

@@ -641,3 +641,111 @@ async fn exec_sessions_follow_the_process_tree_to_any_depth_and_time() {
          +----------+---------------+------------------------------------------------------------------------------------+--------------------+"
     );
 }
+
+/// The derived tables, each as kept (`DerivedTable`) and as its view's SQL planned whole.
+async fn derived_as_kept_and_whole(ctx: &SessionContext) -> Vec<(String, String)> {
+    let order = [
+        ("containers", "container_id"),
+        ("pods", "namespace, pod"),
+        ("pod_ips", "ip, first_seen, namespace, pod"),
+    ];
+    let mut out = Vec::new();
+    for (name, order) in order {
+        let (_, sql) = views::CORRELATION_VIEWS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap();
+        let whole = format!("{name}_whole");
+        if !ctx.table_exist(whole.as_str()).unwrap() {
+            ctx.register_table(whole.as_str(), ctx.sql(sql).await.unwrap().into_view())
+                .unwrap();
+        }
+        let kept = run(ctx, &format!("SELECT * FROM {name} ORDER BY {order}"))
+            .await
+            .0;
+        let whole = run(ctx, &format!("SELECT * FROM {whole} ORDER BY {order}"))
+            .await
+            .0;
+        assert!(
+            kept.iter().any(|b| b.num_rows() > 0),
+            "{name}: no rows; whole: {}",
+            text(&whole)
+        );
+        out.push((text(&kept), text(&whole)));
+    }
+    out
+}
+
+fn partials_computed(ctx: &SessionContext, name: &str) -> usize {
+    let table = futures::executor::block_on(ctx.table_provider(name)).unwrap();
+    let derived = (table.as_ref() as &dyn std::any::Any)
+        .downcast_ref::<derived::DerivedTable>()
+        .unwrap();
+    derived.partials().computed()
+}
+
+#[tokio::test]
+async fn derived_tables_merge_kept_segment_partials_with_new_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = fixture(dir.path());
+    let ctx = session(&store, IndexUse::On).await.unwrap();
+    // Pods with addresses, one of them taking over another's address later. (Event ids of
+    // their own: the store keeps one event per id.)
+    let leases = |hour: i64, pod: &str, ip: &str| Event {
+        kind: "network_connect".into(),
+        src_ip: Some(ip.into()),
+        event_id: Some(1_000_000 + hour),
+        dst_ip: Some("203.0.113.9".into()),
+        ..event((hour * 3600) as u64, "billing", pod, "/usr/bin/curl", None)
+    };
+    let check = |pairs: Vec<(String, String)>| {
+        for (kept, whole) in pairs {
+            assert_eq!(kept, whole);
+        }
+    };
+    store
+        .append(batch_of(&[
+            leases(1, "billing-api-1", "10.9.0.1"),
+            leases(2, "billing-api-2", "10.9.0.2"),
+        ]))
+        .unwrap();
+    store.flush().unwrap();
+    check(derived_as_kept_and_whole(&ctx).await);
+    let tables = ["containers", "pods", "pod_ips"];
+    let first = tables.map(|t| partials_computed(&ctx, t));
+    assert!(
+        first.iter().all(|&n| n >= 5),
+        "a partial per segment: {first:?}"
+    );
+
+    // New rows in the memtable: the segments' partials are reused, none is computed again.
+    store
+        .append(batch_of(&[
+            leases(7, "billing-new-0", "10.9.0.1"),
+            Event {
+                container_id: Some("billing-new-0-second-container".into()),
+                event_id: Some(2_000_000),
+                ..event(7 * 3600 + 5, "billing", "billing-new-0", "/bin/sh", None)
+            },
+        ]))
+        .unwrap();
+    let pairs = derived_as_kept_and_whole(&ctx).await;
+    assert!(pairs[0].0.contains("billing-new-0-second-container"));
+    assert!(pairs[2].0.contains("billing-new-0"), "{}", pairs[2].0);
+    check(pairs);
+    assert_eq!(tables.map(|t| partials_computed(&ctx, t)), first);
+
+    // Flushed then compacted: new segments get their partials, the old ones are let go.
+    store.flush().unwrap();
+    store
+        .append(batch_of(&[leases(8, "billing-api-1", "10.9.0.3")]))
+        .unwrap();
+    check(derived_as_kept_and_whole(&ctx).await);
+    assert_eq!(partials_computed(&ctx, "containers"), first[0] + 1);
+    store.flush().unwrap();
+    store.compact_major().unwrap();
+    store
+        .append(batch_of(&[leases(9, "billing-api-2", "10.9.0.4")]))
+        .unwrap();
+    check(derived_as_kept_and_whole(&ctx).await);
+}

@@ -80,18 +80,20 @@ FROM agg LEFT JOIN gone ON gone.namespace = agg.namespace AND gone.pod = agg.pod
 /// until it was deleted; open-ended (`held_until` NULL) while the pod is live; else until its
 /// last sighting. Leases of one IP never overlap: a lease ends where the next one starts
 /// (contradictory sightings resolve to the newer pod), so joining on them never duplicates.
-/// Node addresses are excluded (host-network pods share them).
+/// Node addresses are excluded (host-network pods share them). The sightings are aggregated
+/// before the join with `pods` (one row per pod), so that aggregate reads `events` alone and
+/// its per-segment partials are kept (see `partials.rs`).
 const POD_IPS: &str = "
-WITH l AS (
-  SELECT s.namespace, s.pod, s.ip,
-    least(min(s.ts), min(s.created)) AS first_seen,
-    max(s.ts) AS last_seen,
-    CASE WHEN max(p.live) THEN NULL ELSE coalesce(max(p.deleted_at), max(s.ts)) END AS until
-  FROM pod_sightings s JOIN pods p ON p.namespace = s.namespace AND p.pod = s.pod
-  WHERE s.ip IS NOT NULL
-    AND s.ip NOT IN (SELECT src_ip FROM events
-                     WHERE kind = 'k8s_object' AND resource = 'nodes' AND src_ip IS NOT NULL)
-  GROUP BY s.namespace, s.pod, s.ip),
+WITH held AS (
+  SELECT namespace, pod, ip, least(min(ts), min(created)) AS first_seen, max(ts) AS last_seen
+  FROM pod_sightings WHERE ip IS NOT NULL
+  GROUP BY namespace, pod, ip),
+l AS (
+  SELECT h.namespace, h.pod, h.ip, h.first_seen, h.last_seen,
+    CASE WHEN p.live THEN NULL ELSE coalesce(p.deleted_at, h.last_seen) END AS until
+  FROM held h JOIN pods p ON p.namespace = h.namespace AND p.pod = h.pod
+  WHERE h.ip NOT IN (SELECT src_ip FROM events
+                     WHERE kind = 'k8s_object' AND resource = 'nodes' AND src_ip IS NOT NULL)),
 o AS (
   SELECT *, lead(first_seen) OVER (PARTITION BY ip ORDER BY first_seen, namespace, pod) AS next_start
   FROM l)
