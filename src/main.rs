@@ -813,6 +813,12 @@ fn compact_cmd(data: &PathBuf) -> Result<ExitCode, CliError> {
     let store = open_store(data, false)?;
     store.flush()?;
     let n = store.compact_major()?;
+    // The compacted segments are new: their partial aggregates for the derived tables are
+    // computed now, with the rewrite, not by the first query that needs them.
+    runtime().block_on(async {
+        let ctx = query::session(&store, IndexUse::On).await?;
+        query::prepare_derived(&ctx).await
+    })?;
     println!("{n} segment(s) compacted");
     Ok(ExitCode::SUCCESS)
 }

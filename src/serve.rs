@@ -107,6 +107,15 @@ pub async fn run(store: Store, data: PathBuf, options: ServeOptions) -> Result<(
     } else {
         None
     };
+    if let Some(ctx) = remote.clone() {
+        // The derived tables are computed in the background (or read from the segments'
+        // caches), so the first query that reads one does not wait for the whole history.
+        tokio::spawn(async move {
+            if let Err(e) = query::prepare_derived(&ctx).await {
+                tracing::warn!(error = %e, "could not prepare the derived tables");
+            }
+        });
+    }
     if let Some(addr) = options.grpc {
         let mut builder = tonic::transport::Server::builder();
         if let Some((cert, key)) = &options.grpc_tls {

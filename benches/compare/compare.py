@@ -52,8 +52,8 @@ NOT_UNKNOWN_V4 = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8"
 RUNTIME_PARENTS = ["containerd-shim", "runc", "crun", "conmon"]
 
 
-def ensure_venv():
-    """Re-runs this script in target/compare-venv, made from requirements.txt when missing."""
+def ensure_venv(script=__file__):
+    """Re-runs `script` in target/compare-venv, made from requirements.txt when missing."""
     if Path(sys.prefix).resolve() == VENV.resolve():
         return
     marker = VENV / ".ktrail-ready"
@@ -64,7 +64,7 @@ def ensure_venv():
                        check=True)
         marker.write_text(wanted)
     python = str(VENV / "bin" / "python")
-    os.execv(python, [python, __file__, *sys.argv[1:]])
+    os.execv(python, [python, str(script), *sys.argv[1:]])
 
 
 def log(msg):

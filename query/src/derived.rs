@@ -16,28 +16,33 @@ use datafusion::datasource::TableProvider;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::{DataFusionError, Result};
-use datafusion::execution::SessionState;
+use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::{Expr, LogicalPlan, TableType};
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use storage::Store;
 
 use crate::partials::PartialCache;
 
-/// The calling query's state without dynamic filters: a filter a join derives at run time from
-/// its other side must not narrow a partial aggregate that is kept for later queries.
+/// The calling query's state without physical filter pushdown, for two reasons. A filter a
+/// join derives at run time from its other side (a dynamic filter) must not narrow a partial
+/// aggregate that is kept for later queries. And where a static filter lands (above a scan,
+/// or pushed through it into its union when the memtable has rows) must not change a kept
+/// partial's text (`partials.rs`): without the rule it stays above the scan.
 fn planning_state(state: &dyn Session) -> Result<SessionState> {
     let Some(state) = state.as_any().downcast_ref::<SessionState>() else {
         return Err(DataFusionError::Internal(
             "derived tables are planned in a SessionState".into(),
         ));
     };
-    let mut state = state.clone();
-    let optimizer = &mut state.config_mut().options_mut().optimizer;
-    optimizer.enable_dynamic_filter_pushdown = false;
-    optimizer.enable_join_dynamic_filter_pushdown = false;
-    optimizer.enable_topk_dynamic_filter_pushdown = false;
-    optimizer.enable_aggregate_dynamic_filter_pushdown = false;
-    Ok(state)
+    let rules = state
+        .physical_optimizers()
+        .iter()
+        .filter(|r| !r.name().starts_with("FilterPushdown"))
+        .cloned()
+        .collect();
+    Ok(SessionStateBuilder::new_from_existing(state.clone())
+        .with_physical_optimizer_rules(rules)
+        .build())
 }
 
 /// A view whose rows are computed at most once per store version.

@@ -85,6 +85,19 @@ pub async fn session(store: &Store, index: IndexUse) -> Result<SessionContext, Q
     Ok(ctx)
 }
 
+/// Computes the derived tables (`containers`, `pods`, `pod_ips`) of `ctx`'s store now. Their
+/// per-segment partial aggregates are kept in the segments' cache directories, so the first
+/// query that reads one, in this process or a later one, aggregates only what is new.
+pub async fn prepare_derived(ctx: &SessionContext) -> Result<(), QueryError> {
+    for name in views::DERIVED {
+        ctx.sql(&format!("SELECT count(*) FROM {name}"))
+            .await?
+            .collect()
+            .await?;
+    }
+    Ok(())
+}
+
 /// Whether `name` is one of ktrail's own functions (rather than DataFusion's): the network
 /// functions, the JSON functions and the investigations.
 pub fn is_ktrail_function(name: &str) -> bool {

@@ -12,11 +12,16 @@
 //! below it would not split by segment.
 
 use std::any::Any;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::ipc::reader::FileReader;
+use datafusion::arrow::ipc::writer::FileWriter;
 use datafusion::common::runtime::SpawnedTask;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::datasource::memory::MemorySourceConfig;
@@ -108,9 +113,10 @@ impl PartialCache {
             .cloned()
     }
 
-    fn put(&self, key: (Arc<str>, u64), states: Arc<Vec<RecordBatch>>) {
+    /// Keeps `states` (`computed`: rather than read from the segment's cache directory).
+    fn put(&self, key: (Arc<str>, u64), states: Arc<Vec<RecordBatch>>, computed: bool) {
         let mut entries = self.entries.lock().expect("not poisoned");
-        entries.computed += 1;
+        entries.computed += usize::from(computed);
         let bytes = batches_bytes(&states);
         if entries.bytes + bytes <= MAX_CACHED_BYTES {
             entries.bytes += bytes;
@@ -242,6 +248,87 @@ fn with_generated_names_renumbered(text: &str) -> String {
     out
 }
 
+/// Schema metadata key of a state file: the subtree text the states are of.
+const STATES_OF: &str = "ktrail.partial_aggregate_of";
+
+/// The file, in a segment's cache directory, of the states of the subtree `text`. A hash
+/// names it; the text itself is in the file and compared on reading.
+fn state_file_name(text: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut hasher);
+    format!("partial-{:016x}.arrow", hasher.finish())
+}
+
+/// The states kept in `file`, if it holds those of `text` with `schema`'s columns. A file
+/// that cannot be read is reported and computed again (it is a cache, not evidence).
+fn read_states(file: &Path, text: &str, schema: &SchemaRef) -> Option<Vec<RecordBatch>> {
+    let opened = match std::fs::File::open(file) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!(path = %file.display(), error = %e, "unreadable partial aggregate cache; computing it again");
+            return None;
+        }
+    };
+    let read = || -> Result<Option<Vec<RecordBatch>>> {
+        let reader = FileReader::try_new(std::io::BufReader::new(opened), None)?;
+        if reader
+            .schema()
+            .metadata()
+            .get(STATES_OF)
+            .map(String::as_str)
+            != Some(text)
+        {
+            return Ok(None);
+        }
+        let mut states = Vec::new();
+        for batch in reader {
+            states.push(RecordBatch::try_new(
+                schema.clone(),
+                batch?.columns().to_vec(),
+            )?);
+        }
+        Ok(Some(states))
+    };
+    read().unwrap_or_else(|e| {
+        tracing::warn!(path = %file.display(), error = %e, "corrupt partial aggregate cache; computing it again");
+        None
+    })
+}
+
+/// Writes `states` to `file` (through a temporary file and a rename: a reader sees a whole
+/// file or none). Failing to write only costs a recomputation later, so it is reported and
+/// the query goes on.
+fn write_states(file: &Path, text: &str, schema: &SchemaRef, states: &[RecordBatch]) {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let tmp = file.with_extension(format!(
+        "tmp-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let write = || -> Result<()> {
+        std::fs::create_dir_all(file.parent().expect("in a directory"))?;
+        let mut metadata = schema.metadata().clone();
+        metadata.insert(STATES_OF.into(), text.into());
+        let with_text = Arc::new(Schema::new_with_metadata(schema.fields().clone(), metadata));
+        let mut writer = FileWriter::try_new(std::fs::File::create(&tmp)?, &with_text)?;
+        for batch in states {
+            writer.write(&RecordBatch::try_new(
+                with_text.clone(),
+                batch.columns().to_vec(),
+            )?)?;
+        }
+        writer.finish()?;
+        std::fs::rename(&tmp, file)?;
+        Ok(())
+    };
+    if let Err(e) = write() {
+        tracing::warn!(path = %file.display(), error = %e, "could not keep a partial aggregate");
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
 /// A part of the input: one segment, or the memtable.
 #[derive(Debug, Clone, Copy)]
 enum Part {
@@ -344,33 +431,44 @@ impl SegmentPartialsExec {
     ) -> Result<Vec<RecordBatch>> {
         let mut found = Vec::new();
         scans(&partial, &mut found);
-        let segments: BTreeSet<u64> = found
+        // Each segment any scan reads, with its cache directory.
+        let segments: BTreeMap<u64, PathBuf> = found
             .iter()
             .filter_map(downcast::<ScanExec>)
-            .flat_map(|s| s.snapshot().segments.iter().map(|seg| seg.meta.id))
+            .flat_map(|s| s.snapshot().segments.iter())
+            .map(|seg| (seg.meta.id, seg.cache_dir.clone()))
             .collect();
         let parallel = ctx.session_config().target_partitions().max(1);
         let parts = segments
             .into_iter()
-            .map(Part::Segment)
-            .chain([Part::Memtable]);
+            .map(|(id, dir)| (Part::Segment(id), Some(dir)))
+            .chain([(Part::Memtable, None)]);
         let states: Vec<Arc<Vec<RecordBatch>>> = futures::stream::iter(parts)
-            .map(|part| {
+            .map(|(part, dir)| {
                 let (partial, text, cache, ctx) =
                     (partial.clone(), text.clone(), cache.clone(), ctx.clone());
                 // A task per part: a segment's scan is one partition, and the parts are
                 // what spreads the work over the cores.
                 let task = SpawnedTask::spawn(async move {
-                    let key = match part {
-                        Part::Segment(id) => Some((text, id)),
-                        Part::Memtable => None,
+                    let Part::Segment(id) = part else {
+                        return Ok(Arc::new(collect(restricted(&partial, part)?, ctx).await?));
                     };
-                    if let Some(kept) = key.as_ref().and_then(|k| cache.get(k)) {
+                    let key = (text.clone(), id);
+                    if let Some(kept) = cache.get(&key) {
                         return Ok(kept);
                     }
+                    let file = dir.map(|d| d.join(state_file_name(&text)));
+                    let schema = partial.schema();
+                    if let Some(states) = file.as_ref().and_then(|f| read_states(f, &text, &schema))
+                    {
+                        let states = Arc::new(states);
+                        cache.put(key, states.clone(), false);
+                        return Ok(states);
+                    }
                     let states = Arc::new(collect(restricted(&partial, part)?, ctx).await?);
-                    if let Some(key) = key {
-                        cache.put(key, states.clone());
+                    cache.put(key, states.clone(), true);
+                    if let Some(file) = file {
+                        write_states(&file, &text, &schema, &states);
                     }
                     Ok::<_, DataFusionError>(states)
                 });

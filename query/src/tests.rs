@@ -676,6 +676,18 @@ async fn derived_as_kept_and_whole(ctx: &SessionContext) -> Vec<(String, String)
     out
 }
 
+/// A connection from `pod` at `ip` in `hour` (pods with addresses make `pod_ips` rows). Event
+/// ids of its own: the store keeps one event per id.
+fn lease(hour: i64, pod: &str, ip: &str) -> Event {
+    Event {
+        kind: "network_connect".into(),
+        src_ip: Some(ip.into()),
+        event_id: Some(1_000_000 + hour),
+        dst_ip: Some("203.0.113.9".into()),
+        ..event((hour * 3600) as u64, "billing", pod, "/usr/bin/curl", None)
+    }
+}
+
 fn partials_computed(ctx: &SessionContext, name: &str) -> usize {
     let table = futures::executor::block_on(ctx.table_provider(name)).unwrap();
     let derived = (table.as_ref() as &dyn std::any::Any)
@@ -689,24 +701,25 @@ async fn derived_tables_merge_kept_segment_partials_with_new_rows() {
     let dir = tempfile::tempdir().unwrap();
     let store = fixture(dir.path());
     let ctx = session(&store, IndexUse::On).await.unwrap();
-    // Pods with addresses, one of them taking over another's address later. (Event ids of
-    // their own: the store keeps one event per id.)
-    let leases = |hour: i64, pod: &str, ip: &str| Event {
-        kind: "network_connect".into(),
-        src_ip: Some(ip.into()),
-        event_id: Some(1_000_000 + hour),
-        dst_ip: Some("203.0.113.9".into()),
-        ..event((hour * 3600) as u64, "billing", pod, "/usr/bin/curl", None)
-    };
     let check = |pairs: Vec<(String, String)>| {
         for (kept, whole) in pairs {
             assert_eq!(kept, whole);
         }
     };
+    // An inventory row of a pod too: `pods` reads those (and their `raw`) in a branch of its
+    // own, which the plan only has when some segment holds one.
+    let inventory = Event {
+        kind: "k8s_object".into(),
+        resource: Some("pods".into()),
+        event_id: Some(3_000_000),
+        raw: Some(r#"{"metadata":{"creationTimestamp":"2027-01-15T07:00:00Z"}}"#.into()),
+        ..event(2 * 3600 + 1, "billing", "billing-api-2", "", None)
+    };
     store
         .append(batch_of(&[
-            leases(1, "billing-api-1", "10.9.0.1"),
-            leases(2, "billing-api-2", "10.9.0.2"),
+            lease(1, "billing-api-1", "10.9.0.1"),
+            lease(2, "billing-api-2", "10.9.0.2"),
+            inventory,
         ]))
         .unwrap();
     store.flush().unwrap();
@@ -721,7 +734,7 @@ async fn derived_tables_merge_kept_segment_partials_with_new_rows() {
     // New rows in the memtable: the segments' partials are reused, none is computed again.
     store
         .append(batch_of(&[
-            leases(7, "billing-new-0", "10.9.0.1"),
+            lease(7, "billing-new-0", "10.9.0.1"),
             Event {
                 container_id: Some("billing-new-0-second-container".into()),
                 event_id: Some(2_000_000),
@@ -738,14 +751,56 @@ async fn derived_tables_merge_kept_segment_partials_with_new_rows() {
     // Flushed then compacted: new segments get their partials, the old ones are let go.
     store.flush().unwrap();
     store
-        .append(batch_of(&[leases(8, "billing-api-1", "10.9.0.3")]))
+        .append(batch_of(&[lease(8, "billing-api-1", "10.9.0.3")]))
         .unwrap();
     check(derived_as_kept_and_whole(&ctx).await);
     assert_eq!(partials_computed(&ctx, "containers"), first[0] + 1);
     store.flush().unwrap();
     store.compact_major().unwrap();
     store
-        .append(batch_of(&[leases(9, "billing-api-2", "10.9.0.4")]))
+        .append(batch_of(&[lease(9, "billing-api-2", "10.9.0.4")]))
         .unwrap();
     check(derived_as_kept_and_whole(&ctx).await);
+}
+
+#[tokio::test]
+async fn derived_partials_are_kept_with_their_segments_across_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = fixture(dir.path());
+    store
+        .append(batch_of(&[lease(1, "billing-api-1", "10.9.0.1")]))
+        .unwrap();
+    store.flush().unwrap();
+    let ctx = session(&store, IndexUse::On).await.unwrap();
+    prepare_derived(&ctx).await.unwrap();
+    let computed = partials_computed(&ctx, "pods");
+    assert!(computed >= 4, "{computed}");
+
+    // A new session (a restarted server) reads the segments' states instead of computing them.
+    let again = session(&store, IndexUse::On).await.unwrap();
+    for (kept, whole) in derived_as_kept_and_whole(&again).await {
+        assert_eq!(kept, whole);
+    }
+    assert_eq!(partials_computed(&again, "pods"), 0);
+    assert_eq!(partials_computed(&again, "containers"), 0);
+
+    // A damaged state file is computed again (and replaced), with the same answer.
+    let segment = store.snapshot().segments[0].clone();
+    let files: Vec<_> = std::fs::read_dir(&segment.cache_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(!files.is_empty());
+    for f in &files {
+        std::fs::write(f, b"ARROW1 torn").unwrap();
+    }
+    let third = session(&store, IndexUse::On).await.unwrap();
+    for (kept, whole) in derived_as_kept_and_whole(&third).await {
+        assert_eq!(kept, whole);
+    }
+    let recomputed: usize = ["containers", "pods", "pod_ips"]
+        .map(|t| partials_computed(&third, t))
+        .iter()
+        .sum();
+    assert_eq!(recomputed, files.len());
 }

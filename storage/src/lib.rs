@@ -852,7 +852,8 @@ fn check_listed_files(dir: &Path, manifest: &Manifest) -> Result<()> {
     Ok(())
 }
 
-/// Deletes files under `segments/` that the manifest does not list (crash leftovers).
+/// Deletes files under `segments/` that the manifest does not list (crash leftovers), and
+/// the caches of unlisted segments.
 fn remove_orphans(dir: &Path, manifest: &Manifest, removed: &mut Vec<PathBuf>) -> Result<()> {
     let listed: HashSet<PathBuf> = manifest
         .segments
@@ -879,6 +880,28 @@ fn remove_orphans(dir: &Path, manifest: &Manifest, removed: &mut Vec<PathBuf>) -
         }
         if changed {
             fsutil::sync_dir(&d)?;
+        }
+    }
+    remove_orphan_caches(dir, manifest, removed)
+}
+
+/// Deletes the caches of segments the manifest does not list (a segment retired while the
+/// store was closed keeps none). Caches are never evidence: no directory sync is needed.
+fn remove_orphan_caches(dir: &Path, manifest: &Manifest, removed: &mut Vec<PathBuf>) -> Result<()> {
+    let listed: HashSet<PathBuf> = manifest
+        .segments
+        .iter()
+        .map(|s| segment::cache_dir(dir, s.id))
+        .collect();
+    let root = dir.join(segment::CACHE_DIR);
+    if !root.is_dir() {
+        return Ok(());
+    }
+    for entry in fs::read_dir(&root).at(&root)? {
+        let p = entry.at(&root)?.path();
+        if !listed.contains(&p) {
+            fs::remove_dir_all(&p).at(&p)?;
+            removed.push(p);
         }
     }
     Ok(())

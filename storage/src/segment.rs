@@ -395,6 +395,14 @@ fn writer_properties(options: &SegmentOptions) -> WriterProperties {
     b.build()
 }
 
+/// Directory of the store in `dir` holding the per-segment caches.
+pub const CACHE_DIR: &str = "cache";
+
+/// The cache directory of segment `id` in the store in `dir`.
+pub fn cache_dir(dir: &Path, id: u64) -> PathBuf {
+    dir.join(CACHE_DIR).join(format!("{id:016x}"))
+}
+
 /// A live segment as readers see it. Dropping the last handle of a segment that compaction
 /// replaced deletes its files, so a running query never loses a file under it.
 #[derive(Debug)]
@@ -404,6 +412,9 @@ pub struct Segment {
     pub path: PathBuf,
     /// Absolute path of the index file.
     pub index_path: PathBuf,
+    /// Where the query layer keeps results derived from this segment alone (a cache: never
+    /// evidence, rebuilt when missing), `cache/<id>/`. Deleted with the segment.
+    pub cache_dir: PathBuf,
     index: OnceLock<Arc<SegmentIndex>>,
     obsolete: AtomicBool,
 }
@@ -414,6 +425,7 @@ impl Segment {
         Self {
             path: dir.join(&meta.path),
             index_path: dir.join(&meta.index_path),
+            cache_dir: cache_dir(dir, meta.id),
             meta,
             index: OnceLock::new(),
             obsolete: AtomicBool::new(false),
@@ -486,6 +498,12 @@ impl Drop for Segment {
                 if let Err(e) = fs::remove_file(p) {
                     tracing::warn!(path = %p.display(), error = %e, "could not delete retired segment file");
                 }
+            }
+            match fs::remove_dir_all(&self.cache_dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!(path = %self.cache_dir.display(), error = %e, "could not delete a retired segment's cache");
+                }
+                _ => {}
             }
         }
     }

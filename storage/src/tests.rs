@@ -333,6 +333,10 @@ fn compaction_merges_small_segments_of_an_hour() {
     }
     let before = store.snapshot(); // holds the old files open
     assert_eq!(before.segments.len(), 4);
+    for s in &before.segments {
+        fs::create_dir_all(&s.cache_dir).unwrap();
+        fs::write(s.cache_dir.join("partial.arrow"), b"states").unwrap();
+    }
     assert_eq!(store.compact().unwrap(), 4);
     let m = store.manifest();
     assert_eq!(m.segments.len(), 1);
@@ -341,11 +345,15 @@ fn compaction_merges_small_segments_of_an_hour() {
         before.segments.iter().all(|s| s.path.exists()),
         "readers keep their files"
     );
-    let old_paths: Vec<PathBuf> = before.segments.iter().map(|s| s.path.clone()).collect();
+    let old_paths: Vec<PathBuf> = before
+        .segments
+        .iter()
+        .flat_map(|s| [s.path.clone(), s.cache_dir.clone()])
+        .collect();
     drop(before);
     assert!(
         old_paths.iter().all(|p| !p.exists()),
-        "retired files go with the last reader"
+        "retired files and caches go with the last reader"
     );
     assert_eq!(ids_in(&store.snapshot()), (0..400).collect::<Vec<_>>());
     drop(store);
@@ -504,8 +512,23 @@ fn crash_leftovers_are_removed_and_missing_segments_are_corruption() {
     let part = dir.path().join(seg.path.rsplit_once('/').unwrap().0);
     fs::write(part.join("00000000000000ff.parquet"), b"half written").unwrap();
     fs::write(part.join(".0000000000000100.parquet.tmp"), b"temp").unwrap();
+    // The caches of a listed segment stay; those of an unlisted one go.
+    let listed_cache = segment::cache_dir(dir.path(), seg.id);
+    let orphan_cache = segment::cache_dir(dir.path(), 0xff);
+    for d in [&listed_cache, &orphan_cache] {
+        fs::create_dir_all(d).unwrap();
+        fs::write(d.join("partial.arrow"), b"states").unwrap();
+    }
     let (store, report) = Store::open(dir.path(), opts()).unwrap();
-    assert_eq!(report.removed_orphans.len(), 2);
+    assert_eq!(
+        report.removed_orphans.len(),
+        3,
+        "{:?}",
+        report.removed_orphans
+    );
+    assert!(report.removed_orphans.contains(&orphan_cache));
+    assert!(listed_cache.join("partial.arrow").exists());
+    assert!(!orphan_cache.exists());
     drop(store);
     fs::remove_file(dir.path().join(&seg.path)).unwrap();
     let err = Store::open(dir.path(), opts()).err().unwrap();
