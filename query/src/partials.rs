@@ -54,16 +54,21 @@ use crate::scan_exec::ScanExec;
 /// but not kept (a history with that many distinct keys per segment gains little from them).
 const MAX_CACHED_BYTES: usize = 256 << 20;
 
+/// A kept part: the partial aggregate's subtree text and a segment id.
+type PartKey = (Arc<str>, u64);
+
 /// Partial aggregate states by (subtree, segment id). Segment ids are never reused in a
 /// store, and a segment's rows never change.
 #[derive(Debug, Default)]
 pub(crate) struct PartialCache {
     entries: Mutex<Entries>,
+    /// A lock per part being computed.
+    turns: Mutex<HashMap<PartKey, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 #[derive(Debug, Default)]
 struct Entries {
-    states: HashMap<(Arc<str>, u64), Arc<Vec<RecordBatch>>>,
+    states: HashMap<PartKey, Arc<Vec<RecordBatch>>>,
     bytes: usize,
     /// Segment partials computed (not found kept) since the cache was made (tests, debug log).
     computed: usize,
@@ -96,7 +101,15 @@ impl PartialCache {
     pub(crate) fn retain(&self, live: &BTreeSet<u64>) {
         let mut entries = self.entries.lock().expect("not poisoned");
         entries.states.retain(|(_, id), _| live.contains(id));
+        let mut turns = self.turns.lock().expect("not poisoned");
+        turns.retain(|(_, id), _| live.contains(id));
         entries.bytes = entries.states.values().map(|b| batches_bytes(b)).sum();
+    }
+
+    /// The lock of the part `key` (made on first use, dropped with the part's states).
+    fn turn(&self, key: &PartKey) -> Arc<tokio::sync::Mutex<()>> {
+        let mut turns = self.turns.lock().expect("not poisoned");
+        turns.entry(key.clone()).or_default().clone()
     }
 
     #[cfg(test)]
@@ -104,7 +117,7 @@ impl PartialCache {
         self.entries.lock().expect("not poisoned").computed
     }
 
-    fn get(&self, key: &(Arc<str>, u64)) -> Option<Arc<Vec<RecordBatch>>> {
+    fn get(&self, key: &PartKey) -> Option<Arc<Vec<RecordBatch>>> {
         self.entries
             .lock()
             .expect("not poisoned")
@@ -114,7 +127,7 @@ impl PartialCache {
     }
 
     /// Keeps `states` (`computed`: rather than read from the segment's cache directory).
-    fn put(&self, key: (Arc<str>, u64), states: Arc<Vec<RecordBatch>>, computed: bool) {
+    fn put(&self, key: PartKey, states: Arc<Vec<RecordBatch>>, computed: bool) {
         let mut entries = self.entries.lock().expect("not poisoned");
         entries.computed += usize::from(computed);
         let bytes = batches_bytes(&states);
@@ -454,6 +467,13 @@ impl SegmentPartialsExec {
                         return Ok(Arc::new(collect(restricted(&partial, part)?, ctx).await?));
                     };
                     let key = (text.clone(), id);
+                    if let Some(kept) = cache.get(&key) {
+                        return Ok(kept);
+                    }
+                    // One computation per part at a time: a query that needs a part another
+                    // one (the server's preparation) is computing waits for it.
+                    let turn = cache.turn(&key);
+                    let _turn = turn.lock().await;
                     if let Some(kept) = cache.get(&key) {
                         return Ok(kept);
                     }

@@ -804,3 +804,17 @@ async fn derived_partials_are_kept_with_their_segments_across_sessions() {
         .sum();
     assert_eq!(recomputed, files.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_queries_compute_each_segment_partial_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = fixture(dir.path());
+    let ctx = session(&store, IndexUse::On).await.unwrap();
+    let sql = "SELECT * FROM containers ORDER BY container_id";
+    let (a, b) = tokio::join!(run(&ctx, sql), run(&ctx, sql));
+    assert_eq!(text(&a.0), text(&b.0));
+    assert_eq!(
+        partials_computed(&ctx, "containers"),
+        store.snapshot().segments.len()
+    );
+}
