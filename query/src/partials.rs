@@ -3,7 +3,8 @@
 //! `AggregateMode::Partial` output, the state a final aggregate merges) is computed once and
 //! kept. When events arrive, a derived table's recomputation aggregates the memtable and the
 //! segments it has not seen, then merges every segment's kept state: its cost follows what
-//! arrived, not the history.
+//! arrived, not the history. The states are also written to the segment's cache directory,
+//! so a restarted server reads them rather than computing them.
 //!
 //! This is sound because DataFusion's final aggregate merges partial states of any split of the
 //! input rows (it runs one partial aggregate per partition, over an arbitrary split). A subtree
@@ -186,9 +187,9 @@ fn subtree_text(plan: &Arc<dyn ExecutionPlan>, out: &mut String) {
         return;
     }
     // Repartitioning moves rows between partitions; their counts follow the file count. A
-    // filter right above a scan holds the scan's own filters (offered to it as inexact, so
-    // applied again above it or, pushed through its union, inside it: DataFusion decides).
-    // Likewise a projection that only picks columns: it comes and goes with those filters.
+    // filter right above a scan holds the scan's own filters (offered to it as inexact and
+    // applied again), which its reading already says; a projection that only picks columns
+    // changes no value. Left out, so the text follows what is computed, not where.
     let scans_filter = is::<FilterExec>(plan) && is::<ScanExec>(plan.children()[0]);
     let picks_columns = downcast::<ProjectionExec>(plan).is_some_and(|p| {
         p.expr().iter().all(|e| {
@@ -418,7 +419,13 @@ struct SegmentPartialsExec {
 
 impl SegmentPartialsExec {
     fn new(partial: Arc<dyn ExecutionPlan>, cache: Arc<PartialCache>) -> Self {
-        let mut text = String::new();
+        // The versions first: a function's text may stay when its meaning or its state's
+        // layout changes with DataFusion's version, and kept files outlive the binary.
+        let mut text = format!(
+            "ktrail {} datafusion {}\n",
+            env!("CARGO_PKG_VERSION"),
+            datafusion::DATAFUSION_VERSION
+        );
         subtree_text(&partial, &mut text);
         let text = with_generated_names_renumbered(&text);
         let properties = PlanProperties::new(
