@@ -15,7 +15,7 @@
 use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -48,6 +48,8 @@ use datafusion::physical_plan::{
     collect, displayable,
 };
 use futures::{StreamExt, TryStreamExt};
+
+use storage::Segment;
 
 use crate::scan_exec::ScanExec;
 
@@ -168,12 +170,19 @@ fn splits_by_segment(plan: &Arc<dyn ExecutionPlan>) -> bool {
     row_wise && plan.children().into_iter().all(splits_by_segment)
 }
 
-/// The scans under `plan`.
-fn scans(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<Arc<dyn ExecutionPlan>>) {
-    if is::<ScanExec>(plan) {
-        out.push(plan.clone());
-    } else {
-        plan.children().into_iter().for_each(|c| scans(c, out));
+/// The segments the scans under `plan` read, by id.
+fn segments_read(plan: &Arc<dyn ExecutionPlan>, out: &mut BTreeMap<u64, Arc<Segment>>) {
+    match downcast::<ScanExec>(plan) {
+        Some(scan) => out.extend(
+            scan.snapshot()
+                .segments
+                .iter()
+                .map(|s| (s.meta.id, s.clone())),
+        ),
+        None => plan
+            .children()
+            .into_iter()
+            .for_each(|c| segments_read(c, out)),
     }
 }
 
@@ -182,7 +191,7 @@ fn scans(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<Arc<dyn ExecutionPlan>>) {
 fn subtree_text(plan: &Arc<dyn ExecutionPlan>, out: &mut String) {
     if let Some(scan) = downcast::<ScanExec>(plan) {
         out.push_str("scan ");
-        out.push_str(scan.reading());
+        out.push_str(&scan.reading());
         out.push('\n');
         return;
     }
@@ -344,26 +353,28 @@ fn write_states(file: &Path, text: &str, schema: &SchemaRef, states: &[RecordBat
 }
 
 /// A part of the input: one segment, or the memtable.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 enum Part {
-    Segment(u64),
+    Segment(Arc<Segment>),
     Memtable,
 }
 
 /// `plan` (a partial aggregate over scans) reading only `part` of each scan.
-fn restricted(plan: &Arc<dyn ExecutionPlan>, part: Part) -> Result<Arc<dyn ExecutionPlan>> {
+fn restricted(plan: &Arc<dyn ExecutionPlan>, part: &Part) -> Result<Arc<dyn ExecutionPlan>> {
     plan.clone()
         .transform_up(|node| {
             let Some(scan) = downcast::<ScanExec>(&node) else {
                 return Ok(Transformed::no(node));
             };
+            // A scan whose snapshot lacks the segment reads none of its files.
             let file = match part {
-                Part::Segment(id) => scan
+                Part::Segment(segment) => scan
                     .snapshot()
                     .segments
                     .iter()
-                    .find(|s| s.meta.id == id)
-                    .and_then(|s| s.path.file_name())
+                    .any(|s| s.meta.id == segment.meta.id)
+                    .then(|| segment.path.file_name())
+                    .flatten()
                     .map(|n| n.to_string_lossy().into_owned()),
                 Part::Memtable => None,
             };
@@ -449,31 +460,24 @@ impl SegmentPartialsExec {
         cache: Arc<PartialCache>,
         ctx: Arc<TaskContext>,
     ) -> Result<Vec<RecordBatch>> {
-        let mut found = Vec::new();
-        scans(&partial, &mut found);
-        // Each segment any scan reads, with its cache directory.
-        let segments: BTreeMap<u64, PathBuf> = found
-            .iter()
-            .filter_map(downcast::<ScanExec>)
-            .flat_map(|s| s.snapshot().segments.iter())
-            .map(|seg| (seg.meta.id, seg.cache_dir.clone()))
-            .collect();
+        let mut segments = BTreeMap::new();
+        segments_read(&partial, &mut segments);
         let parallel = ctx.session_config().target_partitions().max(1);
         let parts = segments
-            .into_iter()
-            .map(|(id, dir)| (Part::Segment(id), Some(dir)))
-            .chain([(Part::Memtable, None)]);
+            .into_values()
+            .map(Part::Segment)
+            .chain([Part::Memtable]);
         let states: Vec<Arc<Vec<RecordBatch>>> = futures::stream::iter(parts)
-            .map(|(part, dir)| {
+            .map(|part| {
                 let (partial, text, cache, ctx) =
                     (partial.clone(), text.clone(), cache.clone(), ctx.clone());
                 // A task per part: a segment's scan is one partition, and the parts are
                 // what spreads the work over the cores.
                 let task = SpawnedTask::spawn(async move {
-                    let Part::Segment(id) = part else {
-                        return Ok(Arc::new(collect(restricted(&partial, part)?, ctx).await?));
+                    let Part::Segment(segment) = &part else {
+                        return Ok(Arc::new(collect(restricted(&partial, &part)?, ctx).await?));
                     };
-                    let key = (text.clone(), id);
+                    let key = (text.clone(), segment.meta.id);
                     if let Some(kept) = cache.get(&key) {
                         return Ok(kept);
                     }
@@ -484,19 +488,16 @@ impl SegmentPartialsExec {
                     if let Some(kept) = cache.get(&key) {
                         return Ok(kept);
                     }
-                    let file = dir.map(|d| d.join(state_file_name(&text)));
+                    let file = segment.cache_dir.join(state_file_name(&text));
                     let schema = partial.schema();
-                    if let Some(states) = file.as_ref().and_then(|f| read_states(f, &text, &schema))
-                    {
+                    if let Some(states) = read_states(&file, &text, &schema) {
                         let states = Arc::new(states);
                         cache.put(key, states.clone(), false);
                         return Ok(states);
                     }
-                    let states = Arc::new(collect(restricted(&partial, part)?, ctx).await?);
+                    let states = Arc::new(collect(restricted(&partial, &part)?, ctx).await?);
                     cache.put(key, states.clone(), true);
-                    if let Some(file) = file {
-                        write_states(&file, &text, &schema, &states);
-                    }
+                    write_states(&file, &text, &schema, &states);
                     Ok::<_, DataFusionError>(states)
                 });
                 async move {

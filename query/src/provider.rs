@@ -51,7 +51,7 @@ use roaring::RoaringBitmap;
 use storage::{INDEXED_COLUMNS, Segment, SegmentIndex, Snapshot, Store};
 
 use crate::QueryError;
-use crate::scan_exec::{ScanExec, ScanStats};
+use crate::scan_exec::{ScanExec, ScanReading, ScanStats};
 
 /// Whether scans consult the sidecar indexes (off only to compare against full scans).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,7 +268,11 @@ impl TableProvider for EventsTable {
             inputs.push(memtable_exec(&snapshot, projection.cloned(), limit)?);
         }
         let union = UnionExec::try_new(inputs)?;
-        let reading = format!("projection={projection:?} filters={filters:?} limit={limit:?}");
+        let reading = ScanReading {
+            projection: projection.cloned(),
+            filters: filters.to_vec(),
+            limit,
+        };
         Ok(Arc::new(ScanExec::new(union, stats, snapshot, reading)))
     }
 }

@@ -11,6 +11,7 @@ use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::Result;
 use datafusion::execution::TaskContext;
+use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::filter_pushdown::{FilterDescription, FilterPushdownPhase};
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
@@ -39,9 +40,17 @@ pub struct ScanExec {
     stats: ScanStats,
     metrics: ExecutionPlanMetricsSet,
     _snapshot: Arc<Snapshot>,
-    /// What the scan reads (projection, filters, limit), whatever the snapshot: scans with
-    /// the same reading the same segment return the same rows.
-    reading: Arc<str>,
+    /// What the scan reads, whatever the snapshot: scans with the same reading the same
+    /// segment return the same rows. Kept as given; only derived tables ask for its text.
+    reading: Arc<ScanReading>,
+}
+
+/// The arguments an `events` scan was planned with.
+#[derive(Debug)]
+pub(crate) struct ScanReading {
+    pub projection: Option<Vec<usize>>,
+    pub filters: Vec<Expr>,
+    pub limit: Option<usize>,
 }
 
 impl ScanExec {
@@ -49,16 +58,16 @@ impl ScanExec {
         input: Arc<dyn ExecutionPlan>,
         stats: ScanStats,
         snapshot: Snapshot,
-        reading: String,
+        reading: ScanReading,
     ) -> Self {
-        Self::with_snapshot(input, stats, Arc::new(snapshot), reading.into())
+        Self::with_snapshot(input, stats, Arc::new(snapshot), Arc::new(reading))
     }
 
     fn with_snapshot(
         input: Arc<dyn ExecutionPlan>,
         stats: ScanStats,
         snapshot: Arc<Snapshot>,
-        reading: Arc<str>,
+        reading: Arc<ScanReading>,
     ) -> Self {
         let metrics = ExecutionPlanMetricsSet::new();
         let count =
@@ -93,8 +102,12 @@ impl ScanExec {
     }
 
     /// What the scan reads, as text (see the field).
-    pub(crate) fn reading(&self) -> &str {
-        &self.reading
+    pub(crate) fn reading(&self) -> String {
+        let r = &self.reading;
+        format!(
+            "projection={:?} filters={:?} limit={:?}",
+            r.projection, r.filters, r.limit
+        )
     }
 
     /// What the scan skipped.
