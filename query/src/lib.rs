@@ -33,11 +33,19 @@ pub use error::QueryError;
 pub use provider::{EventsTable, IndexUse};
 pub use scan_exec::{ScanExec, ScanStats};
 
+/// Sorts of up to this much data concatenate their input and sort it once, rather than
+/// sorting each batch and merging the runs (DataFusion's default is 1 MiB).
+const SORT_IN_PLACE_BYTES: usize = 64 << 20;
+
 /// A DataFusion session over `store`, with `events` and the views registered.
 pub async fn session(store: &Store, index: IndexUse) -> Result<SessionContext, QueryError> {
     let config = SessionConfig::new()
         .with_information_schema(true)
-        .with_default_catalog_and_schema("ktrail", "public");
+        .with_default_catalog_and_schema("ktrail", "public")
+        .set_usize(
+            "datafusion.execution.sort_in_place_threshold_bytes",
+            SORT_IN_PLACE_BYTES,
+        );
     let runtime = RuntimeEnvBuilder::new().build_arc()?;
     let defaults = SessionStateBuilder::new()
         .with_config(config)
