@@ -396,7 +396,8 @@ fn prune_segments(
     }
 }
 
-/// Per-segment statistics from the manifest: `ts` min/max, and `namespace` / `pod` membership.
+/// Per-segment statistics from the manifest: `ts` min/max, `namespace` / `pod` membership, and
+/// the columns without a value.
 struct SegmentSummaries<'a>(&'a [Arc<Segment>]);
 
 impl PruningStatistics for SegmentSummaries<'_> {
@@ -418,8 +419,21 @@ impl PruningStatistics for SegmentSummaries<'_> {
         self.0.len()
     }
 
-    fn null_counts(&self, _column: &Column) -> Option<ArrayRef> {
-        None
+    /// A segment's row count for the columns it has no value in (a test of a value there
+    /// can match nothing); unknown for the others.
+    fn null_counts(&self, column: &Column) -> Option<ArrayRef> {
+        let v: UInt64Array = self
+            .0
+            .iter()
+            .map(|s| {
+                s.meta
+                    .null_columns
+                    .binary_search(&column.name)
+                    .is_ok()
+                    .then_some(s.meta.rows)
+            })
+            .collect();
+        (v.null_count() < v.len()).then(|| Arc::new(v) as ArrayRef)
     }
 
     fn row_counts(&self) -> Option<ArrayRef> {

@@ -216,6 +216,7 @@ mod tests {
             row_groups: vec![rows],
             namespaces: Vec::new(),
             pods: None,
+            null_columns: Vec::new(),
             level: 0,
         };
         Arc::new(Segment::new(std::path::Path::new("/nonexistent"), meta))

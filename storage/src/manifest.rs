@@ -59,6 +59,11 @@ pub struct SegmentMeta {
     pub namespaces: Vec<String>,
     /// Distinct pod names; `None` when there were too many to list (no skipping by pod then).
     pub pods: Option<Vec<String>>,
+    /// Columns without a value in any row, sorted: no `col = v` test can match in the
+    /// segment, so such a lookup skips it unopened. Empty in manifests written before it was
+    /// recorded (nothing is known then).
+    #[serde(default)]
+    pub null_columns: Vec<String>,
     /// 0 for a flushed memtable, n+1 for a compaction of level-n segments.
     pub level: u32,
 }

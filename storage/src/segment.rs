@@ -258,6 +258,8 @@ pub struct SegmentWriter {
     rows: u64,
     min_ts: i64,
     max_ts: i64,
+    /// Per `events` column: whether some row so far has a value.
+    has_value: Vec<bool>,
 }
 
 impl SegmentWriter {
@@ -299,6 +301,7 @@ impl SegmentWriter {
             rows: 0,
             min_ts: i64::MAX,
             max_ts: i64::MIN,
+            has_value: vec![false; model::events_schema().fields().len()],
         })
     }
 
@@ -310,6 +313,9 @@ impl SegmentWriter {
         for t in ts.values() {
             self.min_ts = self.min_ts.min(*t);
             self.max_ts = self.max_ts.max(*t);
+        }
+        for (seen, column) in self.has_value.iter_mut().zip(chunk.columns()) {
+            *seen |= column.null_count() < column.len();
         }
         self.rows += chunk.num_rows() as u64;
         Ok(())
@@ -338,6 +344,15 @@ impl SegmentWriter {
 
         let namespaces: Vec<String> = index.values("namespace").map(str::to_string).collect();
         let pods: BTreeSet<&str> = index.values("pod").collect();
+        let schema = model::events_schema();
+        let mut null_columns: Vec<String> = schema
+            .fields()
+            .iter()
+            .zip(&self.has_value)
+            .filter(|(_, seen)| !**seen)
+            .map(|(f, _)| f.name().clone())
+            .collect();
+        null_columns.sort();
         Ok(SegmentMeta {
             id: self.id,
             path: self.rel_path,
@@ -353,6 +368,7 @@ impl SegmentWriter {
             namespaces,
             pods: (pods.len() <= MAX_LISTED_PODS)
                 .then(|| pods.into_iter().map(str::to_string).collect()),
+            null_columns,
             level: self.level,
         })
     }

@@ -192,6 +192,16 @@ fn flush_writes_hive_partitioned_segments_and_trims_the_wal() {
         "segments/dt=2027-01-15/hour=08/0000000000000001.parquet"
     );
     assert!(m.segments.iter().all(|s| s.min_ts <= s.max_ts));
+    // The columns no event filled, sorted: `session_id`, not `dst_ip` (every third event's).
+    let empty = &m.segments[0].null_columns;
+    assert!(
+        empty.is_sorted() && empty.iter().any(|c| c == "session_id"),
+        "{empty:?}"
+    );
+    assert!(
+        !empty.iter().any(|c| c == "dst_ip" || c == "ts"),
+        "{empty:?}"
+    );
     assert!(store.snapshot().memtable.is_empty());
     let wal_files = fs::read_dir(dir.path().join("wal")).unwrap().count();
     assert_eq!(wal_files, 1, "only the active WAL file remains");
