@@ -42,9 +42,9 @@ use datafusion::physical_expr::expressions::{
     BinaryExpr, Column as PhysicalColumn, InListExpr, LikeExpr, Literal,
 };
 use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
-use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use datafusion::physical_plan::union::UnionExec;
+use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use roaring::RoaringBitmap;
@@ -256,8 +256,15 @@ impl TableProvider for EventsTable {
                 source = source.with_predicate(p.clone());
             }
             let partitions = state.config().target_partitions().max(1);
+            // Fewer row groups than partitions: DataFusion would cut the files into byte
+            // ranges, and a range without a selected row group still opens its file (the
+            // one segment of `executions('tcpdump')` was opened twice per scan). Declaring the
+            // partitioning keeps each file whole.
+            let whole_files = (stats.row_groups_scanned < partitions)
+                .then(|| Partitioning::UnknownPartitioning(partitions.min(files.len())));
             let groups = split_files(files, partitions);
             let config = FileScanConfigBuilder::new(url, Arc::new(source))
+                .with_output_partitioning(whole_files)
                 .with_file_groups(groups)
                 .with_projection_indices(projection.cloned())?
                 .with_limit(limit)

@@ -173,6 +173,31 @@ async fn lookups_in_a_column_without_values_skip_the_segments_unopened() {
 }
 
 #[tokio::test]
+async fn a_selection_of_fewer_row_groups_than_partitions_keeps_its_files_whole() {
+    let both = indexed_and_full().await;
+    let ctx = &both.indexed;
+    for set in [
+        "SET datafusion.execution.target_partitions = 4",
+        // Small files too are cut into byte ranges, as the 10 M store's segments are.
+        "SET datafusion.optimizer.repartition_file_min_size = 0",
+    ] {
+        ctx.sql(set).await.unwrap().collect().await.unwrap();
+    }
+    // One pod in the first hour's segment: its 25 rows lie in one or two row groups of 64.
+    let sql = "SELECT event_id FROM events WHERE pod = 'billing-db-0' \
+               AND ts < TIMESTAMP '2027-01-15T09:00:00Z'";
+    let plan = plan_text(ctx, sql).await;
+    assert!(plan.contains("file_groups={1 group: [["), "{plan}");
+    assert!(
+        !plan.contains(".parquet:"),
+        "a file cut into byte ranges: {plan}"
+    );
+    // Every row group: DataFusion still shares the segments' bytes among the partitions.
+    let plan = plan_text(ctx, "SELECT event_id FROM events WHERE exe = '/bin/sh'").await;
+    assert!(plan.contains("file_groups={4 groups: [["), "{plan}");
+}
+
+#[tokio::test]
 async fn an_or_of_indexed_columns_is_a_union_of_lookups() {
     let both = indexed_and_full().await;
     // 10.1.3.3 is a destination in the fixture; the source side has no values, so the union
