@@ -275,12 +275,13 @@ fn with_generated_names_renumbered(text: &str) -> String {
 const STATES_OF: &str = "ktrail.partial_aggregate_of";
 
 /// The file, in a segment's cache directory, of the states of the subtree `text`. A hash
-/// names it; the text itself is in the file and compared on reading.
+/// names it (xxh3, which is specified: std's `DefaultHasher` may change with the toolchain,
+/// and the files outlive the binary); the text itself is in the file and compared on reading.
 fn state_file_name(text: &str) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    text.hash(&mut hasher);
-    format!("partial-{:016x}.arrow", hasher.finish())
+    format!(
+        "partial-{:016x}.arrow",
+        xxhash_rust::xxh3::xxh3_64(text.as_bytes())
+    )
 }
 
 /// The states kept in `file`, if it holds those of `text` with `schema`'s columns. A file

@@ -900,7 +900,11 @@ fn remove_orphan_caches(dir: &Path, manifest: &Manifest, removed: &mut Vec<PathB
     for entry in fs::read_dir(&root).at(&root)? {
         let p = entry.at(&root)?.path();
         if !listed.contains(&p) {
-            fs::remove_dir_all(&p).at(&p)?;
+            // A stray file there is no segment's cache either.
+            match p.is_dir() {
+                true => fs::remove_dir_all(&p).at(&p)?,
+                false => fs::remove_file(&p).at(&p)?,
+            }
             removed.push(p);
         }
     }

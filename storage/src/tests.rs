@@ -540,6 +540,12 @@ fn crash_leftovers_are_removed_and_missing_segments_are_corruption() {
     assert!(listed_cache.join("partial.arrow").exists());
     assert!(!orphan_cache.exists());
     drop(store);
+    // A stray file among the caches goes too; the store opens.
+    let stray = dir.path().join(segment::CACHE_DIR).join("stray");
+    fs::write(&stray, b"?").unwrap();
+    let (store, report) = Store::open(dir.path(), opts()).unwrap();
+    assert_eq!(report.removed_orphans, vec![stray.clone()]);
+    drop(store);
     fs::remove_file(dir.path().join(&seg.path)).unwrap();
     let err = Store::open(dir.path(), opts()).err().unwrap();
     assert!(matches!(err, StorageError::Corruption { .. }), "{err}");
