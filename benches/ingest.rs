@@ -3,7 +3,11 @@
 //! - `ingest_durable/*`: records → batches → the store's WAL, fsynced (acknowledged) by the
 //!   end, as `ktrail ingest` appends (`AppendPipeline`);
 //! - `ingest_durable/grpc_arrow_ipc*`: the gRPC fast path's work (Arrow IPC decode, validation,
-//!   append) without the network, with the Tetragon records in `raw` and without.
+//!   append, two batches in flight as the service keeps them) without the network, with the
+//!   Tetragon records in `raw` and without.
+//!
+//! Each durable bench also prints its events per CPU-second, every thread counted
+//! (`CpuTally`): the per-core figure.
 //!
 //! `cargo bench --bench ingest`. Two kinds of input per format:
 //! - `tetragon`, `k8s_audit`, `falco`: one real sample record (`../shared/samples`, and a Falco
@@ -154,13 +158,14 @@ fn durable(c: &mut Criterion) {
     };
     for (name, input, records) in &inputs {
         group.throughput(Throughput::Elements(*records));
+        let tally = CpuTally::default();
         group.bench_function(*name, |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     let store_dir = tempfile::tempdir_in(dir.path()).unwrap();
                     let (store, _) = storage::Store::open(store_dir.path(), options()).unwrap();
-                    let start = std::time::Instant::now();
+                    let start = tally.start();
                     // As `ktrail ingest` and the HTTP service append: the next batch is
                     // parsed while the WAL syncs the last one; all are durable at `finish`.
                     let mut accepted = 0;
@@ -175,7 +180,7 @@ fn durable(c: &mut Criterion) {
                     )
                     .unwrap();
                     pipeline.finish().unwrap();
-                    total += start.elapsed();
+                    total += tally.stop(start, *records);
                     // Every record stored: none was dropped as a duplicate of another.
                     assert_eq!(accepted as u64, *records);
                     drop(store);
@@ -183,6 +188,7 @@ fn durable(c: &mut Criterion) {
                 total
             });
         });
+        tally.report(name);
     }
     // The gRPC fast path: an Arrow IPC stream of 8192-event batches, with the Tetragon records
     // in `raw` (as ingest keeps them) and without (an agent sending the native shape only).
@@ -192,6 +198,7 @@ fn durable(c: &mut Criterion) {
     group.throughput(Throughput::Elements(LINES as u64));
     for (name, keep_raw) in [("grpc_arrow_ipc", true), ("grpc_arrow_ipc_no_raw", false)] {
         let payloads = std::cell::OnceCell::new();
+        let tally = CpuTally::default();
         group.bench_function(name, |b| {
             let payloads = payloads.get_or_init(|| ipc_payloads(&inputs[2].1, keep_raw));
             b.iter_custom(|iters| {
@@ -201,21 +208,79 @@ fn durable(c: &mut Criterion) {
                     let (store, _) = storage::Store::open(store_dir.path(), options()).unwrap();
                     // The service owns each message's bytes as prost decoded them.
                     let owned = payloads.clone();
-                    let start = std::time::Instant::now();
+                    let start = tally.start();
+                    // As the service appends a stream: the next message is decoded while
+                    // the WAL syncs the last batch; all are durable at `finish`.
                     let mut accepted = 0;
+                    let mut on_durable = |(), o: storage::AppendOutcome| accepted += o.accepted;
+                    let mut pipeline = storage::AppendPipeline::new(&store, &mut on_durable);
                     for p in owned {
                         let batch = ingest::arrow_ipc::read_stream(p).unwrap().unwrap();
-                        accepted += store.append(batch).unwrap().accepted;
+                        pipeline.push((), batch).unwrap();
                     }
-                    total += start.elapsed();
+                    pipeline.finish().unwrap();
+                    total += tally.stop(start, LINES as u64);
                     assert_eq!(accepted, LINES);
                     drop(store);
                 }
                 total
             });
         });
+        tally.report(name);
     }
     group.finish();
+}
+
+/// The CPU time behind a durable bench's throughput. Criterion times the wall clock, and a
+/// durable append keeps more than the calling thread busy (the WAL's writer writes and syncs
+/// while the caller parses the next batch), so each durable bench also sums the process's CPU
+/// time, all threads, over its timed runs and prints events per CPU-second: the figure a
+/// "per core" target is held against. Linux only (`/proc/self/stat`); elsewhere it prints
+/// nothing.
+#[derive(Default)]
+struct CpuTally {
+    events: std::cell::Cell<u64>,
+    wall: std::cell::Cell<Duration>,
+    cpu_seconds: std::cell::Cell<Option<f64>>,
+}
+
+impl CpuTally {
+    fn start(&self) -> (std::time::Instant, Option<f64>) {
+        (std::time::Instant::now(), process_cpu_seconds())
+    }
+
+    /// The wall time since `start`, tallied with its CPU time and `events`.
+    fn stop(&self, (wall, cpu): (std::time::Instant, Option<f64>), events: u64) -> Duration {
+        let elapsed = wall.elapsed();
+        let cpu = cpu.zip(process_cpu_seconds()).map(|(a, b)| b - a);
+        self.events.set(self.events.get() + events);
+        self.wall.set(self.wall.get() + elapsed);
+        self.cpu_seconds
+            .set(cpu.map(|c| c + self.cpu_seconds.get().unwrap_or(0.0)));
+        elapsed
+    }
+
+    fn report(&self, name: &str) {
+        let (events, wall) = (self.events.get() as f64, self.wall.get().as_secs_f64());
+        if let Some(cpu) = self.cpu_seconds.get().filter(|&c| c > 0.0 && events > 0.0) {
+            println!(
+                "ingest_durable/{name}: {:.0} K events/CPU-s ({:.0} K events/s on {:.2} cores)",
+                events / cpu / 1e3,
+                events / wall / 1e3,
+                cpu / wall
+            );
+        }
+    }
+}
+
+/// User + system CPU time of this process (every thread), in seconds.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses: utime and stime
+    // are the 12th and 13th, in clock ticks of 1/100 s (USER_HZ on Linux).
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
 }
 
 /// `input` read into 8192-event batches, each as the Arrow IPC stream a gRPC client sends;

@@ -1,9 +1,10 @@
 //! `ktrail serve --grpc`: the native `ktrail.v1.Ingest` service and gRPC health checking.
 //!
 //! A client streams `EventBatch`es (proto events, or Arrow IPC in the `events` schema, the fast
-//! path); each batch is appended as it arrives and the single `IngestAck` is sent when the
-//! stream ends, so an ack means every accepted event of the stream is durable. A bad event is
-//! counted and named in the ack; the rest of the stream goes on. At most `max_streams` streams
+//! path); each batch is handed to the store as it arrives (the next is read while the last is
+//! synced) and the single `IngestAck` is sent when the stream ends and all are durable, so an
+//! ack means every accepted event of the stream is durable. A bad event is counted and named
+//! in the ack; the rest of the stream goes on. At most `max_streams` streams
 //! are served at once; one more is refused with `RESOURCE_EXHAUSTED`.
 
 use std::sync::Arc;
@@ -76,6 +77,9 @@ impl Ingest for IngestService {
         };
         let mut stream = request.into_inner();
         let mut ack = IngestAck::default();
+        // Batches handed to the WAL and not yet durable: the next message is received and
+        // decoded while the WAL syncs the last (as `storage::AppendPipeline` does for files).
+        let mut in_flight = std::collections::VecDeque::new();
         let mut n = 0u64;
         while let Some(batch) = stream.message().await? {
             n += 1;
@@ -94,17 +98,39 @@ impl Ingest for IngestService {
                 }
             }
             let Some(batch) = batch else { continue };
+            if in_flight.len() >= storage::AppendPipeline::<()>::IN_FLIGHT {
+                let oldest = in_flight.pop_front().expect("a batch in flight");
+                count_durable(&mut ack, oldest).await?;
+            }
             let store = self.store.clone();
-            let out = tokio::task::spawn_blocking(move || store.append(batch))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?
-                // Nothing after a failed append is acknowledged; the client resends the stream.
-                .map_err(|e| Status::unavailable(format!("store: {e}")))?;
-            ack.accepted += out.accepted as u64;
-            ack.duplicates += out.duplicates as u64;
+            in_flight.push_back(
+                tokio::task::spawn_blocking(move || store.submit(batch))
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?
+                    .map_err(store_error)?,
+            );
+        }
+        while let Some(pending) = in_flight.pop_front() {
+            count_durable(&mut ack, pending).await?;
         }
         Ok(Response::new(ack))
     }
+}
+
+/// Waits (off the async threads) until `pending` is durable and counts it in `ack`.
+async fn count_durable(ack: &mut IngestAck, pending: storage::PendingAppend) -> Result<(), Status> {
+    let out = tokio::task::spawn_blocking(move || pending.wait())
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(store_error)?;
+    ack.accepted += out.accepted as u64;
+    ack.duplicates += out.duplicates as u64;
+    Ok(())
+}
+
+/// A failed append: nothing after it is acknowledged; the client resends the stream.
+fn store_error(e: storage::StorageError) -> Status {
+    Status::unavailable(format!("store: {e}"))
 }
 
 /// One message as a record batch of the `events` schema; bad events are named in `errors` and

@@ -229,8 +229,8 @@ fn non_loopback_needs_a_token() {
     assert!(stderr(&out).contains("without --token-file"));
 }
 
-/// The native gRPC stream: proto events and an Arrow IPC batch in one stream, one bad event
-/// named in the ack, bearer auth, health checking.
+/// The native gRPC stream: proto events and Arrow IPC batches in one stream, one bad event
+/// named in the ack, a repeated batch counted as duplicates, bearer auth, health checking.
 #[test]
 fn grpc_ingest_stream_acks_when_durable() {
     use datafusion::arrow::ipc::writer::StreamWriter;
@@ -252,24 +252,31 @@ fn grpc_ingest_stream_acks_when_durable() {
         exe: Some("/usr/bin/psql".into()),
         ..Default::default()
     };
-    let mut builder = model::EventBatchBuilder::with_capacity(2);
-    for i in 0..2 {
-        builder.push(&model::Event {
-            ts: 1_795_687_300_000_000_000 + i,
-            kind: "network_connect".into(),
-            source: "grpc".into(),
-            event_id: Some(1000 + i),
-            dst_ip: Some("198.51.100.23".into()),
-            ..Default::default()
-        });
-    }
-    let batch = builder.finish();
-    let mut ipc = Vec::new();
-    {
+    // Two network events with ids `first` and `first + 1`, as an Arrow IPC stream.
+    let ipc_of = |first: i64| {
+        let mut builder = model::EventBatchBuilder::with_capacity(2);
+        for id in first..first + 2 {
+            builder.push(&model::Event {
+                ts: 1_795_687_300_000_000_000 + id,
+                kind: "network_connect".into(),
+                source: "grpc".into(),
+                event_id: Some(id),
+                dst_ip: Some("198.51.100.23".into()),
+                ..Default::default()
+            });
+        }
+        let batch = builder.finish();
+        let mut ipc = Vec::new();
         let mut w = StreamWriter::try_new(&mut ipc, &batch.schema()).unwrap();
         w.write(&batch).unwrap();
         w.finish().unwrap();
-    }
+        drop(w);
+        EventBatch {
+            payload: Some(Payload::ArrowIpc(ipc)),
+        }
+    };
+    // More batches than the service keeps in flight; the last repeats the second, which may
+    // not be durable yet when it arrives: its events are duplicates all the same.
     let batches = vec![
         EventBatch {
             payload: Some(Payload::Events(Events {
@@ -280,9 +287,10 @@ fn grpc_ingest_stream_acks_when_durable() {
                 ],
             })),
         },
-        EventBatch {
-            payload: Some(Payload::ArrowIpc(ipc)),
-        },
+        ipc_of(1000),
+        ipc_of(2000),
+        ipc_of(3000),
+        ipc_of(1000),
     ];
 
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -319,7 +327,7 @@ fn grpc_ingest_stream_acks_when_durable() {
         let ack = client.ingest(req).await.unwrap().into_inner();
         assert_eq!(
             (ack.accepted, ack.rejected, ack.duplicates),
-            (4, 1, 0),
+            (8, 1, 2),
             "{ack:?}"
         );
         assert!(ack.errors[0].starts_with("batch 1: event 1: "), "{ack:?}");
@@ -332,6 +340,6 @@ fn grpc_ingest_stream_acks_when_durable() {
             "csv",
             "SELECT kind, count(*) AS n FROM events GROUP BY kind ORDER BY kind"
         ),
-        "kind,n\nnetwork_connect,2\nprocess_exec,1\nprocess_exit,1\n"
+        "kind,n\nnetwork_connect,6\nprocess_exec,1\nprocess_exit,1\n"
     );
 }

@@ -94,15 +94,17 @@ pub struct AppendOutcome {
 }
 
 /// A batch handed to the WAL by [`Store::submit`], not yet acknowledged.
+/// It holds a handle of the store, so it can be waited for on another thread or task (an
+/// async service keeps a few in flight per stream).
 #[must_use = "a batch is acknowledged only when wait() returns"]
-pub struct PendingAppend<'a> {
-    store: &'a Store,
+pub struct PendingAppend {
+    store: Store,
     outcome: AppendOutcome,
     /// `None` when no row was accepted (nothing to write).
     durable: Option<wal::Pending>,
 }
 
-impl PendingAppend<'_> {
+impl PendingAppend {
     /// Blocks until the batch is durable. **When this returns `Ok`, the accepted rows are
     /// durable** and visible to every later [`Store::snapshot`], exactly as after
     /// [`Store::append`].
@@ -122,7 +124,7 @@ impl PendingAppend<'_> {
 /// still in flight may become durable but are never acknowledged.
 pub struct AppendPipeline<'a, T> {
     store: &'a Store,
-    in_flight: std::collections::VecDeque<(T, PendingAppend<'a>)>,
+    in_flight: std::collections::VecDeque<(T, PendingAppend)>,
     on_durable: &'a mut dyn FnMut(T, AppendOutcome),
 }
 
@@ -391,7 +393,7 @@ impl Store {
     /// the WAL here, and is acknowledged only when [`PendingAppend::wait`] returns `Ok`. The
     /// caller may prepare its next batch meanwhile (see [`AppendPipeline`]). Batches become
     /// durable in the order they are submitted.
-    pub fn submit(&self, batch: RecordBatch) -> Result<PendingAppend<'_>> {
+    pub fn submit(&self, batch: RecordBatch) -> Result<PendingAppend> {
         check_schema(&batch)?;
         let mut outcome = AppendOutcome::default();
         // An empty batch reserves nothing and accepts nothing: no WAL record is written.
@@ -410,7 +412,7 @@ impl Store {
             None
         };
         Ok(PendingAppend {
-            store: self,
+            store: self.clone(),
             outcome,
             durable,
         })
