@@ -184,15 +184,27 @@ impl ExecutionPlan for ScanExec {
         vec![true]
     }
 
-    /// A pass-through for filters too: a join's or a top-k's dynamic filter reaches the
-    /// Parquet scans below, which prune files, row groups and rows with it once it is known.
+    /// A pass-through for dynamic filters: a join's or a top-k's dynamic filter (pushed after
+    /// optimisation, [`FilterPushdownPhase::Post`]) reaches the Parquet scans below, which
+    /// prune files, row groups and rows with it once it is known. The query's own filters
+    /// (pushed before, `Pre`) are stopped here: the table gave them to its scans already
+    /// (`EventsTable::scan`), and a Parquet scan that takes them again evaluated each twice,
+    /// when building its pruning predicates and in its row filter (`predicate=A AND A`).
     fn gather_filters_for_pushdown(
         &self,
-        _phase: FilterPushdownPhase,
+        phase: FilterPushdownPhase,
         parent_filters: Vec<Arc<dyn PhysicalExpr>>,
         _config: &ConfigOptions,
     ) -> Result<FilterDescription> {
-        FilterDescription::from_children(parent_filters, &self.children())
+        match phase {
+            FilterPushdownPhase::Pre => Ok(FilterDescription::all_unsupported(
+                &parent_filters,
+                &self.children(),
+            )),
+            FilterPushdownPhase::Post => {
+                FilterDescription::from_children(parent_filters, &self.children())
+            }
+        }
     }
 
     fn execute(

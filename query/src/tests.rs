@@ -194,6 +194,41 @@ async fn a_selection_of_fewer_row_groups_than_partitions_keeps_its_files_whole()
     assert!(plan.contains("file_groups={4 groups: [["), "{plan}");
 }
 
+/// The query's filters reach the Parquet scan once: the table hands them to it, and the scan
+/// node stops DataFusion from pushing them down again, which made the scan's predicate
+/// `A AND A` (every pruning check and row filter evaluated twice). A top-k's dynamic filter,
+/// pushed after optimisation, still reaches the scan.
+#[tokio::test]
+async fn a_query_filter_reaches_the_parquet_scan_once() {
+    let both = indexed_and_full().await;
+    for ctx in [&both.indexed, &both.full] {
+        // A substring search: the scan filters rows while decoding (pushdown on), the case in
+        // which the scan accepted DataFusion's pushdown and doubled the predicate.
+        let sql = "SELECT event_id FROM events WHERE exe LIKE '%curl%' AND pod = 'billing-db-0'";
+        let plan = plan_text(ctx, sql).await;
+        let scan = plan
+            .lines()
+            .find(|l| l.contains("DataSourceExec") && l.contains("predicate="))
+            .unwrap_or_else(|| panic!("no Parquet scan with a predicate: {plan}"));
+        let predicate = scan
+            .split(" predicate=")
+            .nth(1)
+            .and_then(|p| p.split(", pruning_predicate=").next())
+            .unwrap();
+        assert_eq!(predicate.matches(" LIKE ").count(), 1, "{scan}");
+        let plan = plan_text(
+            ctx,
+            "SELECT event_id FROM events WHERE exe = '/bin/sh' ORDER BY ts DESC LIMIT 3",
+        )
+        .await;
+        assert!(
+            plan.lines()
+                .any(|l| l.contains("DataSourceExec") && l.contains("DynamicFilter")),
+            "{plan}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn an_or_of_indexed_columns_is_a_union_of_lookups() {
     let both = indexed_and_full().await;
