@@ -4,8 +4,8 @@
 //! path); each batch is handed to the store as it arrives (the next is read while the last is
 //! synced) and the single `IngestAck` is sent when the stream ends and all are durable, so an
 //! ack means every accepted event of the stream is durable. A bad event is counted and named
-//! in the ack; the rest of the stream goes on. At most `max_streams` streams
-//! are served at once; one more is refused with `RESOURCE_EXHAUSTED`.
+//! in the ack; the rest of the stream goes on. At most `max_streams` streams are served at
+//! once; one more is refused with `RESOURCE_EXHAUSTED`.
 
 use std::sync::Arc;
 

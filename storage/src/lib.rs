@@ -94,8 +94,9 @@ pub struct AppendOutcome {
 }
 
 /// A batch handed to the WAL by [`Store::submit`], not yet acknowledged.
-/// It holds a handle of the store, so it can be waited for on another thread or task (an
-/// async service keeps a few in flight per stream).
+///
+/// It holds a handle of the store, so it can be waited for on another thread or task (the
+/// gRPC service keeps two in flight per stream).
 #[must_use = "a batch is acknowledged only when wait() returns"]
 pub struct PendingAppend {
     store: Store,
