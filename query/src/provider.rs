@@ -260,9 +260,9 @@ impl TableProvider for EventsTable {
             // ranges, and a range without a selected row group still opens its file (the
             // one segment of `executions('tcpdump')` was opened twice per scan). Declaring the
             // partitioning keeps each file whole.
-            let whole_files = (stats.row_groups_scanned < partitions)
-                .then(|| Partitioning::UnknownPartitioning(partitions.min(files.len())));
             let groups = split_files(files, partitions);
+            let whole_files = (stats.row_groups_scanned < partitions)
+                .then(|| Partitioning::UnknownPartitioning(groups.len()));
             let config = FileScanConfigBuilder::new(url, Arc::new(source))
                 .with_output_partitioning(whole_files)
                 .with_file_groups(groups)
