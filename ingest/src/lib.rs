@@ -486,7 +486,7 @@ fn parse_record<'r>(
         return (format, Err("invalid UTF-8".into()));
     };
     let result = match format {
-        Format::Native => Event::from_native_json(record)
+        Format::Native => Event::from_native_json(text)
             .map(|ev| out.push(ev))
             .map_err(|e| e.to_string()),
         Format::K8sAudit => k8s_audit::parse(text, out),

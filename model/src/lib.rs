@@ -285,17 +285,27 @@ pub struct Event {
     pub raw: Option<String>,
 }
 
+/// A visitor, not an untagged enum: the enum buffered every value and built an "invalid type"
+/// error for each RFC 3339 string before trying the text variant (3 % of native ingest, perf).
 fn de_ts<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Ts {
-        Int(i64),
-        Text(String),
+    struct Ts;
+    impl serde::de::Visitor<'_> for Ts {
+        type Value = i64;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an RFC 3339 timestamp or an integer count of nanoseconds")
+        }
+        fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<i64, E> {
+            Ok(n)
+        }
+        fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<i64, E> {
+            i64::try_from(n)
+                .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(n), &self))
+        }
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<i64, E> {
+            parse_ts(s).map_err(E::custom)
+        }
     }
-    match Ts::deserialize(d)? {
-        Ts::Int(n) => Ok(n),
-        Ts::Text(s) => parse_ts(&s).map_err(serde::de::Error::custom),
-    }
+    d.deserialize_any(Ts)
 }
 
 /// Parses an RFC 3339 timestamp (any precision up to nanoseconds, any offset) into nanoseconds
@@ -385,10 +395,13 @@ pub fn binary_name_of(exe: &str) -> &str {
 
 impl Event {
     /// Parses one native NDJSON line. `event_id` defaults to the hash of the line.
-    pub fn from_native_json(line: &[u8]) -> Result<Event, ModelError> {
-        let mut ev: Event = serde_json::from_slice(line)?;
+    ///
+    /// Takes text: the caller checked UTF-8 once for the whole line, which `from_slice` would
+    /// check again string by string.
+    pub fn from_native_json(line: &str) -> Result<Event, ModelError> {
+        let mut ev: Event = serde_json::from_str(line)?;
         if ev.event_id.is_none() {
-            ev.event_id = Some(event_id_of(&ev.source, line));
+            ev.event_id = Some(event_id_of(&ev.source, line.as_bytes()));
         }
         ev.validate()?;
         Ok(ev)
@@ -719,7 +732,7 @@ mod tests {
 
     #[test]
     fn native_json_keeps_nanoseconds_and_derives_columns() {
-        let line = br#"{"ts":"2026-11-26T10:00:00.123456789Z","kind":"process_exec","source":"grpc","exe":"/usr/bin/curl","source_ips":["10.0.0.1","10.0.0.2"]}"#;
+        let line = r#"{"ts":"2026-11-26T10:00:00.123456789Z","kind":"process_exec","source":"grpc","exe":"/usr/bin/curl","source_ips":["10.0.0.1","10.0.0.2"]}"#;
         let ev = Event::from_native_json(line).unwrap();
         assert_eq!(ev.ts % 1_000_000_000, 123_456_789);
         let batch = batch_of(std::slice::from_ref(&ev));
@@ -738,7 +751,7 @@ mod tests {
             .column_by_name("event_id")
             .unwrap()
             .as_primitive::<Int64Type>();
-        assert_eq!(id.value(0), event_id_of("grpc", line));
+        assert_eq!(id.value(0), event_id_of("grpc", line.as_bytes()));
         let raw = batch.column_by_name("raw").unwrap();
         assert!(raw.is_null(0));
     }
@@ -862,12 +875,40 @@ mod tests {
 
     #[test]
     fn bad_records_are_refused_with_a_reason() {
-        let e = Event::from_native_json(br#"{"kind":0}"#).unwrap_err();
+        let e = Event::from_native_json(r#"{"kind":0}"#).unwrap_err();
         assert!(e.to_string().contains("invalid type"), "{e}");
-        let e = Event::from_native_json(br#"{"ts":"yesterday","kind":"other","source":"x"}"#)
+        let e = Event::from_native_json(r#"{"ts":"yesterday","kind":"other","source":"x"}"#)
             .unwrap_err();
         assert!(e.to_string().contains("yesterday"), "{e}");
-        let e = Event::from_native_json(br#"{"ts":1,"kind":"nope","source":"x"}"#).unwrap_err();
+        let e = Event::from_native_json(r#"{"ts":1,"kind":"nope","source":"x"}"#).unwrap_err();
         assert!(matches!(e, ModelError::UnknownKind(_)));
+        let e = Event::from_native_json(r#"{"ts":true,"kind":"other","source":"x"}"#).unwrap_err();
+        assert!(
+            e.to_string().contains("RFC 3339 timestamp or an integer"),
+            "{e}"
+        );
+        let e =
+            Event::from_native_json(r#"{"ts":9223372036854775808,"kind":"other","source":"x"}"#)
+                .unwrap_err();
+        assert!(e.to_string().contains("9223372036854775808"), "{e}");
+    }
+
+    #[test]
+    fn native_timestamps_are_text_or_integer_nanoseconds() {
+        for (ts, ns) in [
+            ("-5", -5),
+            ("1764151200123456789", 1_764_151_200_123_456_789),
+            (
+                "\"2025-11-26T10:00:00.123456789Z\"",
+                1_764_151_200_123_456_789,
+            ),
+            (
+                "\"2025-11-26T11:00:00.123456789+01:00\"",
+                1_764_151_200_123_456_789,
+            ),
+        ] {
+            let line = format!(r#"{{"ts":{ts},"kind":"other","source":"x"}}"#);
+            assert_eq!(Event::from_native_json(&line).unwrap().ts, ns, "{line}");
+        }
     }
 }
