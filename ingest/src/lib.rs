@@ -290,8 +290,10 @@ pub fn read_input(
         batcher.parse_chunk(&first, &mut deliver)?;
         return Ok(batcher.summary);
     }
-    let parsers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let max_in_flight = 2 * parsers;
+    let parsers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_PARSERS);
+    let max_in_flight = parsers + 2;
     let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<(u64, Chunk)>(max_in_flight);
     let job_rx = std::sync::Mutex::new(job_rx);
     let (done_tx, done_rx) = std::sync::mpsc::channel::<(u64, Parsed, Chunk)>();
@@ -369,6 +371,10 @@ pub fn read_input(
         }
     })
 }
+
+/// Parsing threads of one input at most: every chunk in flight holds up to [`CHUNK_BYTES`]
+/// (plus a line) and its batches, and all of them are appended on the one calling thread.
+const MAX_PARSERS: usize = 4;
 
 /// Lines handed to a parsing thread at a time: at most `batch_rows` records and about this
 /// many bytes, so that a chunk makes about one batch and a few in flight bound the memory.
