@@ -11,6 +11,7 @@ mod error;
 pub mod functions;
 mod index_count;
 pub mod investigations;
+mod large_topk;
 mod partials;
 mod provider;
 pub mod remote;
@@ -56,6 +57,12 @@ pub async fn session(store: &Store, index: IndexUse) -> Result<SessionContext, Q
     let mut rules: Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> =
         vec![Arc::new(index_count::IndexCountRule)];
     rules.extend(defaults.physical_optimizers().iter().cloned());
+    // Large top-k sorts become sorts that spill, before the pushdown of top-k filters.
+    let at = rules
+        .iter()
+        .position(|r| r.name() == "FilterPushdown(Post)")
+        .unwrap_or(rules.len());
+    rules.insert(at, Arc::new(large_topk::LargeTopKRule));
     let state = SessionStateBuilder::new_from_existing(defaults)
         .with_physical_optimizer_rules(rules)
         .build();

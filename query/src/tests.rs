@@ -904,3 +904,48 @@ async fn concurrent_queries_compute_each_segment_partial_once() {
         store.snapshot().segments.len()
     );
 }
+
+/// A large `ORDER BY .. LIMIT` is a sort that can spill, not a top-k (which cannot, and ran
+/// out of memory on wide rows), and answers the same; a small one stays a top-k.
+#[tokio::test]
+async fn a_large_top_k_is_a_sort_that_can_spill() {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::TimestampNanosecondType;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), options()).unwrap();
+    let n = large_topk::MAX_TOPK_ROWS as u64 + 20_000;
+    for part in 0..4u64 {
+        let events: Vec<Event> = (part * n / 4..(part + 1) * n / 4)
+            .map(|i| Event {
+                // Out of time order (7919 is prime to n), so the sort has work to do.
+                ts: T0 + ((i * 7919) % n) as i64,
+                raw: Some(format!("{i:0>40}")),
+                ..event(i, "billing", "api-1", "/bin/sh", None)
+            })
+            .collect();
+        store.append(batch_of(&events)).unwrap();
+        store.flush().unwrap();
+    }
+    let ctx = session(&store, IndexUse::On).await.unwrap();
+    let fetch = large_topk::MAX_TOPK_ROWS + 10_000;
+    let sql = format!("SELECT ts, raw FROM events ORDER BY ts DESC LIMIT {fetch}");
+    let plan = plan_text(&ctx, &sql).await;
+    assert!(!plan.contains("TopK"), "{plan}");
+    assert!(plan.contains(&format!("fetch={fetch}")), "{plan}");
+    let limited = remote::limited_context(&ctx, &remote::QueryLimits::default()).unwrap();
+    let batches = limited.sql(&sql).await.unwrap().collect().await.unwrap();
+    let ts: Vec<i64> = batches
+        .iter()
+        .flat_map(|b| {
+            b.column(0)
+                .as_primitive::<TimestampNanosecondType>()
+                .values()
+                .to_vec()
+        })
+        .collect();
+    let expected: Vec<i64> = (0..fetch as i64).map(|k| T0 + n as i64 - 1 - k).collect();
+    assert_eq!(ts, expected);
+
+    let plan = plan_text(&ctx, "SELECT ts FROM events ORDER BY ts DESC LIMIT 10").await;
+    assert!(plan.contains("TopK(fetch=10)"), "{plan}");
+}
