@@ -24,7 +24,7 @@ pub const MAX_TOPK_ROWS: usize = 100_000;
 
 /// Replaces each sort with a fetch over [`MAX_TOPK_ROWS`] by the sort without it under a limit.
 /// It runs before the filter pushdown that hands a top-k's dynamic filter to the scans, so no
-/// scan waits on a filter that no top-k will tighten.
+/// scan is left evaluating a filter that no top-k tightens.
 #[derive(Debug, Default)]
 pub struct LargeTopKRule;
 
