@@ -246,10 +246,10 @@ pub type Summary = std::collections::BTreeMap<&'static str, Counts>;
 /// pretty-printed document, a `kubectl get -o json` list) is read as a sequence of JSON
 /// documents instead, each rejection naming the line its document starts on.
 ///
-/// Lines are parsed on every core: the calling thread reads chunks of up to `batch_rows` lines
-/// and hands them to parsing threads (started only when an input is longer than one chunk),
-/// then passes each chunk's batches on in order. Parsing one line after another bounded ingest
-/// of one large file to one core while the others waited.
+/// Lines are parsed on every core (up to four): the calling thread reads chunks of up
+/// to `batch_rows` lines and hands them to parsing threads (started only when an input is
+/// longer than one chunk), then passes each chunk's batches on in order. Parsing one line
+/// after another bounded ingest of one large file to one core while the others waited.
 pub fn read_input(
     input: &Input,
     format: Format,
