@@ -415,10 +415,8 @@ impl InOrder {
         deliver: &mut dyn FnMut(Output) -> Result<(), IngestError>,
     ) -> Result<(), IngestError> {
         while !self.early.contains_key(&self.next) {
-            let (seq, parsed, chunk) = self.done.recv().expect("parsers outlive the reader's wait");
-            self.early
-                .insert(seq, parsed.unwrap_or_else(|p| std::panic::resume_unwind(p)));
-            self.spare.push(chunk);
+            let parsed = self.done.recv().expect("parsers outlive the reader's wait");
+            self.keep(parsed);
         }
         self.deliver_ready(deliver)
     }
@@ -428,10 +426,8 @@ impl InOrder {
         &mut self,
         deliver: &mut dyn FnMut(Output) -> Result<(), IngestError>,
     ) -> Result<(), IngestError> {
-        while let Ok((seq, parsed, chunk)) = self.done.try_recv() {
-            self.early
-                .insert(seq, parsed.unwrap_or_else(|p| std::panic::resume_unwind(p)));
-            self.spare.push(chunk);
+        while let Ok(parsed) = self.done.try_recv() {
+            self.keep(parsed);
         }
         while let Some((out, summary)) = self.early.remove(&self.next) {
             self.next += 1;
@@ -444,6 +440,14 @@ impl InOrder {
             out.into_iter().try_for_each(&mut *deliver)?;
         }
         Ok(())
+    }
+
+    /// Keeps a parsed chunk until its turn (a parser's panic is raised here) and its buffers
+    /// for the reader.
+    fn keep(&mut self, (seq, parsed, chunk): (u64, Parsed, Chunk)) {
+        self.early
+            .insert(seq, parsed.unwrap_or_else(|p| std::panic::resume_unwind(p)));
+        self.spare.push(chunk);
     }
 }
 
