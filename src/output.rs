@@ -25,22 +25,23 @@ pub enum OutputFormat {
     Ndjson,
 }
 
-/// Writes one statement's result as it streams in. CSV and JSON go out batch by batch, so
-/// exporting the whole store takes no more memory than a batch; the table waits for every row
-/// (it needs the column widths).
+/// Writes one statement's result as it streams in and returns its row count. CSV and JSON
+/// go out batch by batch, so exporting the whole store takes no more memory than a batch; the
+/// table waits for every row (it needs the column widths).
 pub async fn write(
     out: &mut dyn Write,
     format: OutputFormat,
     mut stream: SendableRecordBatchStream,
-) -> Result<(), DataFusionError> {
+) -> Result<u64, DataFusionError> {
     let schema = stream.schema();
+    let mut rows = 0u64;
     match format {
         OutputFormat::Table => {
             let mut batches = Vec::new();
             while let Some(batch) = stream.next().await {
                 batches.push(batch?);
             }
-            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+            rows = batches.iter().map(|b| b.num_rows() as u64).sum();
             if batches.iter().any(|b| b.num_columns() > 0) {
                 writeln!(out, "{}", pretty_format_batches(&batches)?)?;
             }
@@ -50,10 +51,9 @@ pub async fn write(
             let mut w = datafusion::arrow::csv::WriterBuilder::new()
                 .with_header(true)
                 .build(&mut *out);
-            let mut rows = 0;
             while let Some(batch) = stream.next().await {
                 let batch = nested_as_json(&batch?)?;
-                rows += batch.num_rows();
+                rows += batch.num_rows() as u64;
                 w.write(&batch)?;
             }
             drop(w);
@@ -65,7 +65,9 @@ pub async fn write(
         OutputFormat::Json => {
             let mut w = datafusion::arrow::json::ArrayWriter::new(&mut *out);
             while let Some(batch) = stream.next().await {
-                w.write(&batch?)?;
+                let batch = batch?;
+                rows += batch.num_rows() as u64;
+                w.write(&batch)?;
             }
             // Writes `[]` for no rows too.
             w.finish()?;
@@ -74,12 +76,15 @@ pub async fn write(
         OutputFormat::Ndjson => {
             let mut w = datafusion::arrow::json::LineDelimitedWriter::new(&mut *out);
             while let Some(batch) = stream.next().await {
-                w.write(&batch?)?;
+                let batch = batch?;
+                rows += batch.num_rows() as u64;
+                w.write(&batch)?;
             }
             w.finish()?;
         }
     }
-    Ok(())
+    out.flush()?;
+    Ok(rows)
 }
 
 /// CSV has no nested values (arrow's writer refused the whole result): each list, struct or
@@ -139,9 +144,10 @@ mod tests {
         let schema = batch.schema();
         let stream = RecordBatchStreamAdapter::new(schema, futures::stream::iter([Ok(batch)]));
         let mut out = Vec::new();
-        write(&mut out, OutputFormat::Csv, Box::pin(stream))
+        let rows = write(&mut out, OutputFormat::Csv, Box::pin(stream))
             .await
             .unwrap();
+        assert_eq!(rows, 3);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "n,k8s_groups\n1,\"[\"\"system:masters\"\",\"\"a \\\"\"quoted\\\"\", name\"\"]\"\n2,\n3,[]\n"

@@ -22,6 +22,8 @@ use futures::StreamExt;
 use tokio::runtime::Runtime;
 use tokio::sync::Notify;
 
+use crate::output::{self, OutputFormat};
+
 const HELP: &str = r"General
   \q                     quit
   \?                     this help
@@ -318,7 +320,13 @@ impl Shell {
             let batches = if lower.ends_with(".parquet") {
                 df.write_parquet(&path, options, None).await?
             } else if lower.ends_with(".csv") {
-                df.write_csv(&path, options, None).await?
+                // As `ktrail sql --format csv` writes it: DataFusion's CSV sink refuses list
+                // columns (`k8s_groups`, `tags`), which this writes as their JSON text.
+                let stream = df.execute_stream().await?;
+                let file = File::create(&path)
+                    .map_err(|e| DataFusionError::External(format!("{path}: {e}").into()))?;
+                let mut out = BufWriter::new(file);
+                return output::write(&mut out, OutputFormat::Csv, stream).await;
             } else if lower.ends_with(".json") || lower.ends_with(".ndjson") {
                 df.write_json(&path, options, None).await?
             } else {

@@ -123,6 +123,7 @@ fn output_files_copy_and_include() {
          \\o\n\
          \\copy (SELECT ts, kind, what FROM exec_trace('9b3c6a1e-0f43-4d7e-a5c2-1d8e7f6a5b4c')) TO 'trace.parquet'\n\
          \\copy (SELECT dst_ip, dst_port FROM egress_unknown('billing') ORDER BY ts) TO 'unknown.csv'\n\
+         \\copy (SELECT k8s_user, k8s_groups FROM events WHERE source = 'k8s_audit' ORDER BY ts LIMIT 1) TO 'groups.csv'\n\
          \\copy (SELECT 1) TO 'x.xlsx'\n\
          CREATE EXTERNAL TABLE trace STORED AS PARQUET LOCATION 'trace.parquet';\n\
          SELECT count(*) AS n FROM trace;\n\
@@ -145,6 +146,12 @@ fn output_files_copy_and_include() {
     assert_eq!(
         std::fs::read_to_string(dir.path().join("unknown.csv")).unwrap(),
         "dst_ip,dst_port\n198.51.100.23,80\n203.0.113.9,4444\n"
+    );
+    // A list column goes out as its JSON text (DataFusion's CSV sink refused it).
+    assert!(out.contains("COPY 1\n"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("groups.csv")).unwrap(),
+        "k8s_user,k8s_groups\nmallory@example.com,\"[\"\"developers\"\",\"\"system:authenticated\"\"]\"\n"
     );
     let errors: Vec<&str> = err.lines().collect();
     assert_eq!(errors.len(), 2, "{err}");
