@@ -1,13 +1,8 @@
 //! Result formats of `ktrail sql`.
 
 use std::io::Write;
-use std::sync::Arc;
 
 use clap::ValueEnum;
-use datafusion::arrow::array::{Array, RecordBatch, StringBuilder};
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use datafusion::arrow::error::ArrowError;
-use datafusion::arrow::json::writer::{EncoderOptions, make_encoder};
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
@@ -52,7 +47,7 @@ pub async fn write(
                 .with_header(true)
                 .build(&mut *out);
             while let Some(batch) = stream.next().await {
-                let batch = nested_as_json(&batch?)?;
+                let batch = query::csv_export::nested_as_json(&batch?)?;
                 rows += batch.num_rows() as u64;
                 w.write(&batch)?;
             }
@@ -87,45 +82,12 @@ pub async fn write(
     Ok(rows)
 }
 
-/// CSV has no nested values (arrow's writer refused the whole result): each list, struct or
-/// map becomes its JSON text (`["a","b"]`), which a reader can take apart again, unlike the
-/// table's `[a, b]`. A null stays an empty field.
-fn nested_as_json(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
-    let schema = batch.schema();
-    if !schema.fields().iter().any(|f| f.data_type().is_nested()) {
-        return Ok(batch.clone());
-    }
-    let options = EncoderOptions::default();
-    let mut fields = Vec::with_capacity(schema.fields().len());
-    let mut columns = Vec::with_capacity(batch.num_columns());
-    for (field, column) in schema.fields().iter().zip(batch.columns()) {
-        if !field.data_type().is_nested() {
-            fields.push(field.clone());
-            columns.push(column.clone());
-            continue;
-        }
-        let mut encoder = make_encoder(field, column.as_ref(), &options)?;
-        let mut text = StringBuilder::new();
-        let mut json = Vec::new();
-        for row in 0..column.len() {
-            if column.is_null(row) {
-                text.append_null();
-                continue;
-            }
-            json.clear();
-            encoder.encode(row, &mut json);
-            text.append_value(String::from_utf8_lossy(&json));
-        }
-        fields.push(Arc::new(Field::new(field.name(), DataType::Utf8, true)));
-        columns.push(Arc::new(text.finish()));
-    }
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::{Int64Array, ListBuilder};
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Int64Array, ListBuilder, RecordBatch, StringBuilder};
     use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 
     #[tokio::test]

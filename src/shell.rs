@@ -320,8 +320,9 @@ impl Shell {
             let batches = if lower.ends_with(".parquet") {
                 df.write_parquet(&path, options, None).await?
             } else if lower.ends_with(".csv") {
-                // As `ktrail sql --format csv` writes it: DataFusion's CSV sink refuses list
-                // columns (`k8s_groups`, `tags`), which this writes as their JSON text.
+                // As `ktrail sql --format csv` writes it, lists as their JSON text.
+                // `DataFrame::write_csv` would take DataFusion's own CSV format, which refuses
+                // list columns, not the one the session registers (`query::csv_export`).
                 let stream = df.execute_stream().await?;
                 let file = File::create(&path)
                     .map_err(|e| DataFusionError::External(format!("{path}: {e}").into()))?;

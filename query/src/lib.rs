@@ -5,6 +5,7 @@
 //! DataFusion re-checks it on whatever rows the segments, indexes and statistics let through;
 //! skipping is only ever done on proof that no row can match.
 
+pub mod csv_export;
 mod deadline;
 mod derived;
 mod error;
@@ -57,15 +58,19 @@ pub async fn session(store: &Store, index: IndexUse) -> Result<SessionContext, Q
     let mut rules: Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> =
         vec![Arc::new(index_count::IndexCountRule)];
     rules.extend(defaults.physical_optimizers().iter().cloned());
-    // Large top-k sorts become sorts that spill, before the pushdown of top-k filters.
+    // Large top-k sorts become sorts that spill, before the pushdown of top-k filters: run
+    // after it, a scan would keep a dynamic filter that nothing tightens. The rule's name is
+    // DataFusion's; if an upgrade renames it, every session fails here rather than run the
+    // rule in the wrong place.
     let at = rules
         .iter()
         .position(|r| r.name() == "FilterPushdown(Post)")
-        .unwrap_or(rules.len());
+        .expect("DataFusion's physical optimizer has a rule named FilterPushdown(Post)");
     rules.insert(at, Arc::new(large_topk::LargeTopKRule));
-    let state = SessionStateBuilder::new_from_existing(defaults)
+    let mut state = SessionStateBuilder::new_from_existing(defaults)
         .with_physical_optimizer_rules(rules)
         .build();
+    state.register_file_format(Arc::new(csv_export::CsvWithJsonFactory::default()), true)?;
     let mut ctx = SessionContext::new_with_state(state);
     datafusion_functions_json::register_all(&mut ctx)?;
     let networks: Vec<(String, String)> = storage::networks::load(store.dir())?

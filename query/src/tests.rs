@@ -949,3 +949,56 @@ async fn a_large_top_k_is_a_sort_that_can_spill() {
     let plan = plan_text(&ctx, "SELECT ts FROM events ORDER BY ts DESC LIMIT 10").await;
     assert!(plan.contains("TopK(fetch=10)"), "{plan}");
 }
+
+/// SQL `COPY … TO '….csv'` writes a list column as its JSON text (DataFusion's CSV sink
+/// refused list columns), and the file reads back as CSV through the same session.
+#[tokio::test]
+async fn copy_to_csv_writes_lists_as_json_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), options()).unwrap();
+    let events = [
+        Event {
+            k8s_groups: Some(vec!["developers".into(), "a \"quoted\", name".into()]),
+            ..event(1, "billing", "api-1", "/bin/sh", None)
+        },
+        event(2, "billing", "api-1", "/bin/sh", None),
+    ];
+    store.append(batch_of(&events)).unwrap();
+    let ctx = session(&store, IndexUse::On).await.unwrap();
+    let path = dir.path().join("groups.csv");
+    let copied = ctx
+        .sql(&format!(
+            "COPY (SELECT event_id, k8s_groups FROM events ORDER BY event_id) TO '{}'",
+            path.display()
+        ))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert!(text(&copied).contains("| 2     |"), "{}", text(&copied));
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "event_id,k8s_groups\n1,\"[\"\"developers\"\",\"\"a \\\"\"quoted\\\"\", name\"\"]\"\n2,\n"
+    );
+    ctx.sql(&format!(
+        "CREATE EXTERNAL TABLE copied STORED AS CSV LOCATION '{}'",
+        path.display()
+    ))
+    .await
+    .unwrap();
+    let (batches, _) = run(
+        &ctx,
+        "SELECT event_id, k8s_groups FROM copied ORDER BY event_id",
+    )
+    .await;
+    assert_eq!(
+        text(&batches),
+        "+----------+-------------------------------------+\n\
+         | event_id | k8s_groups                          |\n\
+         +----------+-------------------------------------+\n\
+         | 1        | [\"developers\",\"a \\\"quoted\\\", name\"] |\n\
+         | 2        |                                     |\n\
+         +----------+-------------------------------------+"
+    );
+}
