@@ -53,7 +53,7 @@ enum Command {
     /// extension. Bad records are reported as PATH:LINE: reason; the rest goes on.
     Ingest {
         /// Input format: auto (recognises each record), native, k8s-audit, falco, tetragon,
-        /// k8s-objects.
+        /// tracee, k8s-objects.
         #[arg(long, default_value = "auto", value_parser = parse_format)]
         format: Format,
         /// Events per batch written to the store.

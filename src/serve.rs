@@ -1,7 +1,7 @@
 //! `ktrail serve`: the listeners over one store. HTTP (`--http`) carries the ingest webhooks of
 //! the contract; gRPC (`--grpc`, [`crate::grpc`]) the native ingest stream and health checks.
 //!
-//! - `POST /v1/ingest/{k8s-audit,falco,tetragon,k8s-objects}`: the body as the producer sends
+//! - `POST /v1/ingest/{k8s-audit,falco,tetragon,tracee,k8s-objects}`: the body as the producer sends
 //!   it (an audit `EventList` from the apiserver webhook, one Falco alert or JSON lines from
 //!   `http_output` / falcosidekick, Tetragon JSON lines, a `kubectl get -o json` list).
 //!   200 only once every accepted event is durable (the store's `append` returned); the reply
@@ -258,11 +258,17 @@ async fn ingest_handler(
         return r;
     }
     let format = match Format::from_name(&format) {
-        Some(f @ (Format::K8sAudit | Format::Falco | Format::Tetragon | Format::K8sObjects)) => f,
+        Some(
+            f @ (Format::K8sAudit
+            | Format::Falco
+            | Format::Tetragon
+            | Format::Tracee
+            | Format::K8sObjects),
+        ) => f,
         _ => {
             return reply(
                 StatusCode::NOT_FOUND,
-                serde_json::json!({"error": format!("no ingest endpoint for {format:?}; use k8s-audit, falco, tetragon or k8s-objects")}),
+                serde_json::json!({"error": format!("no ingest endpoint for {format:?}; use k8s-audit, falco, tetragon, tracee or k8s-objects")}),
             );
         }
     };

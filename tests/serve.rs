@@ -174,6 +174,19 @@ fn webhooks_store_durably_and_sql_answers_after_shutdown() {
         "{body}"
     );
 
+    // A Tracee event, one per request as its webhook output posts them.
+    let tracee = sample("tracee/docs_output-options_sched_process_exec.legacy.json");
+    let (status, body) = request(
+        addr,
+        "POST",
+        "/v1/ingest/tracee",
+        Some(TOKEN),
+        tracee.as_bytes(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let reply: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(reply["accepted"], 1, "{body}");
+
     // A `kubectl get -o json` inventory.
     let inventory = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -215,7 +228,9 @@ fn webhooks_store_durably_and_sql_answers_after_shutdown() {
             "csv",
             "SELECT source, count(*) AS n FROM events GROUP BY source ORDER BY source"
         ),
-        format!("source,n\nfalco,1\nk8s_audit,{n_audit}\nk8s_objects,{n_objects}\ntetragon,3\n")
+        format!(
+            "source,n\nfalco,1\nk8s_audit,{n_audit}\nk8s_objects,{n_objects}\ntetragon,3\ntracee,1\n"
+        )
     );
     let dead = std::fs::read_to_string(data.join("dead-letter.jsonl")).unwrap();
     assert!(dead.contains("\"path\":\"http:tetragon\""), "{dead}");

@@ -14,6 +14,7 @@ mod falco;
 pub mod k8s_audit;
 pub mod k8s_objects;
 pub mod tetragon;
+mod tracee;
 use std::path::{Path, PathBuf};
 
 use model::{Event, EventBatchBuilder, RecordBatch};
@@ -54,17 +55,20 @@ pub enum Format {
     K8sAudit,
     Falco,
     Tetragon,
+    /// Tracee's JSON events (legacy `--output json` and `v1beta1`).
+    Tracee,
     K8sObjects,
 }
 
 impl Format {
     /// Every format, in the order the command line lists them.
-    pub const ALL: [Format; 6] = [
+    pub const ALL: [Format; 7] = [
         Format::Auto,
         Format::Native,
         Format::K8sAudit,
         Format::Falco,
         Format::Tetragon,
+        Format::Tracee,
         Format::K8sObjects,
     ];
 
@@ -81,6 +85,7 @@ impl Format {
             Format::K8sAudit => "k8s-audit",
             Format::Falco => "falco",
             Format::Tetragon => "tetragon",
+            Format::Tracee => "tracee",
             Format::K8sObjects => "k8s-objects",
         }
     }
@@ -88,7 +93,7 @@ impl Format {
     /// Formats whose record is one event with the record itself as `raw`: their parsers
     /// leave `raw` empty and the batch takes it from the input without another copy.
     fn raw_is_record(self) -> bool {
-        matches!(self, Format::Falco | Format::Tetragon)
+        matches!(self, Format::Falco | Format::Tetragon | Format::Tracee)
     }
 }
 
@@ -758,6 +763,7 @@ fn parse_record<'r>(
         Format::K8sAudit => k8s_audit::parse(text, out),
         Format::Falco => falco::parse(text, out),
         Format::Tetragon => tetragon::parse(text, out),
+        Format::Tracee => tracee::parse(text, out),
         Format::K8sObjects => k8s_objects::parse(text, observed_at, out),
         Format::Auto => unreachable!("resolved above"),
     };
@@ -767,7 +773,7 @@ fn parse_record<'r>(
 fn unrecognised(record: &[u8]) -> String {
     match serde_json::from_slice::<serde::de::IgnoredAny>(record) {
         Err(e) => format!("invalid JSON: {e}"),
-        Ok(_) => "unrecognised record: not a Kubernetes audit event, Falco alert, Tetragon event, Kubernetes object list or native ktrail event".into(),
+        Ok(_) => "unrecognised record: not a Kubernetes audit event, Falco alert, Tetragon or Tracee event, Kubernetes object list or native ktrail event".into(),
     }
 }
 
@@ -788,6 +794,10 @@ struct Keys {
     items: memchr::memmem::Finder<'static>,
     metadata: memchr::memmem::Finder<'static>,
     kind: memchr::memmem::Finder<'static>,
+    event_name: memchr::memmem::Finder<'static>,
+    process_id: memchr::memmem::Finder<'static>,
+    workload: memchr::memmem::Finder<'static>,
+    timestamp: memchr::memmem::Finder<'static>,
 }
 
 static KEYS: std::sync::LazyLock<Keys> = std::sync::LazyLock::new(|| {
@@ -807,6 +817,10 @@ static KEYS: std::sync::LazyLock<Keys> = std::sync::LazyLock::new(|| {
         items: f("\"items\""),
         metadata: f("\"metadata\""),
         kind: f("\"kind\":"),
+        event_name: f("\"eventName\":"),
+        process_id: f("\"processId\":"),
+        workload: f("\"workload\":"),
+        timestamp: f("\"timestamp\":"),
     }
 });
 
@@ -849,6 +863,9 @@ fn detect(record: &[u8]) -> Option<Format> {
     } else if has(&k.api_version) && (has(&k.items) || has(&k.metadata)) && has(&k.kind) {
         // `kubectl get -o json` output is pretty-printed (`"kind": "List"`).
         Some(Format::K8sObjects)
+    } else if has(&k.timestamp) && (has(&k.event_name) && has(&k.process_id) || has(&k.workload)) {
+        // Tracee: legacy `trace.Event` or `v1beta1.Event`.
+        Some(Format::Tracee)
     } else {
         None
     }
@@ -1121,6 +1138,33 @@ mod tests {
             datafusion_display(&batches[0], "workload_name"),
             "file-access"
         );
+    }
+
+    /// Both Tracee samples are recognised by `auto` (the v1beta1 one is a pretty-printed
+    /// document) and keep their record as `raw`.
+    #[test]
+    fn tracee_samples_ingest_by_auto() {
+        for (file, exe) in [
+            (
+                "tracee/docs_output-options_sched_process_exec.legacy.json",
+                "/usr/bin/exa",
+            ),
+            (
+                "tracee/docs_event-structure_sched_process_exec.v1beta1.json",
+                "/usr/bin/ls",
+            ),
+        ] {
+            let path = Path::new(SAMPLES).join(file);
+            let (batches, rejections, summary) = read_path(&path, Format::Auto);
+            assert!(rejections.is_empty(), "{file}: {rejections:?}");
+            assert_eq!(summary["tracee"].events, 1, "{file}");
+            assert_eq!(datafusion_display(&batches[0], "source"), "tracee");
+            assert_eq!(datafusion_display(&batches[0], "kind"), "process_exec");
+            assert_eq!(datafusion_display(&batches[0], "exe"), exe);
+            let raw = datafusion_display(&batches[0], "raw");
+            let record = std::fs::read_to_string(&path).unwrap();
+            assert_eq!(raw, record.trim(), "{file}");
+        }
     }
 
     #[test]
