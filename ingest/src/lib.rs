@@ -863,7 +863,8 @@ fn detect(record: &[u8]) -> Option<Format> {
     } else if has(&k.api_version) && (has(&k.items) || has(&k.metadata)) && has(&k.kind) {
         // `kubectl get -o json` output is pretty-printed (`"kind": "List"`).
         Some(Format::K8sObjects)
-    } else if has(&k.timestamp) && (has(&k.event_name) && has(&k.process_id) || has(&k.workload)) {
+    } else if has(&k.timestamp) && ((has(&k.event_name) && has(&k.process_id)) || has(&k.workload))
+    {
         // Tracee: legacy `trace.Event` or `v1beta1.Event`.
         Some(Format::Tracee)
     } else {
