@@ -1,9 +1,10 @@
 //! Tracee's JSON events, in both shapes Tracee writes:
-//! - the legacy `trace.Event` (`--output json`): `timestamp` in epoch nanoseconds,
-//!   `eventName`, `processId` / `hostProcessId` / `hostParentProcessId`, `userId`, `hostName`,
-//!   the container and pod either flat (`containerId`, `podName`, ...; before v0.11) or nested
-//!   (`container: {id, name, image}`, `kubernetes: {podName, podNamespace, podUID}`), and
-//!   `args: [{name, type, value}]`;
+//! - the legacy `trace.Event` (`--output json`, `types/trace/trace.go`): `timestamp` in epoch
+//!   nanoseconds, `eventName`, `processId` / `hostProcessId` / `hostParentProcessId`, `userId`,
+//!   `hostName`, `executable.path`, `processEntityId` / `parentEntityId` (Tracee's process
+//!   identities), the container and pod nested (`container: {id, name, image}`,
+//!   `kubernetes: {podName, podNamespace, podUID}`) or flat as older releases wrote them
+//!   (`containerId`, `podName`, ...; the sample's shape), and `args: [{name, type, value}]`;
 //! - the `tracee.v1beta1.Event` of `api/v1beta1/event.proto` as JSON: `timestamp` (RFC 3339,
 //!   or `{seconds, nanos}`), `name`, `workload.{process, container, k8s}` and
 //!   `data: [{name, <typed value>}]`. Wrapped integers (`google.protobuf.UInt32Value`) are
@@ -52,6 +53,11 @@ fn int(v: Option<&Value>) -> Option<i64> {
     }
 }
 
+/// A Tracee process identity; 0 means none.
+fn entity(v: Option<&Value>) -> Option<String> {
+    int(v).filter(|&id| id != 0).map(|id| id.to_string())
+}
+
 /// `v[key]`, when `v` is there.
 fn field<'a>(v: Option<&'a Value>, key: &str) -> Option<&'a Value> {
     v.and_then(|v| v.get(key))
@@ -98,11 +104,16 @@ fn legacy(top: &Map<String, Value>) -> Result<Event, String> {
         pid: int(top.get("hostProcessId")).or_else(|| int(top.get("processId"))),
         ppid: int(top.get("hostParentProcessId")).or_else(|| int(top.get("parentProcessId"))),
         uid: int(top.get("userId")),
+        exec_id: entity(top.get("processEntityId")),
+        parent_exec_id: entity(top.get("parentEntityId")),
         ..Default::default()
     };
-    // `exe` only from an exec's `pathname`: `processName` is the 16-byte comm, not a path
-    // (it stays in `raw`).
     ev.kind = event_kind(name, &args, &mut ev);
+    // An exec's `pathname` first, else the process's executable; never `processName`, the
+    // 16-byte comm, which is not a path (it stays in `raw`).
+    if ev.exe.is_none() {
+        ev.exe = text(field(top.get("executable"), "path"));
+    }
     Ok(ev)
 }
 
@@ -166,12 +177,12 @@ fn v1beta1(top: &Map<String, Value>) -> Result<Event, String> {
         pid: pid_of(process),
         ppid: pid_of(parent),
         uid: int(field(field(process, "real_user"), "id")),
-        exec_id: int(field(process, "unique_id")).map(|id| id.to_string()),
-        parent_exec_id: int(field(parent, "unique_id")).map(|id| id.to_string()),
+        exec_id: entity(field(process, "unique_id")),
+        parent_exec_id: entity(field(parent, "unique_id")),
         ..Default::default()
     };
     ev.kind = event_kind(name, &args, &mut ev);
-    if ev.exe.is_none() && ev.kind.starts_with("process_") {
+    if ev.exe.is_none() {
         ev.exe = text(field(field(process, "executable"), "path"));
     }
     Ok(ev)
@@ -289,7 +300,7 @@ mod tests {
     #[test]
     fn legacy_nested_workload_and_connect() {
         let ev = one(
-            r#"{"timestamp":1732454400000000001,"processId":7,"hostProcessId":4242,"hostParentProcessId":4200,"userId":0,"processName":"curl","hostName":"worker-1","container":{"id":"containerd://3ad7b26ded6d","name":"api","image":"docker.io/library/alpine:3.20"},"kubernetes":{"podName":"invoice-api-7d9f","podNamespace":"billing","podUID":"5b1f"},"eventName":"security_socket_connect","args":[{"name":"sockfd","type":"int","value":3},{"name":"remote_addr","type":"struct sockaddr*","value":{"sa_family":"AF_INET","sin_addr":"198.51.100.23","sin_port":"443"}}]}"#,
+            r#"{"timestamp":1732454400000000001,"processId":7,"hostProcessId":4242,"hostParentProcessId":4200,"userId":0,"processName":"curl","executable":{"path":"/usr/bin/curl"},"processEntityId":3418850427,"parentEntityId":0,"hostName":"worker-1","containerId":"","container":{"id":"containerd://3ad7b26ded6d","name":"api","image":"docker.io/library/alpine:3.20"},"kubernetes":{"podName":"invoice-api-7d9f","podNamespace":"billing","podUID":"5b1f"},"eventName":"security_socket_connect","args":[{"name":"sockfd","type":"int","value":3},{"name":"remote_addr","type":"struct sockaddr*","value":{"sa_family":"AF_INET","sin_addr":"198.51.100.23","sin_port":"443"}}]}"#,
         );
         assert_eq!(ev.kind, "network_connect");
         assert_eq!(ev.dst_ip.as_deref(), Some("198.51.100.23"));
@@ -305,8 +316,9 @@ mod tests {
             (Some("billing"), Some("invoice-api-7d9f"), Some("5b1f"))
         );
         assert_eq!(ev.pid, Some(4242));
-        // No executable path is made up from the comm (`processName`).
-        assert_eq!(ev.exe, None);
+        assert_eq!(ev.exe.as_deref(), Some("/usr/bin/curl"));
+        assert_eq!(ev.exec_id.as_deref(), Some("3418850427"));
+        assert_eq!(ev.parent_exec_id, None);
     }
 
     #[test]
