@@ -130,7 +130,12 @@ async fn count_durable(ack: &mut IngestAck, pending: storage::PendingAppend) -> 
 
 /// A failed append: nothing after it is acknowledged; the client resends the stream.
 fn store_error(e: storage::StorageError) -> Status {
-    Status::unavailable(format!("store: {e}"))
+    if e.is_no_space() {
+        // A full disk: retry later; the store takes writes again once there is room.
+        Status::resource_exhausted(format!("store: {e}"))
+    } else {
+        Status::unavailable(format!("store: {e}"))
+    }
 }
 
 /// One message as a record batch of the `events` schema; bad events are named in `errors` and

@@ -18,8 +18,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -52,6 +52,7 @@ struct AppState {
     store: Store,
     token: Option<String>,
     permits: Semaphore,
+    max_body_bytes: usize,
     batch_rows: usize,
     dead_letter: Mutex<DeadLetter>,
 }
@@ -70,6 +71,7 @@ pub async fn run(store: Store, data: PathBuf, options: ServeOptions) -> Result<(
         store: store.clone(),
         token: options.token.clone(),
         permits: Semaphore::new(options.max_inflight.max(1)),
+        max_body_bytes: options.max_body_bytes,
         batch_rows: options.batch_rows.max(1),
         dead_letter: Mutex::new(DeadLetter::new(&data.join("dead-letter.jsonl"))),
     });
@@ -80,9 +82,8 @@ pub async fn run(store: Store, data: PathBuf, options: ServeOptions) -> Result<(
     let mut servers = tokio::task::JoinSet::new();
     if let Some(addr) = options.http {
         let app = Router::new()
-            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/healthz", get(healthz))
             .route("/v1/ingest/{format}", post(ingest_handler))
-            .layer(DefaultBodyLimit::max(options.max_body_bytes))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -242,11 +243,25 @@ fn reply(status: StatusCode, body: serde_json::Value) -> Response {
     r
 }
 
+/// 200 `ok` while the store takes writes; 503 with the reason while it refuses them (a full
+/// disk: it takes them again once there is room).
+async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    match state.store.write_refusal() {
+        None => (StatusCode::OK, "ok\n").into_response(),
+        Some(reason) => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"status": "refusing writes", "reason": reason}),
+        ),
+    }
+}
+
+/// The body is read only after the token and an in-flight permit are checked, so a client
+/// without the token holds no memory, and at most `max_inflight` bodies are held at once.
 async fn ingest_handler(
     State(state): State<Arc<AppState>>,
     Path(format): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     if !authorized(&state, &headers) {
         let mut r = reply(
@@ -282,12 +297,29 @@ async fn ingest_handler(
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return r;
     };
+    let body = match axum::body::to_bytes(body, state.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => {
+            // `to_bytes` fails for a body over the limit or a connection that broke.
+            let over = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            let (status, msg) = match over {
+                true => (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("body over --max-body-bytes ({})", state.max_body_bytes),
+                ),
+                false => (StatusCode::BAD_REQUEST, format!("reading the body: {e}")),
+            };
+            return reply(status, serde_json::json!({"error": msg}));
+        }
+    };
     let worker = state.clone();
     let result = tokio::task::spawn_blocking(move || store_body(&worker, format, body)).await;
     drop(permit);
     match result {
         Ok(Ok(report)) => report,
-        Ok(Err(e)) => reply(
+        Ok(Err(StoreFailure::Store(e))) => store_refused(&e),
+        Ok(Err(StoreFailure::Other(e))) => reply(
             StatusCode::SERVICE_UNAVAILABLE,
             serde_json::json!({"error": e}),
         ),
@@ -298,9 +330,34 @@ async fn ingest_handler(
     }
 }
 
+/// A body the store did not take: nothing of it after the failure is acknowledged, and the
+/// producer sends it again (its events already stored count as duplicates then).
+enum StoreFailure {
+    Store(storage::StorageError),
+    Other(String),
+}
+
+/// 507 + `Retry-After` for a full disk (writes resume by themselves once there is room), 503
+/// + `Retry-After` for another passing refusal, 503 for a store that needs a restart.
+fn store_refused(e: &storage::StorageError) -> Response {
+    let (status, retry) = if e.is_no_space() {
+        (StatusCode::INSUFFICIENT_STORAGE, Some("10"))
+    } else if e.is_transient() {
+        (StatusCode::SERVICE_UNAVAILABLE, Some("1"))
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, None)
+    };
+    let mut r = reply(status, serde_json::json!({"error": e.to_string()}));
+    if let Some(secs) = retry {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
+    }
+    r
+}
+
 /// Parses and stores one body; returns the reply, or an error when the store failed (nothing
 /// after the failure is acknowledged).
-fn store_body(state: &AppState, format: Format, body: Bytes) -> Result<Response, String> {
+fn store_body(state: &AppState, format: Format, body: Bytes) -> Result<Response, StoreFailure> {
     let input = Input::Memory {
         name: format!("http:{}", format.name()),
         data: Arc::from(body.as_ref()),
@@ -312,20 +369,31 @@ fn store_body(state: &AppState, format: Format, body: Bytes) -> Result<Response,
         duplicates += out.duplicates;
     };
     let mut pipeline = storage::AppendPipeline::new(&state.store, &mut on_durable);
-    let mut sink = |_: Format, batch| pipeline.push((), batch).map_err(|e| e.to_string());
+    let mut failed = None;
+    let mut sink = |_: Format, batch| {
+        pipeline.push((), batch).map_err(|e| {
+            let msg = e.to_string();
+            failed.get_or_insert(e);
+            msg
+        })
+    };
     let mut reject = |r: ingest::Rejection| rejections.push(r);
     let summary = ingest::read_input(&input, format, state.batch_rows, &mut sink, &mut reject)
         .map_err(|e| e.to_string());
     // The reply is sent only when every batch of the body is durable (or one failed).
-    pipeline.finish().map_err(|e| e.to_string())?;
-    let summary = summary?;
+    let finished = pipeline.finish();
+    if let Some(e) = failed {
+        return Err(StoreFailure::Store(e));
+    }
+    finished.map_err(StoreFailure::Store)?;
+    let summary = summary.map_err(StoreFailure::Other)?;
     if !rejections.is_empty() {
         let mut dl = state.dead_letter.lock();
         for r in &rejections {
             tracing::warn!("{r}");
             dl.keep(r);
         }
-        dl.finish()?;
+        dl.finish().map_err(StoreFailure::Other)?;
     }
     let records: u64 = summary.values().map(|c| c.records).sum();
     let status = if records > 0 && rejections.len() as u64 == records {

@@ -25,6 +25,24 @@ pub enum StorageError {
     /// on disk is unknown, so the store refuses further writes until it is reopened.
     #[error("store is read-only after an earlier write failure: {0}")]
     Poisoned(String),
+    /// The file system holding `path` is full (or the quota is used up). Nothing of the write
+    /// was kept; the store takes writes again as soon as one fits.
+    #[error("no space left for {path}: {reason}; writes resume when space is freed")]
+    NoSpace { path: PathBuf, reason: String },
+    /// A batch submitted before this one failed, and this one's duplicates may have been
+    /// counted against its events: nothing of this batch was stored; send it again.
+    #[error("an earlier batch was not stored, so this one was not either; send it again")]
+    EarlierWriteFailed,
+    /// The store has never been this far behind flushing: the memtable is at twice its limit
+    /// because flushes fail (the reason); appends resume once a flush succeeds.
+    #[error("the memtable is full because flushes fail: {0}")]
+    FlushFailing(Box<StorageError>),
+    /// `MANIFEST` is missing or unreadable while segment files exist: the store does not open
+    /// rather than take the segments for leftovers. `ktrail repair` rebuilds it.
+    #[error(
+        "{path}: {reason}; the segments are kept; run `ktrail repair` to rebuild the manifest from them"
+    )]
+    ManifestLost { path: PathBuf, reason: String },
     /// The batch does not have the `events` schema.
     #[error("batch schema does not match the events schema: {0}")]
     SchemaMismatch(String),
@@ -47,6 +65,68 @@ pub enum StorageError {
     /// The store was closed.
     #[error("store is closed")]
     Closed,
+}
+
+impl StorageError {
+    /// True when the failure is the file system being full or a quota used up: the caller
+    /// may retry later (HTTP 507, gRPC `RESOURCE_EXHAUSTED`).
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            StorageError::NoSpace { .. } => true,
+            StorageError::Io { source, .. } => is_no_space(source),
+            StorageError::Parquet(datafusion::parquet::errors::ParquetError::External(e)) => {
+                e.downcast_ref::<std::io::Error>().is_some_and(is_no_space)
+            }
+            StorageError::FlushFailing(e) => e.is_no_space(),
+            _ => false,
+        }
+    }
+
+    /// True when retrying the same write later can succeed without a restart.
+    pub fn is_transient(&self) -> bool {
+        self.is_no_space()
+            || matches!(
+                self,
+                StorageError::EarlierWriteFailed | StorageError::FlushFailing(_)
+            )
+    }
+
+    /// An I/O failure for want of space as [`StorageError::NoSpace`]; others unchanged.
+    pub(crate) fn into_no_space(self) -> StorageError {
+        match self {
+            StorageError::Io { path, source } if is_no_space(&source) => StorageError::NoSpace {
+                path,
+                reason: source.to_string(),
+            },
+            e => e,
+        }
+    }
+
+    /// The same failure once more, for each of several waiters (an `io::Error` is not
+    /// `Clone`: its kind and text are kept).
+    pub(crate) fn duplicate(&self) -> StorageError {
+        match self {
+            StorageError::Io { path, source } => StorageError::Io {
+                path: path.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            StorageError::NoSpace { path, reason } => StorageError::NoSpace {
+                path: path.clone(),
+                reason: reason.clone(),
+            },
+            StorageError::Poisoned(m) => StorageError::Poisoned(m.clone()),
+            StorageError::EarlierWriteFailed => StorageError::EarlierWriteFailed,
+            StorageError::Closed => StorageError::Closed,
+            other => StorageError::Poisoned(other.to_string()),
+        }
+    }
+}
+
+fn is_no_space(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }
 
 /// Result with [`StorageError`].

@@ -17,6 +17,7 @@ pub mod index;
 pub mod json_file;
 pub mod manifest;
 pub mod networks;
+mod repair;
 pub mod segment;
 pub mod wal;
 
@@ -36,6 +37,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 pub use error::{Result, StorageError};
 pub use index::{INDEXED_COLUMNS, SegmentIndex};
 pub use manifest::{Manifest, SegmentMeta};
+pub use repair::{RepairReport, repair};
 pub use segment::{Segment, SegmentOptions};
 pub use wal::{ReplayReport, WalOptions};
 
@@ -101,7 +103,8 @@ pub struct AppendOutcome {
 pub struct PendingAppend {
     store: Store,
     outcome: AppendOutcome,
-    /// `None` when no row was accepted (nothing to write).
+    /// `None` when nothing is to be waited for: no row accepted and no duplicate counted
+    /// against a batch not yet durable.
     durable: Option<wal::Pending>,
 }
 
@@ -112,7 +115,9 @@ impl PendingAppend {
     pub fn wait(self) -> Result<AppendOutcome> {
         if let Some(durable) = self.durable {
             durable.wait()?;
-            self.store.after_append();
+            if self.outcome.accepted > 0 {
+                self.store.after_append();
+            }
         }
         Ok(self.outcome)
     }
@@ -211,6 +216,26 @@ struct Dedup {
     hours: HashMap<i64, IdSet>,
 }
 
+impl Dedup {
+    /// Forgets the ids of `batch`, reserved by an append that failed, so a retry stores them.
+    fn release(&mut self, batch: &RecordBatch) {
+        let ids = batch
+            .column_by_name(model::col::EVENT_ID)
+            .expect("schema checked")
+            .as_primitive::<Int64Type>()
+            .values();
+        let ts = batch
+            .column(0)
+            .as_primitive::<TimestampNanosecondType>()
+            .values();
+        for (id, t) in ids.iter().zip(ts.iter()) {
+            if let Some(set) = self.hours.get_mut(&segment::hour_of(*t)) {
+                set.remove(id);
+            }
+        }
+    }
+}
+
 /// Event ids of one hour. aHash, not the standard SipHash: hashing was most of the
 /// deduplication's time (perf, `ingest_durable/grpc_arrow_ipc_no_raw`), and aHash is still
 /// randomly keyed per process against ids chosen to collide.
@@ -220,7 +245,10 @@ struct Inner {
     dir: PathBuf,
     options: StoreOptions,
     state: Arc<RwLock<State>>,
-    dedup: Mutex<Dedup>,
+    dedup: Arc<Mutex<Dedup>>,
+    /// Held from reserving a batch's ids to handing it to the WAL, so batches reach the WAL
+    /// in the order their ids were reserved (see [`Store::submit`]).
+    submit_order: Mutex<()>,
     /// Serialises flushes and compactions (the manifest has one writer).
     maintenance: Mutex<()>,
     wal: Wal<RecordBatch>,
@@ -263,9 +291,16 @@ impl Drop for BackgroundThread {
 #[derive(Debug, Clone, Default)]
 pub struct OpenReport {
     pub wal: ReplayReport,
-    /// Files left over from a crash (unlisted segments, temp files) that were deleted.
+    /// Files left over from a crash that were deleted: temp files, and segment files of a
+    /// flush or compaction that never reached the manifest (ids it had not handed out yet).
     pub removed_orphans: Vec<PathBuf>,
+    /// Segment files the manifest does not account for, moved to `quarantine/` (never
+    /// deleted): where each was and where it is now.
+    pub quarantined: Vec<(PathBuf, PathBuf)>,
 }
+
+/// Directory of a store where files it cannot account for are moved, never deleted.
+pub const QUARANTINE_DIR: &str = "quarantine";
 
 impl Store {
     /// Opens or creates the store in `dir`: takes the directory lock, loads the manifest, checks
@@ -274,27 +309,35 @@ impl Store {
         let dir = dir.as_ref().to_path_buf();
         fsutil::create_dir_durable(&dir)?;
         let dir = dir.canonicalize().at(&dir)?;
-        let lock_path = dir.join("LOCK");
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .at(&lock_path)?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(StorageError::Locked { path: dir }),
-            Err(fs::TryLockError::Error(e)) => return Err(e).at(&lock_path),
-        }
+        let lock = lock_dir(&dir)?;
 
-        let manifest = Manifest::load(&dir)?.unwrap_or_else(|| Manifest {
-            schema_version: model::SCHEMA_VERSION,
-            next_segment_id: 1,
-            ..Default::default()
-        });
+        let manifest = match Manifest::load(&dir) {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                // A new store saves its manifest before anything else, so a segment file
+                // without one means the manifest was lost, not that the store is new.
+                if let Some(found) = first_segment_file(&dir)? {
+                    return Err(StorageError::ManifestLost {
+                        path: dir.join(manifest::MANIFEST_FILE),
+                        reason: format!("missing, but {} exists", found.display()),
+                    });
+                }
+                let m = Manifest {
+                    schema_version: model::SCHEMA_VERSION,
+                    next_segment_id: 1,
+                    ..Default::default()
+                };
+                m.save(&dir)?;
+                m
+            }
+            Err(StorageError::Corruption { path, reason, .. }) => {
+                return Err(StorageError::ManifestLost { path, reason });
+            }
+            Err(e) => return Err(e),
+        };
         let mut report = OpenReport::default();
         check_listed_files(&dir, &manifest)?;
-        remove_orphans(&dir, &manifest, &mut report.removed_orphans)?;
+        remove_orphans(&dir, &manifest, &mut report)?;
 
         let segments: Vec<Arc<Segment>> = manifest
             .segments
@@ -320,6 +363,10 @@ impl Store {
             st.last_seq = seq;
             st.memtable.push((seq, batch));
         });
+        let dedup = Arc::new(Mutex::new(Dedup::default()));
+        let failed_dedup = dedup.clone();
+        let failed: wal::FailedSink<RecordBatch> =
+            Arc::new(move |batch: RecordBatch| failed_dedup.lock().release(&batch));
         let flushed_seq = state.read().manifest.flushed_seq;
         let wal_dir = dir.join("wal");
         let mut replayed = Vec::new();
@@ -328,6 +375,7 @@ impl Store {
             flushed_seq,
             options.wal.clone(),
             sink,
+            failed,
             |seq, payload| {
                 let batch =
                     wal::decode_batch(payload).map_err(|reason| StorageError::Corruption {
@@ -357,7 +405,8 @@ impl Store {
             dir,
             options,
             state,
-            dedup: Mutex::new(Dedup::default()),
+            dedup,
+            submit_order: Mutex::new(()),
             maintenance: Mutex::new(()),
             wal,
             wake: Condvar::new(),
@@ -396,27 +445,62 @@ impl Store {
     /// durable in the order they are submitted.
     pub fn submit(&self, batch: RecordBatch) -> Result<PendingAppend> {
         check_schema(&batch)?;
+        self.make_room()?;
+        let level = self.inner.options.wal_zstd_level;
+        // Encoded before the order lock (most batches have no duplicate), so appenders
+        // encode in parallel.
+        let mut payload = (batch.num_rows() > 0)
+            .then(|| wal::encode_batch(&batch, level))
+            .transpose()?;
         let mut outcome = AppendOutcome::default();
+        let _order = self.inner.submit_order.lock();
+        // The WAL's failure count before any id is reserved: a duplicate may be counted
+        // against a batch submitted earlier and not yet durable, so this batch is
+        // acknowledged only if no write failed since (else that event could be in neither).
+        let guard = self.inner.wal.failures();
         // An empty batch reserves nothing and accepts nothing: no WAL record is written.
         let fresh = self.inner.reserve_ids(&batch)?;
         outcome.duplicates = fresh.len() - fresh.true_count();
         let batch = if outcome.duplicates == 0 {
             batch
         } else {
-            filter_record_batch(&batch, &fresh)?
+            let kept = filter_record_batch(&batch, &fresh)?;
+            payload = (kept.num_rows() > 0)
+                .then(|| wal::encode_batch(&kept, level))
+                .transpose()
+                .inspect_err(|_| self.inner.dedup.lock().release(&kept))?;
+            kept
         };
         outcome.accepted = batch.num_rows();
-        let durable = if outcome.accepted > 0 {
-            let payload = wal::encode_batch(&batch, self.inner.options.wal_zstd_level)?;
-            Some(self.inner.wal.submit(payload, batch)?)
-        } else {
-            None
+        let guard = (outcome.duplicates > 0).then_some(guard);
+        let durable = match (payload, guard) {
+            (Some(payload), guard) => Some(self.inner.wal.submit_guarded(payload, batch, guard)?),
+            (None, Some(guard)) => Some(self.inner.wal.barrier(guard)?),
+            (None, None) => None,
         };
         Ok(PendingAppend {
             store: self.clone(),
             outcome,
             durable,
         })
+    }
+
+    /// Bounds the memtable when flushes fail: at twice its limit the appender flushes
+    /// itself, and while that fails appends are refused (the flush's error says why; they
+    /// resume once one succeeds) instead of growing the memtable without end.
+    fn make_room(&self) -> Result<()> {
+        if self.inner.memtable_fill() < 2.0 {
+            return Ok(());
+        }
+        self.inner
+            .flush()
+            .map_err(|e| StorageError::FlushFailing(Box::new(e)))
+    }
+
+    /// Why the store refuses appends now, if it does: the last WAL write found no space (it
+    /// takes appends again once one fits), or a write failure poisoned it.
+    pub fn write_refusal(&self) -> Option<String> {
+        self.inner.wal.refusing()
     }
 
     fn after_append(&self) {
@@ -638,16 +722,28 @@ impl Inner {
         let sorted = segment::sort_rows(&batches)?;
         let mut manifest = self.state.read().manifest.clone();
         let mut new_segments = Vec::new();
-        for (hour, rows) in segment::split_by_hour(&sorted) {
-            let id = manifest.next_segment_id;
-            manifest.next_segment_id += 1;
-            let meta =
-                segment::write_segment(&self.dir, id, hour, 0, &rows, &self.options.segment)?;
-            manifest.segments.push(meta.clone());
-            new_segments.push(Arc::new(Segment::new(&self.dir, meta)));
+        let mut written = Vec::new();
+        let published = (|| {
+            for (hour, rows) in segment::split_by_hour(&sorted) {
+                let id = manifest.next_segment_id;
+                manifest.next_segment_id += 1;
+                written.push((id, hour));
+                let meta =
+                    segment::write_segment(&self.dir, id, hour, 0, &rows, &self.options.segment)?;
+                manifest.segments.push(meta.clone());
+                new_segments.push(Arc::new(Segment::new(&self.dir, meta)));
+            }
+            manifest.flushed_seq = upto_seq;
+            manifest.save(&self.dir)
+        })();
+        if let Err(e) = published {
+            // Files of this flush alone, listed nowhere: they would only hold the space a
+            // full disk needs back (the rows stay in the memtable and the WAL).
+            for (id, hour) in written {
+                segment::discard_unpublished(&self.dir, id, hour);
+            }
+            return Err(e);
         }
-        manifest.flushed_seq = upto_seq;
-        manifest.save(&self.dir)?;
         {
             let mut st = self.state.write();
             st.manifest = manifest;
@@ -739,6 +835,11 @@ impl Inner {
 
     /// Writes `group`'s rows, merged, as segment `id` (not yet listed).
     fn write_merged(&self, id: u64, group: &[Arc<Segment>]) -> Result<SegmentMeta> {
+        // A merge writes a fresh checksum over whatever it read: damage must stop it here,
+        // or the new segment would carry it under a valid hash and the originals be deleted.
+        for s in group {
+            s.verify()?;
+        }
         let hour = segment::hour_of(group[0].meta.min_ts);
         let level = group.iter().map(|s| s.meta.level).max().unwrap_or(0) + 1;
         let rows = group.iter().map(|s| s.meta.rows as usize).sum();
@@ -750,8 +851,9 @@ impl Inner {
             rows,
             &self.options.segment,
         )?;
-        compaction::merge_into(group, &mut writer)?;
-        writer.finish()
+        compaction::merge_into(group, &mut writer)
+            .and_then(|()| writer.finish())
+            .inspect_err(|_| segment::discard_unpublished(&self.dir, id, hour))
     }
 
     /// Lists `merged` in place of `group`, durably, and retires the group's segments.
@@ -761,7 +863,9 @@ impl Inner {
         let old: HashSet<u64> = group.iter().map(|s| s.meta.id).collect();
         manifest.segments.retain(|s| !old.contains(&s.id));
         manifest.segments.push(merged.clone());
-        manifest.save(&self.dir)?;
+        manifest.save(&self.dir).inspect_err(|_| {
+            segment::discard_unpublished(&self.dir, merged.id, segment::hour_of(merged.min_ts))
+        })?;
         let mut st = self.state.write();
         st.manifest = manifest;
         st.segments.retain(|s| !old.contains(&s.meta.id));
@@ -855,37 +959,125 @@ fn check_listed_files(dir: &Path, manifest: &Manifest) -> Result<()> {
     Ok(())
 }
 
-/// Deletes files under `segments/` that the manifest does not list (crash leftovers), and
-/// the caches of unlisted segments.
-fn remove_orphans(dir: &Path, manifest: &Manifest, removed: &mut Vec<PathBuf>) -> Result<()> {
+/// Takes the store directory's lock (`LOCK`, `flock`): held while the file stays open.
+fn lock_dir(dir: &Path) -> Result<File> {
+    let lock_path = dir.join("LOCK");
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .at(&lock_path)?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(fs::TryLockError::WouldBlock) => Err(StorageError::Locked {
+            path: dir.to_path_buf(),
+        }),
+        Err(fs::TryLockError::Error(e)) => Err(e).at(&lock_path),
+    }
+}
+
+/// Files under `segments/` that the manifest does not list: temp files and segment files
+/// with ids the manifest has not handed out yet (a flush or compaction that crashed before
+/// publishing) are this store's own leftovers and are deleted; anything else is moved to
+/// `quarantine/` under its path, never deleted. Then the caches of unlisted segments go.
+fn remove_orphans(dir: &Path, manifest: &Manifest, report: &mut OpenReport) -> Result<()> {
     let listed: HashSet<PathBuf> = manifest
         .segments
         .iter()
         .flat_map(|s| [dir.join(&s.path), dir.join(&s.index_path)])
         .collect();
     let root = dir.join("segments");
+    if root.is_dir() {
+        let mut stack = vec![root];
+        while let Some(d) = stack.pop() {
+            let mut changed = false;
+            for entry in fs::read_dir(&d).at(&d)? {
+                let entry = entry.at(&d)?;
+                let p = entry.path();
+                if entry.file_type().at(&p)?.is_dir() {
+                    stack.push(p);
+                    continue;
+                }
+                if listed.contains(&p) {
+                    continue;
+                }
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let unpublished =
+                    segment_id_of(&name).is_some_and(|id| id >= manifest.next_segment_id);
+                if fsutil::is_tmp(&name) || unpublished {
+                    fs::remove_file(&p).at(&p)?;
+                    report.removed_orphans.push(p);
+                } else {
+                    let to = quarantine(dir, &p)?;
+                    tracing::warn!(from = %p.display(), to = %to.display(), "a segment file the manifest does not list was moved to quarantine");
+                    report.quarantined.push((p, to));
+                }
+                changed = true;
+            }
+            if changed {
+                fsutil::sync_dir(&d)?;
+            }
+        }
+    }
+    remove_orphan_caches(dir, manifest, &mut report.removed_orphans)
+}
+
+/// The id in a segment file's name (`<id:016x>.parquet` or `.idx`).
+fn segment_id_of(name: &str) -> Option<u64> {
+    let stem = name
+        .strip_suffix(".parquet")
+        .or_else(|| name.strip_suffix(".idx"))?;
+    (stem.len() == 16)
+        .then(|| u64::from_str_radix(stem, 16).ok())
+        .flatten()
+}
+
+/// Moves `path` (inside the store in `dir`) to `quarantine/` under the same relative path,
+/// durably; a name already taken there gets a numbered suffix. Returns where it went.
+pub fn quarantine(dir: &Path, path: &Path) -> Result<PathBuf> {
+    let rel = path.strip_prefix(dir).unwrap_or(path);
+    let rel = rel.strip_prefix("/").unwrap_or(rel);
+    let mut to = dir.join(QUARANTINE_DIR).join(rel);
+    let parent = to.parent().expect("a file in a directory").to_path_buf();
+    fsutil::create_dir_durable(&parent)?;
+    let name = to
+        .file_name()
+        .expect("a file")
+        .to_string_lossy()
+        .into_owned();
+    let mut n = 1;
+    while to.exists() {
+        to = parent.join(format!("{name}.{n}"));
+        n += 1;
+    }
+    fs::rename(path, &to).at(path)?;
+    fsutil::sync_dir(&parent)?;
+    if let Some(from_dir) = path.parent() {
+        fsutil::sync_dir(from_dir)?;
+    }
+    Ok(to)
+}
+
+/// A segment or index file under `segments/` (not a temp file), if there is any.
+fn first_segment_file(dir: &Path) -> Result<Option<PathBuf>> {
+    let root = dir.join("segments");
     if !root.is_dir() {
-        return Ok(());
+        return Ok(None);
     }
     let mut stack = vec![root];
     while let Some(d) = stack.pop() {
-        let mut changed = false;
         for entry in fs::read_dir(&d).at(&d)? {
             let entry = entry.at(&d)?;
             let p = entry.path();
             if entry.file_type().at(&p)?.is_dir() {
                 stack.push(p);
-            } else if !listed.contains(&p) {
-                fs::remove_file(&p).at(&p)?;
-                removed.push(p);
-                changed = true;
+            } else if !fsutil::is_tmp(&entry.file_name().to_string_lossy()) {
+                return Ok(Some(p));
             }
         }
-        if changed {
-            fsutil::sync_dir(&d)?;
-        }
     }
-    remove_orphan_caches(dir, manifest, removed)
+    Ok(None)
 }
 
 /// Deletes the caches of segments the manifest does not list (a segment retired while the

@@ -242,6 +242,24 @@ pub fn write_segment(
     writer.finish()
 }
 
+/// Deletes what writing segment `id` of `hour` left (its files and their temp files) after
+/// the write or its publication failed: files of this process's own, listed nowhere.
+pub fn discard_unpublished(dir: &Path, id: u64, hour: i64) {
+    let rel_dir = partition_dir(hour);
+    for ext in ["parquet", "idx"] {
+        let path = dir.join(&rel_dir).join(format!("{id:016x}.{ext}"));
+        for p in [fsutil::tmp_path(&path), path] {
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %p.display(), error = %e, "could not delete an unpublished segment file")
+                }
+            }
+        }
+    }
+}
+
 /// A segment being written chunk by chunk (in [`SORT_COLUMNS`] order, one hour), so that a
 /// compaction streams its merge to disk instead of holding the merged rows. The file appears
 /// under its name only in [`Self::finish`]; a writer dropped before that leaves a temp file,
@@ -342,17 +360,7 @@ impl SegmentWriter {
         let index_bytes = index.to_bytes();
         fsutil::write_atomic(&self.dir.join(&self.rel_index), &index_bytes)?;
 
-        let namespaces: Vec<String> = index.values("namespace").map(str::to_string).collect();
-        let pods: BTreeSet<&str> = index.values("pod").collect();
-        let schema = model::events_schema();
-        let mut null_columns: Vec<String> = schema
-            .fields()
-            .iter()
-            .zip(&self.has_value)
-            .filter(|(_, seen)| !**seen)
-            .map(|(f, _)| f.name().clone())
-            .collect();
-        null_columns.sort();
+        let (namespaces, pods, null_columns) = summaries(&index, &self.has_value);
         Ok(SegmentMeta {
             id: self.id,
             path: self.rel_path,
@@ -366,12 +374,133 @@ impl SegmentWriter {
             max_ts: self.max_ts,
             row_groups,
             namespaces,
-            pods: (pods.len() <= MAX_LISTED_PODS)
-                .then(|| pods.into_iter().map(str::to_string).collect()),
+            pods,
             null_columns,
             level: self.level,
         })
     }
+}
+
+/// A segment's summaries for the manifest: its namespaces, its pods (`None` past
+/// [`MAX_LISTED_PODS`]) and the columns without a value (`has_value` per `events` column).
+fn summaries(
+    index: &SegmentIndex,
+    has_value: &[bool],
+) -> (Vec<String>, Option<Vec<String>>, Vec<String>) {
+    let namespaces: Vec<String> = index.values("namespace").map(str::to_string).collect();
+    let pods: BTreeSet<&str> = index.values("pod").collect();
+    let schema = model::events_schema();
+    let mut null_columns: Vec<String> = schema
+        .fields()
+        .iter()
+        .zip(has_value)
+        .filter(|(_, seen)| !**seen)
+        .map(|(f, _)| f.name().clone())
+        .collect();
+    null_columns.sort();
+    let pods =
+        (pods.len() <= MAX_LISTED_PODS).then(|| pods.into_iter().map(str::to_string).collect());
+    (namespaces, pods, null_columns)
+}
+
+/// The manifest entry of segment `id` from its files alone (`ktrail repair`), after checking
+/// them: the Parquet file reads whole with the `events` schema, in segment order, and the
+/// index file is whole (its checksum) and equal to the index built again from those rows.
+/// Any failure is [`StorageError::Corruption`] naming the file. `level` is not recorded in
+/// the files: it is 0.
+pub fn meta_from_files(
+    dir: &Path,
+    id: u64,
+    rel_path: &str,
+    rel_index: &str,
+) -> Result<SegmentMeta> {
+    let path = dir.join(rel_path);
+    let index_path = dir.join(rel_index);
+    let corrupt = |p: &Path, reason: String| StorageError::Corruption {
+        path: p.to_path_buf(),
+        offset: 0,
+        reason,
+    };
+    let bytes = fs::read(&path).at(&path)?;
+    let index_bytes = fs::read(&index_path).at(&index_path)?;
+    let index = SegmentIndex::from_bytes(&index_path, &index_bytes)?;
+    let in_file = |e: StorageError| match e {
+        StorageError::Parquet(e) => corrupt(&path, e.to_string()),
+        StorageError::Arrow(e) => corrupt(&path, e.to_string()),
+        e => e,
+    };
+    let file = File::open(&path).at(&path)?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| in_file(e.into()))?;
+    if builder.schema().fields() != model::events_schema().fields() {
+        return Err(corrupt(&path, "not the events schema".into()));
+    }
+    let row_groups: Vec<u64> = builder
+        .metadata()
+        .row_groups()
+        .iter()
+        .map(|rg| rg.num_rows() as u64)
+        .collect();
+    let rows: u64 = row_groups.iter().sum();
+    let mut rebuilt = SegmentIndexBuilder::new(rows as usize);
+    let mut has_value = vec![false; model::events_schema().fields().len()];
+    let (mut min_ts, mut max_ts) = (i64::MAX, i64::MIN);
+    let key = SortKey::new()?;
+    let mut last_row: Option<Vec<u8>> = None;
+    for batch in builder.build().map_err(|e| in_file(e.into()))? {
+        let batch = batch.map_err(|e| in_file(e.into()))?;
+        let batch = RecordBatch::try_new(model::events_schema(), batch.columns().to_vec())
+            .map_err(|e| in_file(e.into()))?;
+        let sort_rows = key.rows(&batch)?;
+        for row in sort_rows.iter() {
+            if last_row.as_deref().is_some_and(|prev| prev > row.as_ref()) {
+                return Err(corrupt(&path, "rows out of segment order".into()));
+            }
+            last_row = Some(row.as_ref().to_vec());
+        }
+        rebuilt.push(&batch);
+        for t in batch
+            .column(0)
+            .as_primitive::<TimestampNanosecondType>()
+            .values()
+        {
+            min_ts = min_ts.min(*t);
+            max_ts = max_ts.max(*t);
+        }
+        for (seen, column) in has_value.iter_mut().zip(batch.columns()) {
+            *seen |= column.null_count() < column.len();
+        }
+    }
+    if rebuilt.finish() != index {
+        return Err(corrupt(
+            &index_path,
+            format!("does not index the rows of {rel_path}"),
+        ));
+    }
+    if rows > 0 && hour_of(min_ts) != hour_of(max_ts) {
+        return Err(corrupt(&path, "rows of more than one hour".into()));
+    }
+    let expected = format!("{}/{id:016x}.parquet", partition_dir(hour_of(min_ts)));
+    if rows > 0 && rel_path != expected {
+        return Err(corrupt(&path, format!("its rows belong in {expected}")));
+    }
+    let (namespaces, pods, null_columns) = summaries(&index, &has_value);
+    Ok(SegmentMeta {
+        id,
+        path: rel_path.to_string(),
+        index_path: rel_index.to_string(),
+        rows,
+        bytes: bytes.len() as u64,
+        index_bytes: index_bytes.len() as u64,
+        sha256: hex::encode(Sha256::digest(&bytes)),
+        index_sha256: hex::encode(Sha256::digest(&index_bytes)),
+        min_ts,
+        max_ts,
+        row_groups,
+        namespaces,
+        pods,
+        null_columns,
+        level: 0,
+    })
 }
 
 fn writer_properties(options: &SegmentOptions) -> WriterProperties {

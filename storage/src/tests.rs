@@ -539,6 +539,23 @@ fn crash_leftovers_are_removed_and_missing_segments_are_corruption() {
     assert!(report.removed_orphans.contains(&orphan_cache));
     assert!(listed_cache.join("partial.arrow").exists());
     assert!(!orphan_cache.exists());
+    assert!(report.quarantined.is_empty());
+    drop(store);
+    // An unlisted segment with an id the manifest handed out is no leftover of an unfinished
+    // write: it is moved to quarantine/, not deleted.
+    let unknown = part.join("0000000000000000.parquet");
+    fs::write(&unknown, b"someone's segment").unwrap();
+    let (store, report) = Store::open(dir.path(), opts()).unwrap();
+    let moved_to = dir
+        .path()
+        .join(QUARANTINE_DIR)
+        .join(unknown.strip_prefix(dir.path()).unwrap());
+    assert_eq!(
+        report.quarantined,
+        vec![(unknown.clone(), moved_to.clone())]
+    );
+    assert!(!unknown.exists());
+    assert_eq!(fs::read(&moved_to).unwrap(), b"someone's segment");
     drop(store);
     // A stray file among the caches goes too; the store opens.
     let stray = dir.path().join(segment::CACHE_DIR).join("stray");
@@ -550,6 +567,57 @@ fn crash_leftovers_are_removed_and_missing_segments_are_corruption() {
     let err = Store::open(dir.path(), opts()).err().unwrap();
     assert!(matches!(err, StorageError::Corruption { .. }), "{err}");
     assert!(err.to_string().contains(&seg.path), "{err}");
+}
+
+#[test]
+fn a_store_whose_manifest_is_missing_or_damaged_refuses_to_open_and_keeps_its_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), opts()).unwrap();
+    store.append(batch_of(&[event(1, "ns", "p")])).unwrap();
+    store.flush().unwrap();
+    let seg = store.manifest().segments[0].clone();
+    drop(store);
+    let manifest = dir.path().join(manifest::MANIFEST_FILE);
+    let saved = fs::read(&manifest).unwrap();
+    fs::remove_file(&manifest).unwrap();
+    let err = Store::open(dir.path(), opts()).err().unwrap();
+    assert!(matches!(err, StorageError::ManifestLost { .. }), "{err}");
+    assert!(err.to_string().contains("ktrail repair"), "{err}");
+    assert!(dir.path().join(&seg.path).exists(), "the segment is kept");
+    assert!(dir.path().join(&seg.index_path).exists());
+    // Damaged: the same.
+    let mut damaged = saved.clone();
+    let last = damaged.len() - 5;
+    damaged[last] ^= 0x20;
+    fs::write(&manifest, &damaged).unwrap();
+    let err = Store::open(dir.path(), opts()).err().unwrap();
+    assert!(matches!(err, StorageError::ManifestLost { .. }), "{err}");
+    assert!(dir.path().join(&seg.path).exists());
+    fs::write(&manifest, &saved).unwrap();
+    let (store, _) = Store::open(dir.path(), opts()).unwrap();
+    assert_eq!(store.snapshot().rows(), 1);
+}
+
+#[test]
+fn compaction_refuses_a_damaged_segment_and_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), opts()).unwrap();
+    for i in 0..3 {
+        store.append(batch_of(&[event(i, "ns", "p")])).unwrap();
+        store.flush().unwrap();
+    }
+    let victim = store.manifest().segments[1].clone();
+    let path = dir.path().join(&victim.path);
+    let mut bytes = fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    fs::write(&path, &bytes).unwrap();
+    let err = store.compact_major().unwrap_err();
+    assert!(matches!(err, StorageError::Corruption { .. }), "{err}");
+    assert!(err.to_string().contains(&victim.path), "{err}");
+    assert_eq!(store.manifest().segments.len(), 3, "nothing was replaced");
+    assert_eq!(fs::read(&path).unwrap(), bytes, "the damaged file is kept");
+    assert!(store.verify().is_err(), "verify still finds the damage");
 }
 
 #[test]

@@ -23,6 +23,8 @@ use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use parking_lot::Mutex;
 
 use crate::error::{IoContext, Result, StorageError};
@@ -36,6 +38,9 @@ const MAX_FRAME: u32 = 1 << 30;
 
 /// Receives every record once it is durable, in sequence order, before its append returns.
 pub type DurableSink<T> = Arc<dyn Fn(u64, T) + Send + Sync>;
+/// Receives every record that was not written (its append returns an error), before its
+/// append returns; the store un-reserves its event ids there, so a retry stores them.
+pub type FailedSink<T> = Arc<dyn Fn(T) + Send + Sync>;
 
 /// Tuning of the WAL.
 #[derive(Debug, Clone)]
@@ -71,10 +76,30 @@ enum Cmd<T> {
     Append {
         payload: Vec<u8>,
         item: T,
+        guard: Option<u64>,
+        done: SyncSender<Result<u64>>,
+    },
+    /// Answers once every record submitted before it is durable: `Ok` unless a write failed
+    /// after [`Wal::failures`] read `guard`.
+    Barrier {
+        guard: u64,
         done: SyncSender<Result<u64>>,
     },
     Rotate {
         done: SyncSender<Result<()>>,
+    },
+}
+
+/// A record or a barrier of a group, answered when the group's write is.
+enum Waiter<T> {
+    Record {
+        seq: u64,
+        item: T,
+        done: SyncSender<Result<u64>>,
+    },
+    Barrier {
+        guard: u64,
+        done: SyncSender<Result<u64>>,
     },
 }
 
@@ -101,6 +126,16 @@ pub struct Wal<T: Send + 'static> {
     tx: Option<Sender<Cmd<T>>>,
     thread: Option<JoinHandle<()>>,
     files: Arc<Mutex<WalFiles>>,
+    health: Arc<Health>,
+}
+
+/// What the writer thread tells the other threads about failed writes.
+#[derive(Default)]
+struct Health {
+    /// Groups whose write or sync failed since the WAL was opened.
+    failures: AtomicU64,
+    /// Why the WAL refuses writes now (`None`: it takes them).
+    refusing: Mutex<Option<StorageError>>,
 }
 
 /// The files on disk: closed ones oldest first, and where the active one starts.
@@ -118,10 +153,28 @@ impl<T: Send + 'static> Wal<T> {
         after_seq: u64,
         options: WalOptions,
         sink: DurableSink<T>,
+        failed: FailedSink<T>,
         mut replay: impl FnMut(u64, &[u8]) -> Result<()>,
     ) -> Result<(Self, ReplayReport)> {
         fsutil::create_dir_durable(dir)?;
         let mut files = list_files(dir)?;
+        // Trim deletes a file only once all its records are flushed, so the oldest file
+        // starts at or before the first record not in a segment: a later start means records
+        // the manifest does not hold are missing.
+        if let Some(first) = files.first()
+            && first.first_seq > after_seq + 1
+        {
+            return Err(StorageError::Corruption {
+                path: first.path.clone(),
+                offset: 8,
+                reason: format!(
+                    "the WAL starts at record {}, but the manifest holds records up to {after_seq} only: records {}..{} are missing",
+                    first.first_seq,
+                    after_seq + 1,
+                    first.first_seq - 1
+                ),
+            });
+        }
         let mut report = ReplayReport {
             last_seq: after_seq,
             ..Default::default()
@@ -167,7 +220,10 @@ impl<T: Send + 'static> Wal<T> {
             closed: files,
             active_first_seq: next_seq,
         }));
+        let health = Arc::new(Health::default());
         let writer = Writer {
+            health: health.clone(),
+            failed,
             dir: dir.to_path_buf(),
             file: active.0,
             file_len: FILE_HEADER,
@@ -188,6 +244,7 @@ impl<T: Send + 'static> Wal<T> {
                 tx: Some(tx),
                 thread: Some(thread),
                 files: shared,
+                health,
             },
             report,
         ))
@@ -203,13 +260,40 @@ impl<T: Send + 'static> Wal<T> {
     /// Records are written in the order they are submitted, so waiting for one also means
     /// every record submitted before it is durable.
     pub fn submit(&self, payload: Vec<u8>, item: T) -> Result<Pending> {
+        self.submit_guarded(payload, item, None)
+    }
+
+    /// [`submit`](Self::submit), but the record is not written (its wait fails with
+    /// [`StorageError::EarlierWriteFailed`]) when a write failed after [`failures`](Self::failures)
+    /// returned `guard`: the caller counted on records submitted before it becoming durable.
+    pub fn submit_guarded(&self, payload: Vec<u8>, item: T, guard: Option<u64>) -> Result<Pending> {
         let (done, rx) = mpsc::sync_channel(1);
         self.send(Cmd::Append {
             payload,
             item,
+            guard,
             done,
         })?;
         Ok(Pending(rx))
+    }
+
+    /// Waits (through [`Pending::wait`]) until every record submitted so far is durable; it
+    /// fails when a write failed after [`failures`](Self::failures) returned `guard`.
+    pub fn barrier(&self, guard: u64) -> Result<Pending> {
+        let (done, rx) = mpsc::sync_channel(1);
+        self.send(Cmd::Barrier { guard, done })?;
+        Ok(Pending(rx))
+    }
+
+    /// How many writes failed since the WAL was opened.
+    pub fn failures(&self) -> u64 {
+        self.health.failures.load(Ordering::SeqCst)
+    }
+
+    /// Why the WAL refuses writes now: the last write failed for want of space (it takes
+    /// writes again as soon as one succeeds) or it is poisoned (until reopened).
+    pub fn refusing(&self) -> Option<String> {
+        self.health.refusing.lock().as_ref().map(|e| e.to_string())
     }
 
     /// Closes the active file and starts a new one, so that everything appended so far lies in
@@ -275,7 +359,11 @@ struct Writer<T> {
     next_seq: u64,
     options: WalOptions,
     sink: DurableSink<T>,
+    failed: FailedSink<T>,
     files: Arc<Mutex<WalFiles>>,
+    health: Arc<Health>,
+    /// Set after a failure that leaves the file's state unknown (fsyncgate): refuse every
+    /// write until the WAL is reopened.
     poisoned: Option<String>,
 }
 
@@ -304,65 +392,141 @@ impl<T> Writer<T> {
 
     /// Writes the appends of a group (up to each rotate) with one write and one fdatasync.
     fn process(&mut self, group: Vec<Cmd<T>>) {
-        let mut pending: Vec<(u64, T, SyncSender<Result<u64>>)> = Vec::new();
+        let mut waiters: Vec<Waiter<T>> = Vec::new();
+        let mut records = 0u64;
         let mut buf = Vec::new();
         for cmd in group {
             match cmd {
                 Cmd::Append {
                     payload,
                     item,
+                    guard,
                     done,
                 } => {
-                    let seq = self.next_seq + pending.len() as u64;
+                    if let Err(e) = self.check_guard(guard) {
+                        (self.failed)(item);
+                        let _ = done.send(Err(e));
+                        continue;
+                    }
+                    let seq = self.next_seq + records;
+                    records += 1;
                     frame(&mut buf, seq, &payload);
-                    pending.push((seq, item, done));
+                    waiters.push(Waiter::Record { seq, item, done });
                 }
+                Cmd::Barrier { guard, done } => waiters.push(Waiter::Barrier { guard, done }),
                 Cmd::Rotate { done } => {
-                    self.commit(&mut buf, &mut pending);
+                    self.commit(&mut buf, &mut waiters, records);
+                    records = 0;
                     let r = self.check_poison().and_then(|()| self.rotate());
                     let _ = done.send(r);
                 }
             }
         }
-        self.commit(&mut buf, &mut pending);
+        self.commit(&mut buf, &mut waiters, records);
         if self.file_len >= self.options.max_file_bytes
             && self.poisoned.is_none()
             && let Err(e) = self.rotate()
         {
-            self.poisoned = Some(e.to_string());
+            // The active file grows on; the next group tries again.
+            tracing::warn!(error = %e, "could not start a new WAL file");
         }
     }
 
-    fn commit(&mut self, buf: &mut Vec<u8>, pending: &mut Vec<(u64, T, SyncSender<Result<u64>>)>) {
-        if pending.is_empty() {
+    fn check_guard(&self, guard: Option<u64>) -> Result<()> {
+        match guard {
+            Some(g) if self.health.failures.load(Ordering::SeqCst) > g => {
+                Err(StorageError::EarlierWriteFailed)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn commit(&mut self, buf: &mut Vec<u8>, waiters: &mut Vec<Waiter<T>>, records: u64) {
+        if waiters.is_empty() {
             return;
         }
+        let written = buf.len() as u64;
         let result = self.check_poison().and_then(|()| {
+            if records == 0 {
+                return Ok(());
+            }
             let path = self.path();
             self.file.write_all(buf).at(&path)?;
             self.file.sync_data().at(&path)
         });
+        buf.clear();
         match result {
             Ok(()) => {
-                self.file_len += buf.len() as u64;
-                self.next_seq += pending.len() as u64;
-                for (seq, item, done) in pending.drain(..) {
-                    (self.sink)(seq, item);
-                    let _ = done.send(Ok(seq));
+                self.file_len += written;
+                self.next_seq += records;
+                *self.health.refusing.lock() = None;
+                let failures = self.health.failures.load(Ordering::SeqCst);
+                for w in waiters.drain(..) {
+                    match w {
+                        Waiter::Record { seq, item, done } => {
+                            (self.sink)(seq, item);
+                            let _ = done.send(Ok(seq));
+                        }
+                        Waiter::Barrier { guard, done } => {
+                            let r = if failures > guard {
+                                Err(StorageError::EarlierWriteFailed)
+                            } else {
+                                Ok(self.next_seq - 1)
+                            };
+                            let _ = done.send(r);
+                        }
+                    }
                 }
             }
             Err(e) => {
-                // After a failed write or fsync the file's state is unknown (fsyncgate):
-                // refuse everything from now on.
-                let msg = e.to_string();
-                tracing::error!(error = %msg, "WAL write failed; store is now read-only");
-                self.poisoned.get_or_insert(msg.clone());
-                for (_, _, done) in pending.drain(..) {
-                    let _ = done.send(Err(StorageError::Poisoned(msg.clone())));
+                let e = match e {
+                    e @ StorageError::Poisoned(_) => e,
+                    e => self.recover(e),
+                };
+                self.health.failures.fetch_add(1, Ordering::SeqCst);
+                *self.health.refusing.lock() = Some(e.duplicate());
+                for w in waiters.drain(..) {
+                    let done = match w {
+                        Waiter::Record { item, done, .. } => {
+                            (self.failed)(item);
+                            done
+                        }
+                        Waiter::Barrier { done, .. } => done,
+                    };
+                    let _ = done.send(Err(e.duplicate()));
                 }
             }
         }
-        buf.clear();
+    }
+
+    /// After a failed write or sync: cuts the active file back to its last durable length.
+    /// For want of space ([`StorageError::NoSpace`]) the WAL then takes writes again (the
+    /// failed group's bytes are gone, so nothing unacknowledged can be replayed in front of
+    /// later records); any other failure, or a failed cut, poisons it: after a failed fsync
+    /// the file's state is unknown (fsyncgate).
+    fn recover(&mut self, e: StorageError) -> StorageError {
+        let no_space = e.is_no_space();
+        let path = self.path();
+        let cut = self
+            .file
+            .set_len(self.file_len)
+            .and_then(|()| self.file.seek(SeekFrom::Start(self.file_len)).map(|_| ()))
+            .and_then(|()| self.file.sync_all());
+        match (no_space, cut) {
+            (true, Ok(())) => {
+                tracing::warn!(error = %e, "WAL write failed for want of space; writes resume when there is room");
+                e.into_no_space()
+            }
+            (_, cut) => {
+                let mut msg = e.to_string();
+                if let Err(c) = cut {
+                    msg = format!("{msg}; cutting {} back failed too: {c}", path.display());
+                }
+                tracing::error!(error = %msg, "WAL write failed; store is now read-only");
+                self.poisoned = Some(msg.clone());
+                StorageError::Poisoned(msg)
+            }
+        }
     }
 
     fn check_poison(&self) -> Result<()> {
@@ -380,7 +544,12 @@ impl<T> Writer<T> {
         if self.next_seq == self.file_first_seq {
             return Ok(()); // the active file is empty
         }
-        let (file, _) = create_file(&self.dir, self.next_seq)?;
+        let (file, _) = create_file(&self.dir, self.next_seq).inspect_err(|_| {
+            // Half made (no room for its header, say): a file of this process's own that
+            // holds no record; left, it would claim the sequence numbers still appended to
+            // the active file.
+            let _ = fs::remove_file(file_path(&self.dir, self.next_seq));
+        })?;
         let mut files = self.files.lock();
         files.closed.push(WalFile {
             first_seq: self.file_first_seq,
@@ -426,6 +595,14 @@ fn create_file(dir: &Path, first_seq: u64) -> Result<(File, PathBuf)> {
     Ok((f, path))
 }
 
+/// The first sequence number of the oldest WAL file in `dir` (`None`: no file, or no `dir`).
+pub fn first_seq_on_disk(dir: &Path) -> Result<Option<u64>> {
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    Ok(list_files(dir)?.first().map(|f| f.first_seq))
+}
+
 fn list_files(dir: &Path) -> Result<Vec<WalFile>> {
     let mut files = Vec::new();
     for entry in fs::read_dir(dir).at(dir)? {
@@ -466,9 +643,11 @@ fn replay_file(
         offset,
         reason,
     };
-    let torn_or_corrupt = |offset: u64, reason: String, frame_end: u64| {
-        let rest = &data[offset as usize..];
-        if is_last && (frame_end >= len || rest.iter().all(|&b| b == 0)) {
+    // A crash cuts the last write short: nothing whole follows a torn frame. A whole frame
+    // after the damage was written by a later, synced write, so the damage is corruption,
+    // whatever its length field claims.
+    let torn_or_corrupt = |offset: u64, reason: String| {
+        if is_last && whole_frame_after(&data, offset + 1).is_none() {
             Ok(FileOutcome::Torn {
                 offset,
                 dropped: len - offset,
@@ -510,7 +689,7 @@ fn replay_file(
         // Replay continues after this file at the first sequence number not read.
         *expected = Some(seq_expected);
         if len - off < FRAME_HEADER as u64 {
-            return torn_or_corrupt(off, "truncated frame header".into(), len);
+            return torn_or_corrupt(off, "truncated frame header".into());
         }
         let h = &data[off as usize..off as usize + FRAME_HEADER];
         let flen = u32::from_le_bytes(h[0..4].try_into().expect("4"));
@@ -518,12 +697,12 @@ fn replay_file(
         let seq = u64::from_le_bytes(h[8..16].try_into().expect("8"));
         let end = off + FRAME_HEADER as u64 + u64::from(flen);
         if flen > MAX_FRAME || end > len {
-            return torn_or_corrupt(off, format!("frame length {flen} runs past the end"), len);
+            return torn_or_corrupt(off, format!("frame length {flen} runs past the end"));
         }
         let payload = &data[off as usize + FRAME_HEADER..end as usize];
         let actual = crc32c::crc32c_append(crc32c::crc32c(&seq.to_le_bytes()), payload);
         if actual != crc {
-            return torn_or_corrupt(off, "frame checksum mismatch".into(), end);
+            return torn_or_corrupt(off, "frame checksum mismatch".into());
         }
         if seq != seq_expected {
             return Err(corrupt(
@@ -539,6 +718,23 @@ fn replay_file(
     }
     *expected = Some(seq_expected);
     Ok(FileOutcome::Complete)
+}
+
+/// The offset of the first whole frame (its checksum right) at or after `from`, if any.
+fn whole_frame_after(data: &[u8], from: u64) -> Option<u64> {
+    let header = FRAME_HEADER;
+    let last = data.len().checked_sub(header)?;
+    (from as usize..=last).find_map(|off| {
+        let h = &data[off..off + header];
+        let flen = u32::from_le_bytes(h[0..4].try_into().expect("4")) as usize;
+        let end = off.checked_add(header)?.checked_add(flen)?;
+        if flen as u64 > u64::from(MAX_FRAME) || end > data.len() {
+            return None;
+        }
+        let crc = u32::from_le_bytes(h[4..8].try_into().expect("4"));
+        let actual = crc32c::crc32c_append(crc32c::crc32c(&h[8..16]), &data[off + header..end]);
+        (actual == crc).then_some(off as u64)
+    })
 }
 
 /// WAL payload: one codec byte, then an Arrow IPC stream of one batch: as it is (0), or as
@@ -627,7 +823,6 @@ pub fn decode_batch(payload: &[u8]) -> std::result::Result<RecordBatch, String> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU64, Ordering};
 
     type Replayed = Vec<(u64, Vec<u8>)>;
 
@@ -638,6 +833,7 @@ mod tests {
             after,
             WalOptions::default(),
             Arc::new(|_, ()| {}),
+            Arc::new(|()| {}),
             |s, p| {
                 seen.push((s, p.to_vec()));
                 Ok(())
@@ -761,6 +957,69 @@ mod tests {
         assert!(err_text(dir.path()).contains(&format!("offset {second_frame}")));
     }
 
+    #[test]
+    fn damage_to_a_length_field_with_frames_after_it_fails_the_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (wal, _, _) = open(dir.path(), 0).unwrap();
+            for i in 0..5u8 {
+                wal.append(vec![i; 1000], ()).unwrap();
+            }
+        }
+        let path = only_file(dir.path());
+        let before = fs::read(&path).unwrap();
+        let mut bytes = before.clone();
+        // The second frame's length now runs past the end of the file: the three synced
+        // frames after it must not be taken for a torn tail.
+        let second_frame = FILE_HEADER as usize + FRAME_HEADER + 1000;
+        bytes[second_frame + 3] = 0x7f;
+        fs::write(&path, &bytes).unwrap();
+        match open(dir.path(), 0)
+            .err()
+            .expect("damage must fail the open")
+        {
+            StorageError::Corruption {
+                path: p, offset, ..
+            } => {
+                assert_eq!(p, path);
+                assert_eq!(offset, second_frame as u64);
+            }
+            other => panic!("expected corruption, got {other}"),
+        }
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            bytes,
+            "the damaged file is kept as it is"
+        );
+    }
+
+    #[test]
+    fn a_wal_starting_after_the_flushed_sequence_is_missing_records() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (wal, _, _) = open(dir.path(), 0).unwrap();
+            for _ in 0..3 {
+                wal.append(vec![1; 10], ()).unwrap();
+            }
+            wal.rotate().unwrap();
+            wal.append(vec![2; 10], ()).unwrap();
+        }
+        // The first file (records 1..=3) is gone, but only record 1 was flushed.
+        let first = list_files(dir.path()).unwrap().remove(0).path;
+        fs::remove_file(&first).unwrap();
+        let err = open(dir.path(), 1)
+            .err()
+            .expect("missing records must fail the open");
+        assert!(
+            matches!(err, StorageError::Corruption { .. })
+                && err.to_string().contains("records 2..3 are missing"),
+            "{err}"
+        );
+        // Flushed up to 3, nothing is missing.
+        let (_, _, seen) = open(dir.path(), 3).unwrap();
+        assert_eq!(seen, vec![(4, vec![2; 10])]);
+    }
+
     fn err_text(dir: &Path) -> String {
         open(dir, 0).err().unwrap().to_string()
     }
@@ -814,6 +1073,7 @@ mod tests {
             Arc::new(move |_, ()| {
                 s2.fetch_add(1, Ordering::SeqCst);
             }),
+            Arc::new(|()| {}),
             |_, _| Ok(()),
         )
         .unwrap();

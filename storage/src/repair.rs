@@ -1,0 +1,171 @@
+//! `ktrail repair`: a store whose manifest is missing or unreadable gets one again, rebuilt
+//! from the segment files after each is checked ([`segment::meta_from_files`]). Nothing is
+//! deleted: an unreadable manifest and every file that does not check out go to
+//! `quarantine/`. The WAL's records are then appended again through the store's own
+//! deduplication, so those already in a segment are not stored twice and the rest are kept.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+
+use crate::error::{IoContext, Result, StorageError};
+use crate::manifest::{MANIFEST_FILE, Manifest};
+use crate::{Store, StoreOptions, quarantine, segment, wal};
+
+/// What [`repair`] did.
+#[derive(Debug, Default)]
+pub struct RepairReport {
+    /// False when the manifest was readable: nothing was changed.
+    pub rebuilt: bool,
+    /// Segments listed in the new manifest, and their rows.
+    pub segments: usize,
+    pub rows: u64,
+    /// Files moved to `quarantine/` (the old manifest among them), each with the reason.
+    pub quarantined: Vec<(PathBuf, String)>,
+    /// WAL records read again, and the events of them stored (the rest were in segments).
+    pub wal_records: u64,
+    pub wal_events_stored: usize,
+}
+
+/// Rebuilds the manifest of the store in `dir` when it is missing or unreadable (see the
+/// module docs); a readable one is left as it is. The store must not be open elsewhere.
+pub fn repair(dir: &Path, options: StoreOptions) -> Result<RepairReport> {
+    let dir = dir.canonicalize().at(dir)?;
+    let mut report = RepairReport::default();
+    let Some(batches) = rebuild_manifest(&dir, &mut report)? else {
+        return Ok(report);
+    };
+    let (store, _) = Store::open(
+        &dir,
+        StoreOptions {
+            background: false,
+            ..options
+        },
+    )?;
+    for batch in batches {
+        report.wal_events_stored += store.append(batch)?.accepted;
+    }
+    store.close()?;
+    Ok(report)
+}
+
+/// Under the directory lock: quarantines an unreadable manifest, checks every segment and
+/// saves the manifest of those that check out; returns the WAL's batches to append again
+/// (`None`: the manifest was readable, nothing was done).
+fn rebuild_manifest(dir: &Path, report: &mut RepairReport) -> Result<Option<Vec<RecordBatch>>> {
+    let _lock = crate::lock_dir(dir)?;
+    match Manifest::load(dir) {
+        Ok(Some(_)) => return Ok(None),
+        Ok(None) => {}
+        Err(e @ (StorageError::Corruption { .. } | StorageError::UnsupportedVersion { .. })) => {
+            let path = dir.join(MANIFEST_FILE);
+            quarantine(dir, &path)?;
+            report.quarantined.push((path, e.to_string()));
+        }
+        Err(e) => return Err(e),
+    }
+    report.rebuilt = true;
+    let mut manifest = Manifest {
+        schema_version: model::SCHEMA_VERSION,
+        next_segment_id: 1,
+        ..Default::default()
+    };
+    for (id, files) in segment_files(dir)? {
+        let checked = match (&files.parquet, &files.index) {
+            (Some(p), Some(i)) => segment::meta_from_files(dir, id, &rel(dir, p), &rel(dir, i)),
+            (p, i) => Err(StorageError::Corruption {
+                path: p.clone().or(i.clone()).expect("one of them"),
+                offset: 0,
+                reason: "its Parquet file or index file is missing".into(),
+            }),
+        };
+        match checked {
+            Ok(meta) => {
+                manifest.next_segment_id = manifest.next_segment_id.max(id + 1);
+                report.rows += meta.rows;
+                manifest.segments.push(meta);
+            }
+            Err(e) => {
+                for p in files.parquet.iter().chain(&files.index) {
+                    quarantine(dir, p)?;
+                    report.quarantined.push((p.clone(), e.to_string()));
+                }
+            }
+        }
+    }
+    report.segments = manifest.segments.len();
+
+    // The WAL's records from its first file on: none is known to be in a segment any more.
+    let wal_dir = dir.join("wal");
+    let first = wal::first_seq_on_disk(&wal_dir)?;
+    let mut batches = Vec::new();
+    let (reader, replay) = wal::Wal::<()>::open(
+        &wal_dir,
+        first.map_or(0, |s| s.saturating_sub(1)),
+        wal::WalOptions::default(),
+        Arc::new(|_, ()| {}),
+        Arc::new(|()| {}),
+        |seq, payload| {
+            let batch = wal::decode_batch(payload).map_err(|reason| StorageError::Corruption {
+                path: wal_dir.clone(),
+                offset: 0,
+                reason: format!("WAL record {seq}: {reason}"),
+            })?;
+            batches.push(batch);
+            Ok(())
+        },
+    )?;
+    drop(reader);
+    report.wal_records = replay.replayed;
+    // Every record read is appended again, so none is replayed at the next open.
+    manifest.flushed_seq = replay.last_seq;
+    manifest.save(dir)?;
+    Ok(Some(batches))
+}
+
+#[derive(Default)]
+struct SegmentFiles {
+    parquet: Option<PathBuf>,
+    index: Option<PathBuf>,
+}
+
+/// Segment and index files under `segments/` by segment id (other files are left to the next
+/// open, which quarantines them).
+fn segment_files(dir: &Path) -> Result<BTreeMap<u64, SegmentFiles>> {
+    let mut out: BTreeMap<u64, SegmentFiles> = BTreeMap::new();
+    let root = dir.join("segments");
+    if !root.is_dir() {
+        return Ok(out);
+    }
+    let mut stack = vec![root];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).at(&d)? {
+            let entry = entry.at(&d)?;
+            let p = entry.path();
+            if entry.file_type().at(&p)?.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(id) = crate::segment_id_of(&name) else {
+                continue;
+            };
+            let files = out.entry(id).or_default();
+            match name.ends_with(".parquet") {
+                true => files.parquet = Some(p),
+                false => files.index = Some(p),
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn rel(dir: &Path, p: &Path) -> String {
+    p.strip_prefix(dir)
+        .expect("found under the store")
+        .to_string_lossy()
+        .into_owned()
+}
