@@ -172,7 +172,15 @@ mod ktrail_storage_bench {
 
 fn open_wal(dir: &std::path::Path) -> wal::Wal<()> {
     let sink: wal::DurableSink<()> = Arc::new(|_, ()| {});
-    let (log, _) = wal::Wal::open(dir, 0, wal::WalOptions::default(), sink, |_, _| Ok(())).unwrap();
+    let (log, _) = wal::Wal::open(
+        dir,
+        0,
+        wal::WalOptions::default(),
+        sink,
+        Arc::new(|()| {}),
+        |_, _| Ok(()),
+    )
+    .unwrap();
     log
 }
 

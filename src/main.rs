@@ -160,8 +160,12 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         incident: Option<PathBuf>,
     },
-    /// Recompute every segment's SHA-256 and compare it with the manifest.
+    /// Recompute every segment's SHA-256 and compare it with the manifest: one line per
+    /// damaged file, exit 3 on any.
     Verify,
+    /// Rebuild a missing or unreadable MANIFEST from the segment files after checking each;
+    /// what does not check out goes to DATA/quarantine/ (nothing is deleted).
+    Repair,
     /// Flush the memtable and merge each hour's segments into as few as the target size allows.
     Compact,
     /// The `known_networks` allow-list (destinations `egress` calls `allowlisted`). Local only:
@@ -311,6 +315,7 @@ fn main() -> ExitCode {
             incident,
         } => gen_cmd(seed, events, &out, incident.as_deref()),
         Command::Verify => verify_cmd(&cli.data),
+        Command::Repair => repair_cmd(&cli.data),
         Command::Compact => compact_cmd(&cli.data),
         Command::Networks { action } => networks_cmd(&cli.data, action),
         Command::Policy { action } => policy::run(&cli.data, action),
@@ -383,6 +388,13 @@ fn open_store(data: &PathBuf, background: bool) -> Result<Store, CliError> {
         eprintln!(
             "warning: {}: torn WAL tail cut at offset {offset} ({dropped} bytes of an unacknowledged write)",
             path.display()
+        );
+    }
+    for (from, to) in &report.quarantined {
+        eprintln!(
+            "warning: {} is not listed in the manifest: moved to {}",
+            from.display(),
+            to.display()
         );
     }
     Ok(store)
@@ -804,8 +816,40 @@ fn networks_cmd(data: &std::path::Path, action: NetworksAction) -> Result<ExitCo
 
 fn verify_cmd(data: &PathBuf) -> Result<ExitCode, CliError> {
     let store = open_store(data, false)?;
-    let n = store.verify()?;
-    println!("{n} segment(s) verified");
+    let segments = store.snapshot().segments;
+    let mut findings = 0;
+    for s in &segments {
+        if let Err(e) = s.verify() {
+            println!("{}", one_line(&e.to_string()));
+            findings += 1;
+        }
+    }
+    println!(
+        "{} segment(s) verified, {findings} damaged",
+        segments.len() - findings
+    );
+    Ok(if findings > 0 {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn repair_cmd(data: &PathBuf) -> Result<ExitCode, CliError> {
+    let report = storage::repair(data, StoreOptions::default())?;
+    if !report.rebuilt {
+        println!("the manifest is readable: nothing to repair");
+    } else {
+        for (path, reason) in &report.quarantined {
+            println!("quarantined {}: {}", path.display(), one_line(reason));
+        }
+        println!(
+            "manifest rebuilt: {} segment(s), {} event(s); WAL: {} record(s) read again, {} event(s) not in a segment stored",
+            report.segments, report.rows, report.wal_records, report.wal_events_stored
+        );
+    }
+    // The store opens again (exit 0), or the reason it does not is the error.
+    open_store(data, false)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -211,8 +211,84 @@ fn a_damaged_index_fails_the_query_naming_the_file() {
         "{err}"
     );
     let o = ktrail(&data, &["verify"]);
+    assert_eq!(o.status.code(), Some(3), "a finding exits 3");
+    let out = stdout(&o);
+    assert!(
+        out.contains("SHA-256") && out.contains(&idx.display().to_string()),
+        "{out}"
+    );
+}
+
+/// Two ingests of interleaved halves of the quickstart: every hour has two segments.
+fn ingest_in_halves(dir: &Path, data: &Path) {
+    let lines: Vec<String> = std::fs::read_to_string(QUICKSTART)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    for half in 0..2 {
+        let path = dir.join(format!("half{half}.ndjson"));
+        let text: Vec<&str> = lines
+            .iter()
+            .skip(half)
+            .step_by(2)
+            .map(String::as_str)
+            .collect();
+        std::fs::write(&path, text.join("\n") + "\n").unwrap();
+        let o = ktrail(data, &["ingest", path.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+}
+
+#[test]
+fn a_missing_manifest_keeps_every_segment_and_repair_rebuilds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    ingest_in_halves(dir.path(), &data);
+    let count = "SELECT count(*) AS n FROM events";
+    let before = sql(&data, "csv", count);
+    assert_eq!(before, "n\n605\n");
+    let mut files = walk(&data.join("segments"));
+    files.sort();
+    std::fs::remove_file(data.join("MANIFEST")).unwrap();
+
+    let o = ktrail(&data, &["sql", count]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stderr(&o).contains("ktrail repair"), "{}", stderr(&o));
+    let mut after = walk(&data.join("segments"));
+    after.sort();
+    assert_eq!(after, files, "no segment deleted");
+
+    let o = ktrail(&data, &["repair"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("manifest rebuilt"), "{}", stdout(&o));
+    assert_eq!(sql(&data, "csv", count), before);
+    assert!(ktrail(&data, &["verify"]).status.success());
+}
+
+#[test]
+fn compaction_does_not_launder_a_damaged_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    ingest_in_halves(dir.path(), &data);
+    let segment = walk(&data.join("segments"))
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .expect("a segment");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&segment, &bytes).unwrap();
+    let o = ktrail(&data, &["compact"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("SHA-256"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&segment.display().to_string()),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(std::fs::read(&segment).unwrap(), bytes, "kept as it is");
+    let o = ktrail(&data, &["verify"]);
+    assert_eq!(o.status.code(), Some(3), "the damage is still found");
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {

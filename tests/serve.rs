@@ -358,3 +358,148 @@ fn grpc_ingest_stream_acks_when_durable() {
         "kind,n\nnetwork_connect,6\nprocess_exec,1\nprocess_exit,1\n"
     );
 }
+
+/// Sends `head` (request line and headers) and then `body`, and reads the answer for up to
+/// 10 s: (status, headers and body as text).
+fn raw_exchange(addr: SocketAddr, head: &str, body: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    let _ = s.write_all(body);
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no answer within 10 s: {text:?}"));
+    (status, text)
+}
+
+#[test]
+fn the_token_is_checked_before_the_body_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let server = start(
+        &dir.path().join("store"),
+        "http",
+        &token_file,
+        &["--max-body-bytes", "1048576"],
+    );
+    // A client that announces 1 MB and sends 10 bytes: answered at once, not waited for.
+    let head = "POST /v1/ingest/falco HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n";
+    let (status, text) = raw_exchange(server.addr, head, b"{\"a\":1}\n\n\n");
+    assert_eq!(status, 401, "{text}");
+    // With the token, a body over --max-body-bytes is 413.
+    let big = vec![b' '; 2 << 20];
+    let head = format!(
+        "POST /v1/ingest/falco HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        big.len()
+    );
+    let (status, text) = raw_exchange(server.addr, &head, &big);
+    assert_eq!(status, 413, "{text}");
+    server.stop();
+}
+
+/// A tmpfs of `bytes` on `dir` (CI runs as root; a test that cannot mount fails).
+struct SmallFs(std::path::PathBuf);
+
+impl SmallFs {
+    fn mount(dir: &Path, bytes: u64) -> SmallFs {
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "this test needs a small file system: `mount -t tmpfs` failed (run as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallFs(dir.to_path_buf())
+    }
+
+    /// Takes every free byte with one file; returns it (delete it to free the space).
+    fn fill(&self) -> std::path::PathBuf {
+        let path = self.0.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 4096];
+        while f.write(&chunk).is_ok_and(|n| n > 0) {}
+        path
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_answers_507_and_the_producers_retry_is_stored_once_space_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let fs_ = SmallFs::mount(&small, 32 << 20);
+    let data = small.join("store");
+    let server = start(&data, "http", &token_file, &[]);
+    let addr = server.addr;
+    let post = |body: &str| {
+        let head = format!(
+            "POST /v1/ingest/falco HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        raw_exchange(addr, &head, body.as_bytes())
+    };
+    let (status, text) = post(FALCO_ALERT);
+    assert_eq!(status, 200, "{text}");
+    // 300 distinct alerts, as falcosidekick batches them in JSON lines.
+    let body: String = (0..300)
+        .map(|i| {
+            FALCO_ALERT.replace(
+                "\"time\":\"2026-11-26T10:00:05.123456789Z\"",
+                &format!("\"time\":\"2026-11-26T10:01:{:02}.{i:09}Z\"", i % 60),
+            ) + "\n"
+        })
+        .collect();
+    let filler = fs_.fill();
+    let (status, text) = post(&body);
+    assert_eq!(status, 507, "{text}");
+    assert!(
+        text.contains("Retry-After") || text.contains("retry-after"),
+        "{text}"
+    );
+    let (status, text) = raw_exchange(
+        addr,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"",
+    );
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("no space left"), "{text}");
+    // The producer retries while the disk is still full: refused again, never a 200.
+    let (status, text) = post(&body);
+    assert_eq!(status, 507, "{text}");
+    std::fs::remove_file(&filler).unwrap();
+    let (status, text) = post(&body);
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains("\"accepted\":300") && text.contains("\"duplicates\":0"),
+        "{text}"
+    );
+    let (status, _) = raw_exchange(
+        addr,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"",
+    );
+    assert_eq!(status, 200);
+    server.stop();
+    assert_eq!(
+        sql(&data, "csv", "SELECT count(*) AS n FROM events"),
+        "n\n301\n"
+    );
+}
