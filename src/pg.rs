@@ -23,7 +23,7 @@ use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DFStatement;
-use datafusion::sql::sqlparser::ast::{Declare, DeclareType, Statement};
+use datafusion::sql::sqlparser::ast::{Declare, DeclareType, Expr as SqlExpr, Set, Statement};
 use datafusion_postgres::arrow_pg::datatypes::df::deserialize_parameters;
 use datafusion_postgres::arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch};
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
@@ -31,7 +31,7 @@ use datafusion_postgres::datafusion_pg_catalog::setup_pg_catalog;
 use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use datafusion_postgres::pgwire;
 use datafusion_postgres::{DfSessionService, Parser};
-use futures::{Sink, StreamExt, stream};
+use futures::{Sink, SinkExt, StreamExt, stream};
 use pgwire::api::auth::sasl::SASLAuthStartupHandler;
 use pgwire::api::auth::sasl::scram::{ScramAuth, gen_salted_password};
 use pgwire::api::auth::{
@@ -324,14 +324,17 @@ impl Service {
     /// (planning included).
     async fn run_query(
         &self,
+        settings: &ConnectionSettings,
         plan: LogicalPlan,
         format: &Format,
         format_options: Arc<FormatOptions>,
     ) -> PgWireResult<Response> {
         remote::check_remote_plan(&plan).map_err(|e| read_only_error(e.to_string()))?;
-        let limits = &self.limits;
+        let limits = &settings.limits(&self.limits);
         let deadline = tokio::time::Instant::now() + limits.timeout;
-        let limited = remote::limited_context(&self.ctx, limits).map_err(df_error)?;
+        let limited = SessionContext::new_with_state(
+            remote::limited_state(&settings.state(&self.ctx), limits).map_err(df_error)?,
+        );
         let df = tokio::time::timeout_at(deadline, limited.execute_logical_plan(plan))
             .await
             .map_err(|_| df_error(remote::timeout_error(limits)))?
@@ -359,6 +362,199 @@ impl Service {
     }
 }
 
+/// Where a connection keeps its own settings: in its client metadata, which lives and dies
+/// with the connection. Nothing a client sets reaches the shared session.
+const META_TIME_ZONE: &str = "ktrail.time_zone";
+const META_STATEMENT_TIMEOUT_MS: &str = "ktrail.statement_timeout_ms";
+
+/// One connection's `SET TIME ZONE` and `SET statement_timeout`.
+struct ConnectionSettings {
+    time_zone: Option<String>,
+    statement_timeout: Option<std::time::Duration>,
+}
+
+impl ConnectionSettings {
+    fn of<C: ClientInfo + ?Sized>(client: &C) -> Self {
+        let meta = client.metadata();
+        ConnectionSettings {
+            time_zone: meta.get(META_TIME_ZONE).cloned(),
+            statement_timeout: meta
+                .get(META_STATEMENT_TIMEOUT_MS)
+                .and_then(|ms| ms.parse().ok())
+                .map(std::time::Duration::from_millis),
+        }
+    }
+
+    /// The shared session's state with this connection's time zone.
+    fn state(&self, ctx: &SessionContext) -> datafusion::execution::SessionState {
+        let mut state = ctx.state();
+        if let Some(tz) = &self.time_zone {
+            state.config_mut().options_mut().execution.time_zone = Some(tz.clone());
+            // Functions that read the time zone (`now()`, ...) take it when registered, as
+            // DataFusion's own `SET` does.
+            let updated: Vec<_> = state
+                .scalar_functions()
+                .values()
+                .filter_map(|f| f.inner().with_updated_config(state.config().options()))
+                .collect();
+            for f in updated {
+                let _ =
+                    datafusion::execution::FunctionRegistry::register_udf(&mut state, Arc::new(f));
+            }
+        }
+        state
+    }
+
+    /// The server's limits, with the deadline shortened to `statement_timeout` if it is less.
+    fn limits(&self, server: &QueryLimits) -> QueryLimits {
+        let mut limits = server.clone();
+        if let Some(t) = self.statement_timeout {
+            limits.timeout = limits.timeout.min(t);
+        }
+        limits
+    }
+}
+
+/// `statement_timeout` as Postgres reads it: milliseconds, or a number with `ms`, `s`, `min`
+/// or `h`; 0 turns it off (`None`).
+fn parse_statement_timeout(text: &str) -> Option<Option<std::time::Duration>> {
+    let text = text.trim().trim_matches('\'').trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let ms = match unit.trim() {
+        "" | "ms" => number,
+        "s" => number * 1e3,
+        "min" => number * 60e3,
+        "h" => number * 3600e3,
+        _ => return None,
+    };
+    (ms.is_finite() && ms >= 0.0)
+        .then(|| (ms >= 1.0).then(|| std::time::Duration::from_millis(ms as u64)))
+}
+
+impl Service {
+    /// `SET`/`SHOW` of the time zone and `statement_timeout`, kept per connection; `None` for
+    /// any other statement (datafusion-postgres answers it). Its own handling of `SET TIME
+    /// ZONE` changes the shared session, so every connection's time zone.
+    async fn session_statement<C>(
+        &self,
+        client: &mut C,
+        statement: &Statement,
+    ) -> PgWireResult<Option<Response>>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let unquote = |e: &SqlExpr| {
+            let t = e.to_string();
+            t.trim_matches('\'').trim_matches('"').to_string()
+        };
+        match statement {
+            Statement::Set(Set::SetTimeZone { value, .. }) => {
+                self.set_time_zone(client, &unquote(value)).await.map(Some)
+            }
+            Statement::Set(Set::SingleAssignment {
+                variable, values, ..
+            }) => {
+                let name = variable.to_string().to_ascii_lowercase();
+                let value = values.first().map(unquote).unwrap_or_default();
+                match name.as_str() {
+                    "timezone" | "time zone" => self.set_time_zone(client, &value).await.map(Some),
+                    "statement_timeout" => {
+                        let timeout = parse_statement_timeout(&value).ok_or_else(|| {
+                            user_error(
+                                "22023",
+                                format!(
+                                    "invalid value for parameter \"statement_timeout\": \"{value}\""
+                                ),
+                            )
+                        })?;
+                        let meta = client.metadata_mut();
+                        match timeout {
+                            Some(t) => meta.insert(
+                                META_STATEMENT_TIMEOUT_MS.into(),
+                                t.as_millis().to_string(),
+                            ),
+                            None => meta.remove(META_STATEMENT_TIMEOUT_MS),
+                        };
+                        Ok(Some(Response::Execution(Tag::new("SET"))))
+                    }
+                    _ => Ok(None),
+                }
+            }
+            Statement::ShowVariable { variable } => {
+                let name = variable
+                    .iter()
+                    .map(|i| i.value.to_ascii_lowercase())
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                let settings = ConnectionSettings::of(client);
+                let (column, value) = match name.as_str() {
+                    "timezone" | "time zone" => (
+                        "TimeZone",
+                        settings.time_zone.unwrap_or_else(|| "UTC".into()),
+                    ),
+                    "statement_timeout" => (
+                        "statement_timeout",
+                        settings
+                            .statement_timeout
+                            .map_or("0".into(), |t| format!("{}ms", t.as_millis())),
+                    ),
+                    _ => return Ok(None),
+                };
+                let fields = Arc::new(vec![FieldInfo::new(
+                    column.into(),
+                    None,
+                    None,
+                    Type::VARCHAR,
+                    pgwire::api::results::FieldFormat::Text,
+                )]);
+                let mut encoder = pgwire::api::results::DataRowEncoder::new(fields.clone());
+                encoder.encode_field(&Some(value))?;
+                let row = encoder.take_row();
+                Ok(Some(Response::Query(QueryResponse::new(
+                    fields,
+                    stream::iter([Ok(row)]),
+                ))))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn set_time_zone<C>(&self, client: &mut C, tz: &str) -> PgWireResult<Response>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let tz = if tz.eq_ignore_ascii_case("local") || tz.eq_ignore_ascii_case("default") {
+            "UTC"
+        } else {
+            tz
+        };
+        if tz
+            .parse::<datafusion::arrow::array::timezone::Tz>()
+            .is_err()
+        {
+            return Err(user_error(
+                "22023",
+                format!("invalid value for parameter \"TimeZone\": \"{tz}\""),
+            ));
+        }
+        client
+            .metadata_mut()
+            .insert(META_TIME_ZONE.into(), tz.to_string());
+        client
+            .send(PgWireBackendMessage::ParameterStatus(
+                pgwire::messages::startup::ParameterStatus::new("TimeZone".into(), tz.into()),
+            ))
+            .await?;
+        Ok(Response::Execution(Tag::new("SET")))
+    }
+}
+
 impl Service {
     /// `DECLARE name CURSOR FOR query`: the query runs under the limits like any other and its
     /// plan is kept with the cursor, so a client can describe the cursor's columns before it
@@ -370,7 +566,7 @@ impl Service {
         format_options: Arc<FormatOptions>,
     ) -> PgWireResult<Response>
     where
-        C: ClientPortalStore,
+        C: ClientInfo + ClientPortalStore,
         C::PortalStore: PortalStore,
     {
         let store = client
@@ -390,14 +586,19 @@ impl Service {
                 ));
             };
             let statement = Statement::Query(query.clone());
-            let plan = self
-                .ctx
-                .state()
+            let settings = ConnectionSettings::of(client);
+            let plan = settings
+                .state(&self.ctx)
                 .statement_to_plan(DFStatement::Statement(Box::new(statement.clone())))
                 .await
                 .map_err(df_error)?;
             let Response::Query(rows) = self
-                .run_query(plan.clone(), &Format::UnifiedText, format_options.clone())
+                .run_query(
+                    &settings,
+                    plan.clone(),
+                    &Format::UnifiedText,
+                    format_options.clone(),
+                )
                 .await?
             else {
                 unreachable!("run_query answers rows");
@@ -441,14 +642,19 @@ impl SimpleQueryHandler for Service {
                 let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
                 responses.push(self.declare(client, stmts, options).await?);
             } else if is_query(&statement) {
-                let plan = self
-                    .ctx
-                    .state()
+                let settings = ConnectionSettings::of(client);
+                let plan = settings
+                    .state(&self.ctx)
                     .statement_to_plan(DFStatement::Statement(Box::new(statement)))
                     .await
                     .map_err(df_error)?;
                 let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
-                responses.push(self.run_query(plan, &Format::UnifiedText, options).await?);
+                responses.push(
+                    self.run_query(&settings, plan, &Format::UnifiedText, options)
+                        .await?,
+                );
+            } else if let Some(r) = self.session_statement(client, &statement).await? {
+                responses.push(r);
             } else {
                 let mut r =
                     SimpleQueryHandler::do_query(&*self.inner, client, &statement.to_string())
@@ -490,12 +696,23 @@ impl ExtendedQueryHandler for Service {
             return self.declare(client, stmts, options).await;
         }
         if !is_query(statement) {
+            if let Some(r) = self.session_statement(client, statement).await? {
+                return Ok(r);
+            }
             return ExtendedQueryHandler::do_query(&*self.inner, client, portal, max_rows).await;
         }
+        let settings = ConnectionSettings::of(client);
         // Parameters are bound into the statement and it is planned again with constants:
-        // that reaches table function arguments too, which plan parameters do not.
-        let plan = if portal.parameters.is_empty() {
+        // that reaches table function arguments too, which plan parameters do not. A
+        // connection with its own time zone plans again in it.
+        let plan = if portal.parameters.is_empty() && settings.time_zone.is_none() {
             plan.clone()
+        } else if portal.parameters.is_empty() {
+            settings
+                .state(&self.ctx)
+                .statement_to_plan(DFStatement::Statement(Box::new(statement.clone())))
+                .await
+                .map_err(df_error)?
         } else {
             let types = plan.get_parameter_types().map_err(df_error)?;
             let inferred: Vec<Option<DataType>> = (1..=portal.parameters.len())
@@ -514,14 +731,14 @@ impl ExtendedQueryHandler for Service {
             };
             let mut bound = statement.clone();
             remote::bind_placeholders(&mut bound, &values).map_err(df_error)?;
-            self.ctx
-                .state()
+            settings
+                .state(&self.ctx)
                 .statement_to_plan(DFStatement::Statement(Box::new(bound)))
                 .await
                 .map_err(df_error)?
         };
         let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
-        self.run_query(plan, &portal.result_column_format, options)
+        self.run_query(&settings, plan, &portal.result_column_format, options)
             .await
     }
 }

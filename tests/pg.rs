@@ -272,3 +272,57 @@ fn tls_is_required_once_configured() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).1.contains("without TLS"), "{}", text(&o).1);
 }
+
+#[test]
+fn session_settings_belong_to_their_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = exec_scenario_store(dir.path());
+    let server = start(dir.path(), &data, &[]);
+    let run = |commands: &[&str]| {
+        let o = psql(&server, "sslmode=disable", PASSWORD, commands);
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{commands:?}: {err}");
+        out
+    };
+    let now_type = "SELECT arrow_typeof(now()) AS t";
+    let before = run(&[now_type]);
+    // One connection sets its time zone and sees it...
+    let own = run(&[
+        "SET TIME ZONE 'America/New_York'",
+        now_type,
+        "SHOW timezone",
+    ]);
+    assert!(own.contains("America/New_York"), "{own}");
+    assert!(own.ends_with("TimeZone\nAmerica/New_York\n"), "{own}");
+    let own = run(&["SET timezone = 'Asia/Tokyo'", now_type]);
+    assert!(own.contains("Asia/Tokyo"), "{own}");
+    // ...and no other connection does.
+    assert_eq!(run(&[now_type]), before);
+    assert_eq!(run(&["SHOW TIME ZONE"]), "TimeZone\nUTC\n");
+    let o = psql(
+        &server,
+        "sslmode=disable",
+        PASSWORD,
+        &["SET TIME ZONE 'Nowhere/Atlantis'"],
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("invalid value"), "{}", text(&o).1);
+
+    // statement_timeout cancels the statement (57014) and leaves the next connection alone.
+    let o = psql(
+        &server,
+        "sslmode=disable",
+        PASSWORD,
+        &[
+            "SET statement_timeout = '200ms'",
+            "SHOW statement_timeout",
+            "SELECT count(*) FROM generate_series(1, 100000000000)",
+        ],
+    );
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(out.contains("200ms"), "{out}");
+    assert!(err.contains("statement timeout"), "{err}");
+    assert_eq!(run(&["SHOW statement_timeout"]), "statement_timeout\n0\n");
+    server.stop();
+}
