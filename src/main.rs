@@ -128,6 +128,13 @@ enum Command {
         grpc_tls_key: Option<PathBuf>,
         #[command(flatten)]
         limits: LimitArgs,
+        /// Memory all remote queries (Postgres, Flight SQL) hold together; each query's
+        /// --query-memory is drawn from it (bytes; K/M/G suffix).
+        #[arg(long, default_value = "8G", value_parser = parse_bytes)]
+        server_memory: usize,
+        /// Postgres connections open at once; more are refused (SQLSTATE 53300).
+        #[arg(long, default_value_t = 64)]
+        max_connections: usize,
         /// Largest request body accepted.
         #[arg(long, default_value_t = 64 << 20)]
         max_body_bytes: usize,
@@ -274,6 +281,8 @@ fn main() -> ExitCode {
             grpc_tls_cert,
             grpc_tls_key,
             limits,
+            server_memory,
+            max_connections,
             max_body_bytes,
             max_inflight,
         } => {
@@ -288,8 +297,14 @@ fn main() -> ExitCode {
                     (None, None, None) => Some(std::net::SocketAddr::from(([127, 0, 0, 1], 8480))),
                     (h, _, _) => h,
                 };
-                let limits = limits.limits();
-                pg_options(pg, pg_password_file, pg_tls_cert.zip(pg_tls_key)).and_then(|pg| {
+                let limits = query::remote::QueryLimits {
+                    shared: Some(query::remote::server_pool(server_memory)),
+                    ..limits.limits()
+                };
+                pg_options(pg, pg_password_file, pg_tls_cert.zip(pg_tls_key)).and_then(|mut pg| {
+                    if let Some(pg) = &mut pg {
+                        pg.max_connections = max_connections.max(1);
+                    }
                     serve_cmd(
                         &cli.data,
                         serve::ServeOptions {
@@ -636,6 +651,7 @@ impl LimitArgs {
         query::remote::QueryLimits {
             memory_bytes: self.query_memory,
             timeout: std::time::Duration::from_secs(self.query_timeout.max(1)),
+            shared: None,
         }
     }
 }
@@ -734,6 +750,7 @@ fn pg_options(
         )));
     }
     Ok(Some(pg::PgOptions {
+        max_connections: 64,
         addr,
         password: read_secret(&password_file)?,
         tls,

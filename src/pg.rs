@@ -60,6 +60,8 @@ const SCRAM_ITERATIONS: usize = 4096;
 #[derive(Clone)]
 pub struct PgOptions {
     pub addr: SocketAddr,
+    /// Connections open at once; the next is refused with SQLSTATE 53300.
+    pub max_connections: usize,
     pub password: String,
     /// PEM certificate chain and private key.
     pub tls: Option<(PathBuf, PathBuf)>,
@@ -78,6 +80,7 @@ impl std::fmt::Debug for PgOptions {
 /// A bound Postgres listener, ready to serve.
 pub struct PgServer {
     listener: TcpListener,
+    connections: Arc<tokio::sync::Semaphore>,
     tls: Option<TlsAcceptor>,
     handlers: Arc<Handlers>,
 }
@@ -121,6 +124,7 @@ impl PgServer {
             .map_err(|e| format!("--pg {}: {e}", options.addr))?;
         Ok(PgServer {
             listener,
+            connections: Arc::new(tokio::sync::Semaphore::new(options.max_connections)),
             tls,
             handlers,
         })
@@ -141,6 +145,10 @@ impl PgServer {
                         if let Err(e) = socket.set_nodelay(true) {
                             tracing::debug!("pg connection from {peer}: TCP_NODELAY: {e}");
                         }
+                        let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+                            tokio::spawn(refuse_connection(socket));
+                            continue;
+                        };
                         let tls = self.tls.clone();
                         let handlers = self.handlers.clone();
                         tokio::spawn(async move {
@@ -149,6 +157,7 @@ impl PgServer {
                             {
                                 tracing::debug!("pg connection from {peer}: {e}");
                             }
+                            drop(permit);
                         });
                     }
                     Err(e) => tracing::warn!("pg accept: {e}"),
@@ -157,6 +166,29 @@ impl PgServer {
             }
         }
     }
+}
+
+/// Answers a connection over `--max-connections` as Postgres does: one FATAL ErrorResponse
+/// (53300 too_many_connections), which libpq reports whether it asked for TLS first or not.
+async fn refuse_connection(mut socket: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let mut fields = Vec::new();
+    for (code, value) in [
+        (b'S', "FATAL"),
+        (b'V', "FATAL"),
+        (b'C', "53300"),
+        (b'M', "sorry, too many clients already"),
+    ] {
+        fields.push(code);
+        fields.extend_from_slice(value.as_bytes());
+        fields.push(0);
+    }
+    fields.push(0);
+    let mut message = vec![b'E'];
+    message.extend_from_slice(&(fields.len() as u32 + 4).to_be_bytes());
+    message.extend_from_slice(&fields);
+    let _ = socket.write_all(&message).await;
+    let _ = socket.shutdown().await;
 }
 
 fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> Result<TlsAcceptor, String> {

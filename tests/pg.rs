@@ -326,3 +326,28 @@ fn session_settings_belong_to_their_connection() {
     assert_eq!(run(&["SHOW statement_timeout"]), "statement_timeout\n0\n");
     server.stop();
 }
+
+#[test]
+fn connections_past_the_cap_are_refused_and_the_server_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = exec_scenario_store(dir.path());
+    let server = start(dir.path(), &data, &["--max-connections", "1"]);
+    let held = std::net::TcpStream::connect(server.addr).unwrap();
+    let o = psql(&server, "sslmode=disable", PASSWORD, &["SELECT 1 AS one"]);
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(err.contains("too many clients"), "{err}");
+    drop(held);
+    // Once the held connection is gone, its place is free again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let o = psql(&server, "sslmode=disable", PASSWORD, &["SELECT 1 AS one"]);
+        if o.status.success() {
+            assert_eq!(text(&o).0, "one\n1\n");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", text(&o).1);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    server.stop();
+}

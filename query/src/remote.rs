@@ -19,6 +19,9 @@ use std::time::Duration;
 use datafusion::common::ScalarValue;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::memory_pool::{
+    GreedyMemoryPool, MemoryLimit, MemoryPool, MemoryReservation,
+};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::execution::{SessionState, SessionStateBuilder};
@@ -41,6 +44,10 @@ pub struct QueryLimits {
     pub memory_bytes: usize,
     /// Wall time from planning to the last row sent.
     pub timeout: Duration,
+    /// Memory all queries under these limits hold together (the server's, [`server_pool`]):
+    /// each query's own pool draws on it, so many queries cannot add up past it. `None`:
+    /// only each query's own limit.
+    pub shared: Option<Arc<dyn MemoryPool>>,
 }
 
 impl Default for QueryLimits {
@@ -48,7 +55,66 @@ impl Default for QueryLimits {
         QueryLimits {
             memory_bytes: 4 << 30,
             timeout: Duration::from_secs(300),
+            shared: None,
         }
+    }
+}
+
+/// The pool of `bytes` that every remote query of a server draws on (see
+/// [`QueryLimits::shared`]).
+pub fn server_pool(bytes: usize) -> Arc<dyn MemoryPool> {
+    Arc::new(GreedyMemoryPool::new(bytes))
+}
+
+/// One query's memory: at most `limit` bytes of its own, each byte also taken from the
+/// server's `shared` pool; the first of the two to run out refuses (its operators spill or
+/// the query fails with `ResourcesExhausted`).
+#[derive(Debug)]
+struct QueryPool {
+    shared: Arc<dyn MemoryPool>,
+    own: GreedyMemoryPool,
+}
+
+impl MemoryPool for QueryPool {
+    fn name(&self) -> &str {
+        "query"
+    }
+
+    fn grow(&self, reservation: &MemoryReservation, additional: usize) {
+        self.own.grow(reservation, additional);
+        self.shared.grow(reservation, additional);
+    }
+
+    fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
+        self.own.shrink(reservation, shrink);
+        self.shared.shrink(reservation, shrink);
+    }
+
+    fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> Result<()> {
+        self.own.try_grow(reservation, additional)?;
+        self.shared
+            .try_grow(reservation, additional)
+            .inspect_err(|_| self.own.shrink(reservation, additional))
+            .map_err(|e| match e {
+                DataFusionError::ResourcesExhausted(m) => DataFusionError::ResourcesExhausted(
+                    format!("the server's memory for all queries is in use: {m}"),
+                ),
+                e => e,
+            })
+    }
+
+    fn reserved(&self) -> usize {
+        self.own.reserved()
+    }
+
+    fn memory_limit(&self) -> MemoryLimit {
+        self.own.memory_limit()
+    }
+}
+
+impl std::fmt::Display for QueryPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "query({}, server: {})", self.own, self.shared)
     }
 }
 
@@ -266,9 +332,14 @@ pub fn limited_state(base: &SessionState, limits: &QueryLimits) -> Result<Sessio
 /// The runtime of one remote query: a memory pool of its own, spilling to the OS temp
 /// directory before it fails.
 fn query_runtime(limits: &QueryLimits) -> Result<Arc<RuntimeEnv>> {
-    RuntimeEnvBuilder::new()
-        .with_memory_limit(limits.memory_bytes, 1.0)
-        .build_arc()
+    match &limits.shared {
+        None => RuntimeEnvBuilder::new().with_memory_limit(limits.memory_bytes, 1.0),
+        Some(shared) => RuntimeEnvBuilder::new().with_memory_pool(Arc::new(QueryPool {
+            shared: shared.clone(),
+            own: GreedyMemoryPool::new(limits.memory_bytes),
+        })),
+    }
+    .build_arc()
 }
 
 /// Runs a query `plan` (planned in `state`, a [`limited_state`]) under a memory pool of its
@@ -314,6 +385,30 @@ mod tests {
     fn refusal(sql: &str) -> Option<String> {
         let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).unwrap();
         remote_refusal(&statements[0])
+    }
+
+    #[test]
+    fn queries_draw_on_the_servers_pool_as_well_as_their_own() {
+        use datafusion::execution::memory_pool::MemoryConsumer;
+        let limits = QueryLimits {
+            memory_bytes: 600,
+            shared: Some(server_pool(1000)),
+            ..Default::default()
+        };
+        let a = query_runtime(&limits).unwrap();
+        let b = query_runtime(&limits).unwrap();
+        let ra = MemoryConsumer::new("a").register(&a.memory_pool);
+        let rb = MemoryConsumer::new("b").register(&b.memory_pool);
+        assert!(ra.try_grow(700).is_err(), "over the query's own limit");
+        ra.try_grow(600).unwrap();
+        // Within b's own limit, but the server has only 400 left.
+        let err = rb.try_grow(500).unwrap_err().to_string();
+        assert!(err.contains("the server's memory for all queries"), "{err}");
+        assert_eq!(b.memory_pool.reserved(), 0, "a refused grow takes nothing");
+        rb.try_grow(400).unwrap();
+        ra.shrink(600);
+        rb.try_grow(200).unwrap();
+        assert_eq!(limits.shared.as_ref().unwrap().reserved(), 600);
     }
 
     #[test]
@@ -458,6 +553,7 @@ mod tests {
         let small = QueryLimits {
             memory_bytes: 1 << 20,
             timeout: Duration::from_secs(60),
+            shared: None,
         };
         // array_agg holds every value and cannot spill: 1 M values do not fit in 1 MiB.
         let sql = "SELECT cardinality(array_agg(v)) FROM generate_series(1, 1000000) t(v)";
@@ -471,6 +567,7 @@ mod tests {
         let quick = QueryLimits {
             memory_bytes: 1 << 30,
             timeout: Duration::from_millis(200),
+            shared: None,
         };
         let slow = limited_context(&ctx, &quick)
             .unwrap()
