@@ -727,3 +727,38 @@ fn batches_read_from_arrow_ipc_count_their_memory_once() {
         "the memtable was flushed"
     );
 }
+
+#[test]
+fn deduplication_memory_is_bounded_and_evicted_hours_still_find_their_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        dedup_max_ids: 100,
+        ..opts()
+    };
+    let hour_batch = |hour: i64| {
+        let events: Vec<Event> = (0..50)
+            .map(|i| {
+                let mut e = event(hour as u64 * 1000 + i, "ns", "p");
+                e.ts += hour * 3_600_000_000_000;
+                e
+            })
+            .collect();
+        batch_of(&events)
+    };
+    let (store, _) = Store::open(dir.path(), options.clone()).unwrap();
+    for hour in 0..6 {
+        assert_eq!(store.append(hour_batch(hour)).unwrap().accepted, 50);
+        if hour == 2 {
+            store.flush().unwrap(); // some hours in segments, some in the memtable
+        }
+        let held = store.inner.dedup.lock().ids;
+        assert!(held <= 100, "hour {hour}: {held} ids held");
+    }
+    assert!(store.inner.dedup.lock().hours.len() <= 2);
+    // Every hour again: the evicted ones are read again, and nothing is stored twice.
+    for hour in 0..6 {
+        let out = store.append(hour_batch(hour)).unwrap();
+        assert_eq!((out.accepted, out.duplicates), (0, 50), "hour {hour}");
+    }
+    assert_eq!(store.snapshot().rows(), 300);
+}

@@ -132,6 +132,10 @@ pub struct Wal<T: Send + 'static> {
 /// What the writer thread tells the other threads about failed writes.
 #[derive(Default)]
 struct Health {
+    /// Records and barriers handed to the writer (their tickets are 1, 2, ...)…
+    submitted: AtomicU64,
+    /// …and how many of them it has answered (written or failed), in ticket order.
+    processed: AtomicU64,
     /// Groups whose write or sync failed since the WAL was opened.
     failures: AtomicU64,
     /// Why the WAL refuses writes now (`None`: it takes them).
@@ -334,11 +338,28 @@ impl<T: Send + 'static> Wal<T> {
     }
 
     fn send(&self, cmd: Cmd<T>) -> Result<()> {
+        let counted = !matches!(cmd, Cmd::Rotate { .. });
         self.tx
             .as_ref()
             .ok_or(StorageError::Closed)?
             .send(cmd)
-            .map_err(|_| StorageError::Closed)
+            .map_err(|_| StorageError::Closed)?;
+        if counted {
+            self.health.submitted.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    /// Records and barriers submitted so far. With submissions serialised by the caller,
+    /// the next one gets ticket `submitted() + 1`.
+    pub fn submitted(&self) -> u64 {
+        self.health.submitted.load(Ordering::SeqCst)
+    }
+
+    /// Records and barriers answered so far (written or failed): every ticket up to this is
+    /// settled.
+    pub fn processed(&self) -> u64 {
+        self.health.processed.load(Ordering::SeqCst)
     }
 }
 
@@ -405,6 +426,7 @@ impl<T> Writer<T> {
                 } => {
                     if let Err(e) = self.check_guard(guard) {
                         (self.failed)(item);
+                        self.health.processed.fetch_add(1, Ordering::SeqCst);
                         let _ = done.send(Err(e));
                         continue;
                     }
@@ -462,12 +484,15 @@ impl<T> Writer<T> {
                 *self.health.refusing.lock() = None;
                 let failures = self.health.failures.load(Ordering::SeqCst);
                 for w in waiters.drain(..) {
+                    // Counted as processed only once the memtable holds the record.
                     match w {
                         Waiter::Record { seq, item, done } => {
                             (self.sink)(seq, item);
+                            self.health.processed.fetch_add(1, Ordering::SeqCst);
                             let _ = done.send(Ok(seq));
                         }
                         Waiter::Barrier { guard, done } => {
+                            self.health.processed.fetch_add(1, Ordering::SeqCst);
                             let r = if failures > guard {
                                 Err(StorageError::EarlierWriteFailed)
                             } else {
@@ -493,6 +518,7 @@ impl<T> Writer<T> {
                         }
                         Waiter::Barrier { done, .. } => done,
                     };
+                    self.health.processed.fetch_add(1, Ordering::SeqCst);
                     let _ = done.send(Err(e.duplicate()));
                 }
             }
