@@ -267,6 +267,35 @@ fn a_missing_manifest_keeps_every_segment_and_repair_rebuilds_it() {
 }
 
 #[test]
+fn a_damaged_segment_fails_every_query_that_reads_it_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    assert!(ktrail(&data, &["ingest", QUICKSTART]).status.success());
+    let segment = walk(&data.join("segments"))
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .expect("a segment");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    // The last byte before the footer's length: inside the footer's metadata, which a
+    // reader would otherwise decode as it is.
+    let at = bytes.len() - 9;
+    bytes[at] ^= 0x01;
+    std::fs::write(&segment, &bytes).unwrap();
+    for query in [
+        "SELECT sum(pid) AS s FROM events",
+        "SELECT ts, exe FROM events WHERE kind = 'process_exec' ORDER BY ts LIMIT 3",
+    ] {
+        let o = ktrail(&data, &["sql", query]);
+        assert_eq!(o.status.code(), Some(1), "{query}: {}", stdout(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains("SHA-256") && err.contains(&segment.display().to_string()),
+            "{query}: {err}"
+        );
+    }
+}
+
+#[test]
 fn compaction_does_not_launder_a_damaged_segment() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("store");

@@ -224,6 +224,11 @@ impl TableProvider for EventsTable {
             } else {
                 stats.row_groups_scanned += segment.meta.row_groups.len();
             }
+            // The first read of a segment in this process checks its SHA-256s: a damaged
+            // segment fails the query naming it, never serves rows.
+            segment.verify_once().map_err(|e| {
+                datafusion::error::DataFusionError::External(Box::new(QueryError::from(e)))
+            })?;
             stats.segments_scanned += 1;
             files.push(file);
         }

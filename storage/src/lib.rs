@@ -739,6 +739,7 @@ impl Inner {
         };
         let mut set = IdSet::default();
         for s in segments {
+            s.verify_once()?;
             set.extend(segment::event_ids(&s)?);
         }
         for b in memtable {

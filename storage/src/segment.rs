@@ -561,6 +561,9 @@ pub struct Segment {
     /// evidence, rebuilt when missing), `cache/<id>/`. Deleted with the segment.
     pub cache_dir: PathBuf,
     index: OnceLock<Arc<SegmentIndex>>,
+    /// What [`Segment::verify_once`] found: its files match the manifest, or where they did
+    /// not (path, reason). An I/O failure is not kept: it is tried again.
+    verified: OnceLock<std::result::Result<(), (PathBuf, String)>>,
     obsolete: AtomicBool,
 }
 
@@ -573,6 +576,7 @@ impl Segment {
             cache_dir: cache_dir(dir, meta.id),
             meta,
             index: OnceLock::new(),
+            verified: OnceLock::new(),
             obsolete: AtomicBool::new(false),
         }
     }
@@ -628,6 +632,29 @@ impl Segment {
             }
         }
         Ok(())
+    }
+
+    /// [`verify`](Self::verify), once per process: the first reader of a segment pays for
+    /// its SHA-256s, later ones get the same answer. Damage found is reported to every
+    /// reader, naming the file; nothing of a damaged segment is served.
+    pub fn verify_once(&self) -> Result<()> {
+        let outcome = match self.verified.get() {
+            Some(o) => o,
+            None => match self.verify() {
+                Ok(()) => self.verified.get_or_init(|| Ok(())),
+                Err(StorageError::Corruption { path, reason, .. }) => {
+                    self.verified.get_or_init(|| Err((path, reason)))
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        outcome
+            .clone()
+            .map_err(|(path, reason)| StorageError::Corruption {
+                path,
+                offset: 0,
+                reason,
+            })
     }
 
     /// Marks the files for deletion when the last handle goes.
