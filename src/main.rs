@@ -861,7 +861,7 @@ fn repair_cmd(data: &PathBuf) -> Result<ExitCode, CliError> {
             println!("quarantined {}: {}", path.display(), one_line(reason));
         }
         println!(
-            "manifest rebuilt: {} segment(s), {} event(s); WAL: {} record(s) read again, {} event(s) not in a segment stored",
+            "manifest rebuilt: {} segment(s), {} event(s); WAL: {} record(s) read, {} event(s) no segment held written as new segments",
             report.segments, report.rows, report.wal_records, report.wal_events_stored
         );
     }

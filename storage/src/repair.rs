@@ -1,19 +1,24 @@
 //! `ktrail repair`: a store whose manifest is missing or unreadable gets one again, rebuilt
 //! from the segment files after each is checked ([`segment::meta_from_files`]). Nothing is
 //! deleted: an unreadable manifest and every file that does not check out go to
-//! `quarantine/`. The WAL's records are then appended again through the store's own
-//! deduplication, so those already in a segment are not stored twice and the rest are kept.
+//! `quarantine/`. The WAL's events that no checked segment holds are written as new segments
+//! listed in the same manifest, so they are neither lost nor stored twice, and a repair
+//! killed at any point can simply be run again.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use datafusion::arrow::array::RecordBatch;
+use std::collections::HashSet;
+
+use datafusion::arrow::array::{AsArray, BooleanArray};
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::datatypes::Int64Type;
 
 use crate::error::{IoContext, Result, StorageError};
 use crate::manifest::{MANIFEST_FILE, Manifest};
-use crate::{Store, StoreOptions, quarantine, segment, wal};
+use crate::{StoreOptions, quarantine, segment, wal};
 
 /// What [`repair`] did.
 #[derive(Debug, Default)]
@@ -25,7 +30,8 @@ pub struct RepairReport {
     pub rows: u64,
     /// Files moved to `quarantine/` (the old manifest among them), each with the reason.
     pub quarantined: Vec<(PathBuf, String)>,
-    /// WAL records read again, and the events of them stored (the rest were in segments).
+    /// WAL records read, and the events of them written as new segments (the rest were in
+    /// segments already).
     pub wal_records: u64,
     pub wal_events_stored: usize,
 }
@@ -35,34 +41,13 @@ pub struct RepairReport {
 pub fn repair(dir: &Path, options: StoreOptions) -> Result<RepairReport> {
     let dir = dir.canonicalize().at(dir)?;
     let mut report = RepairReport::default();
-    let Some(batches) = rebuild_manifest(&dir, &mut report)? else {
-        return Ok(report);
-    };
-    let (store, _) = Store::open(
-        &dir,
-        StoreOptions {
-            background: false,
-            ..options
-        },
-    )?;
-    for batch in batches {
-        report.wal_events_stored += store.append(batch)?.accepted;
-    }
-    store.close()?;
-    Ok(report)
-}
-
-/// Under the directory lock: quarantines an unreadable manifest, checks every segment and
-/// saves the manifest of those that check out; returns the WAL's batches to append again
-/// (`None`: the manifest was readable, nothing was done).
-fn rebuild_manifest(dir: &Path, report: &mut RepairReport) -> Result<Option<Vec<RecordBatch>>> {
-    let _lock = crate::lock_dir(dir)?;
-    match Manifest::load(dir) {
-        Ok(Some(_)) => return Ok(None),
+    let _lock = crate::lock_dir(&dir)?;
+    match Manifest::load(&dir) {
+        Ok(Some(_)) => return Ok(report),
         Ok(None) => {}
         Err(e @ (StorageError::Corruption { .. } | StorageError::UnsupportedVersion { .. })) => {
             let path = dir.join(MANIFEST_FILE);
-            quarantine(dir, &path)?;
+            quarantine(&dir, &path)?;
             report.quarantined.push((path, e.to_string()));
         }
         Err(e) => return Err(e),
@@ -73,9 +58,9 @@ fn rebuild_manifest(dir: &Path, report: &mut RepairReport) -> Result<Option<Vec<
         next_segment_id: 1,
         ..Default::default()
     };
-    for (id, files) in segment_files(dir)? {
+    for (id, files) in segment_files(&dir)? {
         let checked = match (&files.parquet, &files.index) {
-            (Some(p), Some(i)) => segment::meta_from_files(dir, id, &rel(dir, p), &rel(dir, i)),
+            (Some(p), Some(i)) => segment::meta_from_files(&dir, id, &rel(&dir, p), &rel(&dir, i)),
             (p, i) => Err(StorageError::Corruption {
                 path: p.clone().or(i.clone()).expect("one of them"),
                 offset: 0,
@@ -90,15 +75,15 @@ fn rebuild_manifest(dir: &Path, report: &mut RepairReport) -> Result<Option<Vec<
             }
             Err(e) => {
                 for p in files.parquet.iter().chain(&files.index) {
-                    quarantine(dir, p)?;
+                    quarantine(&dir, p)?;
                     report.quarantined.push((p.clone(), e.to_string()));
                 }
             }
         }
     }
-    report.segments = manifest.segments.len();
 
-    // The WAL's records from its first file on: none is known to be in a segment any more.
+    // The WAL's records from its first file on: which of their events are in a segment is
+    // not known any more, so each is looked up among the checked segments' ids.
     let wal_dir = dir.join("wal");
     let first = wal::first_seq_on_disk(&wal_dir)?;
     let mut batches = Vec::new();
@@ -120,10 +105,45 @@ fn rebuild_manifest(dir: &Path, report: &mut RepairReport) -> Result<Option<Vec<
     )?;
     drop(reader);
     report.wal_records = replay.replayed;
-    // Every record read is appended again, so none is replayed at the next open.
+    let mut stored: HashSet<i64> = HashSet::new();
+    for meta in &manifest.segments {
+        stored.extend(segment::event_ids(&segment::Segment::new(
+            &dir,
+            meta.clone(),
+        ))?);
+    }
+    let mut unstored = Vec::new();
+    for batch in batches {
+        let ids = batch
+            .column_by_name(model::col::EVENT_ID)
+            .expect("events schema")
+            .as_primitive::<Int64Type>();
+        let keep: BooleanArray = ids
+            .values()
+            .iter()
+            .map(|id| Some(stored.insert(*id)))
+            .collect();
+        let kept = filter_record_batch(&batch, &keep)?;
+        if kept.num_rows() > 0 {
+            unstored.push(kept);
+        }
+    }
+    report.wal_events_stored = unstored.iter().map(|b| b.num_rows()).sum();
+    if !unstored.is_empty() {
+        let sorted = segment::sort_rows(&unstored)?;
+        for (hour, rows) in segment::split_by_hour(&sorted) {
+            let id = manifest.next_segment_id;
+            manifest.next_segment_id += 1;
+            let meta = segment::write_segment(&dir, id, hour, 0, &rows, &options.segment)?;
+            report.rows += meta.rows;
+            manifest.segments.push(meta);
+        }
+    }
+    report.segments = manifest.segments.len();
+    // Every WAL record is in a listed segment now: none is replayed at the next open.
     manifest.flushed_seq = replay.last_seq;
-    manifest.save(dir)?;
-    Ok(Some(batches))
+    manifest.save(&dir)?;
+    Ok(report)
 }
 
 #[derive(Default)]

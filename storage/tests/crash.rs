@@ -2,8 +2,11 @@
 //! points (mid-append, mid-flush, mid-compaction); after every kill the store must reopen and
 //! hold every event whose append had returned.
 //!
-//! `crash_kills_short` runs in the normal suite; `crash_kills_200` is the long run:
-//! `cargo nextest run -p ktrail-storage --run-ignored only crash_kills_200`.
+//! Every fifth kill the manifest is deleted too and a repair is killed half-way, then run
+//! again. After each: every acknowledged event present exactly once, every segment verified.
+//!
+//! `crash_kills_short` runs in the normal suite; `crash_kills_1000` is the long run:
+//! `cargo nextest run -p ktrail-storage --run-ignored only crash_kills_1000 --no-capture`.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
@@ -18,6 +21,7 @@ use rand::{Rng, SeedableRng};
 
 const DIR_ENV: &str = "KTRAIL_CRASH_CHILD_DIR";
 const BASE_ENV: &str = "KTRAIL_CRASH_ID_BASE";
+const REPAIR_ENV: &str = "KTRAIL_CRASH_REPAIR";
 
 fn child_options() -> StoreOptions {
     StoreOptions {
@@ -36,6 +40,11 @@ fn crash_child() {
     let Ok(dir) = std::env::var(DIR_ENV) else {
         return;
     };
+    if std::env::var(REPAIR_ENV).is_ok() {
+        // Killed while it rebuilds the manifest.
+        storage::repair(std::path::Path::new(&dir), child_options()).unwrap();
+        return;
+    }
     let base: i64 = std::env::var(BASE_ENV).unwrap().parse().unwrap();
     let (store, _) = Store::open(&dir, child_options()).unwrap();
     let out = std::sync::Arc::new(std::sync::Mutex::new(std::io::stdout()));
@@ -96,6 +105,8 @@ fn stored_ids(dir: &std::path::Path) -> Vec<i64> {
         },
     )
     .expect("store must reopen after a crash");
+    // No damaged segment is served: every listed segment is as the manifest says.
+    store.verify().expect("no damaged segment after a crash");
     let snap = store.snapshot();
     let mut ids = Vec::new();
     for s in &snap.segments {
@@ -112,11 +123,56 @@ fn stored_ids(dir: &std::path::Path) -> Vec<i64> {
     ids
 }
 
+/// Deletes the manifest, lets a child rebuild it and SIGKILLs the child at a random point;
+/// then runs the repair again here (it must finish what was killed).
+fn kill_a_repair(dir: &std::path::Path, exe: &std::path::Path, rng: &mut impl Rng) {
+    std::fs::remove_file(dir.join("MANIFEST")).unwrap();
+    let mut child = Command::new(exe)
+        .args(["--exact", "crash_child", "--ignored", "--test-threads=1"])
+        .env(DIR_ENV, dir)
+        .env(REPAIR_ENV, "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(rng.random_range(0..40)));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    storage::repair(
+        dir,
+        StoreOptions {
+            background: false,
+            ..Default::default()
+        },
+    )
+    .expect("a repair killed half-way can be run again");
+}
+
+/// Checks the store after a kill: every acknowledged event once, nothing twice.
+fn check(dir: &std::path::Path, acked: &[(i64, i64)], k: u32) {
+    let ids = stored_ids(dir);
+    let unique: BTreeSet<i64> = ids.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        ids.len(),
+        "kill {k}: an event is stored twice"
+    );
+    for &(a, b) in acked {
+        for id in a..b {
+            assert!(
+                unique.contains(&id),
+                "kill {k}: acknowledged event {id} lost"
+            );
+        }
+    }
+}
+
 fn run_kills(kills: u32, seed: u64) {
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut acked: Vec<(i64, i64)> = Vec::new();
+    let mut repairs = 0;
     for k in 0..kills {
         let mut child = Command::new(&exe)
             .args([
@@ -148,21 +204,12 @@ fn run_kills(kills: u32, seed: u64) {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         acked.extend(reader.join().unwrap());
-
-        let ids = stored_ids(dir.path());
-        let unique: BTreeSet<i64> = ids.iter().copied().collect();
-        assert_eq!(
-            unique.len(),
-            ids.len(),
-            "kill {k}: an event is stored twice"
-        );
-        for &(a, b) in &acked {
-            for id in a..b {
-                assert!(
-                    unique.contains(&id),
-                    "kill {k}: acknowledged event {id} lost"
-                );
-            }
+        check(dir.path(), &acked, k);
+        // Every fifth kill, the manifest is lost too and a repair is killed half-way.
+        if k % 5 == 4 {
+            kill_a_repair(dir.path(), &exe, &mut rng);
+            check(dir.path(), &acked, k);
+            repairs += 1;
         }
     }
     let total: i64 = acked.iter().map(|(a, b)| b - a).sum();
@@ -171,7 +218,7 @@ fn run_kills(kills: u32, seed: u64) {
     let compacted = manifest.segments.iter().filter(|s| s.level > 0).count();
     assert!(!manifest.segments.is_empty(), "the children never flushed");
     eprintln!(
-        "{kills} kills, {total} acknowledged events, all present; {} segments ({compacted} compacted), {} flushed WAL records",
+        "{kills} kills (and {repairs} killed repairs), {total} acknowledged events, all present once, every segment verified; {} segments ({compacted} compacted), {} flushed WAL records",
         manifest.segments.len(),
         manifest.flushed_seq
     );
@@ -179,11 +226,11 @@ fn run_kills(kills: u32, seed: u64) {
 
 #[test]
 fn crash_kills_short() {
-    run_kills(6, 7);
+    run_kills(10, 7);
 }
 
 #[test]
-#[ignore = "long: 200 kills"]
-fn crash_kills_200() {
-    run_kills(200, 42);
+#[ignore = "long: 1 000 kills"]
+fn crash_kills_1000() {
+    run_kills(1000, 42);
 }
