@@ -4,12 +4,91 @@
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::Mutex;
 
 use crate::error::{IoContext, Result};
 
+/// The durable I/O steps a fault can be injected at (the fault-injection harness,
+/// `storage/tests/faults.rs`). Each names one call: a WAL write or fdatasync, creating a WAL
+/// file, deleting one in trim; the write, fsync or rename of an atomic replace (manifest,
+/// index); the fsync of a segment's Parquet file; the rename that publishes a file; a
+/// directory fsync.
+pub const FAULT_POINTS: &[&str] = &[
+    "wal.write",
+    "wal.sync",
+    "wal.create",
+    "wal.trim",
+    "atomic.write",
+    "atomic.fsync",
+    "segment.fsync",
+    "publish.rename",
+    "dir.fsync",
+];
+
+/// What an injected fault looks like to the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// `EIO`: the device failed.
+    Io,
+    /// `ENOSPC`: the file system is full.
+    NoSpace,
+}
+
+static ARMED: AtomicBool = AtomicBool::new(false);
+/// Armed faults: point, fault, passes to let through first; a fault fires once.
+static FAULTS: Mutex<Vec<(&'static str, Fault, u32)>> = Mutex::new(Vec::new());
+
+/// Makes the pass through `point` (one of [`FAULT_POINTS`]) after the next `skip` ones fail
+/// with `fault`, once. For fault-injection tests only: nothing in ktrail arms a fault.
+pub fn inject_fault(point: &'static str, fault: Fault, skip: u32) {
+    assert!(FAULT_POINTS.contains(&point), "no fault point {point}");
+    FAULTS.lock().push((point, fault, skip));
+    ARMED.store(true, Ordering::SeqCst);
+}
+
+/// True while an injected fault has not fired yet.
+pub fn fault_pending() -> bool {
+    !FAULTS.lock().is_empty()
+}
+
+/// Disarms every injected fault.
+pub fn clear_faults() {
+    FAULTS.lock().clear();
+    ARMED.store(false, Ordering::SeqCst);
+}
+
+/// Fails when a fault is armed at `point`; otherwise (always, outside the harness: one
+/// relaxed load) `Ok`.
+pub(crate) fn fault_point(point: &'static str) -> std::io::Result<()> {
+    if !ARMED.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    let mut faults = FAULTS.lock();
+    let Some(i) = faults.iter().position(|(p, _, _)| *p == point) else {
+        return Ok(());
+    };
+    if faults[i].2 > 0 {
+        faults[i].2 -= 1;
+        return Ok(());
+    }
+    let (_, fault, _) = faults.remove(i);
+    Err(match fault {
+        Fault::Io => std::io::Error::other(format!("injected I/O error at {point}")),
+        Fault::NoSpace => std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            format!("injected: no space left at {point}"),
+        ),
+    })
+}
+
 /// Fsyncs a directory so that entries created, renamed or removed in it survive a crash.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).at(dir)
+    fault_point("dir.fsync")
+        .and_then(|()| File::open(dir))
+        .and_then(|d| d.sync_all())
+        .at(dir)
 }
 
 /// Creates `dir` (and parents) and fsyncs each directory whose entries changed.
@@ -36,15 +115,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = tmp_path(path);
     {
         let mut f = File::create(&tmp).at(&tmp)?;
-        f.write_all(bytes).at(&tmp)?;
-        f.sync_all().at(&tmp)?;
+        fault_point("atomic.write")
+            .and_then(|()| f.write_all(bytes))
+            .at(&tmp)?;
+        fault_point("atomic.fsync")
+            .and_then(|()| f.sync_all())
+            .at(&tmp)?;
     }
     publish(&tmp, path)
 }
 
 /// Renames a synced temp file into place and fsyncs the directory.
 pub fn publish(tmp: &Path, path: &Path) -> Result<()> {
-    fs::rename(tmp, path).at(path)?;
+    fault_point("publish.rename")
+        .and_then(|()| fs::rename(tmp, path))
+        .at(path)?;
     sync_dir(path.parent().expect("published files live in a directory"))
 }
 

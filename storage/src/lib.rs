@@ -784,21 +784,26 @@ impl Inner {
                 manifest.next_segment_id += 1;
                 written.push((id, hour));
                 let meta =
-                    segment::write_segment(&self.dir, id, hour, 0, &rows, &self.options.segment)?;
+                    segment::write_segment(&self.dir, id, hour, 0, &rows, &self.options.segment)
+                        .map_err(SaveFailure::NotSaved)?;
                 manifest.segments.push(meta.clone());
                 new_segments.push(Arc::new(Segment::new(&self.dir, meta)));
             }
             manifest.flushed_seq = upto_seq;
-            manifest.save(&self.dir)
+            save_manifest(&self.dir, &manifest)
         })();
-        if let Err(e) = published {
-            // Files of this flush alone, listed nowhere: they would only hold the space a
-            // full disk needs back (the rows stay in the memtable and the WAL).
-            for (id, hour) in written {
-                segment::discard_unpublished(&self.dir, id, hour);
+        let saved_anyway = match published {
+            Ok(()) => None,
+            Err(SaveFailure::NotSaved(e)) => {
+                // Files of this flush alone, listed nowhere: they would only hold the space
+                // a full disk needs back (the rows stay in the memtable and the WAL).
+                for (id, hour) in written {
+                    segment::discard_unpublished(&self.dir, id, hour);
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
+            Err(SaveFailure::OnDisk(e)) => Some(e),
+        };
         {
             let mut st = self.state.write();
             st.manifest = manifest;
@@ -807,6 +812,11 @@ impl Inner {
             st.memtable_rows = st.memtable.iter().map(|(_, b)| b.num_rows()).sum();
             st.memtable_bytes = st.memtable.iter().map(|(_, b)| memory_of(b)).sum();
             st.memtable_since = (st.memtable_rows > 0).then(Instant::now);
+        }
+        if let Some(e) = saved_anyway {
+            // The new manifest is in place but its directory sync failed: its segments stay
+            // and are listed; the WAL keeps the records until a later save is durable.
+            return Err(e);
         }
         // Only now, with the manifest durable, may the WAL forget these records.
         self.wal.trim(upto_seq)?;
@@ -918,9 +928,14 @@ impl Inner {
         let old: HashSet<u64> = group.iter().map(|s| s.meta.id).collect();
         manifest.segments.retain(|s| !old.contains(&s.id));
         manifest.segments.push(merged.clone());
-        manifest.save(&self.dir).inspect_err(|_| {
-            segment::discard_unpublished(&self.dir, merged.id, segment::hour_of(merged.min_ts))
-        })?;
+        let saved_anyway = match save_manifest(&self.dir, &manifest) {
+            Ok(()) => None,
+            Err(SaveFailure::NotSaved(e)) => {
+                segment::discard_unpublished(&self.dir, merged.id, segment::hour_of(merged.min_ts));
+                return Err(e);
+            }
+            Err(SaveFailure::OnDisk(e)) => Some(e),
+        };
         let mut st = self.state.write();
         st.manifest = manifest;
         st.segments.retain(|s| !old.contains(&s.meta.id));
@@ -928,7 +943,7 @@ impl Inner {
         for s in group {
             s.retire();
         }
-        Ok(())
+        saved_anyway.map_or(Ok(()), Err)
     }
 
     fn background_loop(&self) {
@@ -1012,6 +1027,21 @@ fn check_listed_files(dir: &Path, manifest: &Manifest) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A manifest save that failed: before the new manifest replaced the old one (the files
+/// only it lists may go), or after (the rename happened, the directory sync failed: the new
+/// one may be what a restart reads, so everything it lists must stay).
+enum SaveFailure {
+    NotSaved(StorageError),
+    OnDisk(StorageError),
+}
+
+fn save_manifest(dir: &Path, manifest: &Manifest) -> std::result::Result<(), SaveFailure> {
+    manifest.save(dir).map_err(|e| match Manifest::load(dir) {
+        Ok(Some(on_disk)) if on_disk == *manifest => SaveFailure::OnDisk(e),
+        _ => SaveFailure::NotSaved(e),
+    })
 }
 
 /// Takes the store directory's lock (`LOCK`, `flock`): held while the file stays open.

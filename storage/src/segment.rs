@@ -345,7 +345,9 @@ impl SegmentWriter {
         let metadata = self.writer.finish()?;
         let sink = self.writer.inner_mut();
         sink.flush().at(&self.tmp)?;
-        sink.inner.get_ref().sync_all().at(&self.tmp)?;
+        fsutil::fault_point("segment.fsync")
+            .and_then(|()| sink.inner.get_ref().sync_all())
+            .at(&self.tmp)?;
         let sha256 = hex::encode(sink.hasher.clone().finalize());
         let bytes = sink.bytes;
         let row_groups = metadata
@@ -561,9 +563,9 @@ pub struct Segment {
     /// evidence, rebuilt when missing), `cache/<id>/`. Deleted with the segment.
     pub cache_dir: PathBuf,
     index: OnceLock<Arc<SegmentIndex>>,
-    /// What [`Segment::verify_once`] found: its files match the manifest, or where they did
-    /// not (path, reason). An I/O failure is not kept: it is tried again.
-    verified: OnceLock<std::result::Result<(), (PathBuf, String)>>,
+    /// Set once [`Segment::verify_once`] found the files as the manifest says. Damage is not
+    /// kept: a file put back (from a backup) is checked again.
+    verified: OnceLock<()>,
     obsolete: AtomicBool,
 }
 
@@ -634,27 +636,15 @@ impl Segment {
         Ok(())
     }
 
-    /// [`verify`](Self::verify), once per process: the first reader of a segment pays for
-    /// its SHA-256s, later ones get the same answer. Damage found is reported to every
-    /// reader, naming the file; nothing of a damaged segment is served.
+    /// [`verify`](Self::verify) until it passes once in this process: the first reader of a
+    /// segment pays for its SHA-256s, later ones do not. Damage is reported to every reader,
+    /// naming the file; nothing of a damaged segment is served.
     pub fn verify_once(&self) -> Result<()> {
-        let outcome = match self.verified.get() {
-            Some(o) => o,
-            None => match self.verify() {
-                Ok(()) => self.verified.get_or_init(|| Ok(())),
-                Err(StorageError::Corruption { path, reason, .. }) => {
-                    self.verified.get_or_init(|| Err((path, reason)))
-                }
-                Err(e) => return Err(e),
-            },
-        };
-        outcome
-            .clone()
-            .map_err(|(path, reason)| StorageError::Corruption {
-                path,
-                offset: 0,
-                reason,
-            })
+        if self.verified.get().is_none() {
+            self.verify()?;
+            let _ = self.verified.set(());
+        }
+        Ok(())
     }
 
     /// Marks the files for deletion when the last handle goes.

@@ -322,7 +322,9 @@ impl<T: Send + 'static> Wal<T> {
                 break;
             }
             let path = first.path.clone();
-            fs::remove_file(&path).at(&path)?;
+            fsutil::fault_point("wal.trim")
+                .and_then(|()| fs::remove_file(&path))
+                .at(&path)?;
             files.closed.remove(0);
             removed += 1;
         }
@@ -473,8 +475,12 @@ impl<T> Writer<T> {
                 return Ok(());
             }
             let path = self.path();
-            self.file.write_all(buf).at(&path)?;
-            self.file.sync_data().at(&path)
+            fsutil::fault_point("wal.write")
+                .and_then(|()| self.file.write_all(buf))
+                .at(&path)?;
+            fsutil::fault_point("wal.sync")
+                .and_then(|()| self.file.sync_data())
+                .at(&path)
         });
         buf.clear();
         match result {
@@ -606,6 +612,7 @@ fn file_path(dir: &Path, first_seq: u64) -> PathBuf {
 
 fn create_file(dir: &Path, first_seq: u64) -> Result<(File, PathBuf)> {
     let path = file_path(dir, first_seq);
+    fsutil::fault_point("wal.create").at(&path)?;
     let mut f = OpenOptions::new()
         .create(true)
         .truncate(true)

@@ -10,6 +10,7 @@ use std::process::Command;
 
 use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::Int64Type;
+use ktrail_storage::fsutil::{self, Fault};
 use ktrail_storage::{self as storage, StorageError, Store, StoreOptions};
 use model::{Event, batch_of};
 use rand::{Rng, SeedableRng};
@@ -335,4 +336,91 @@ fn repair_rebuilds_a_lost_manifest_from_checked_segments_and_quarantines_the_res
     // A readable manifest is left alone.
     let again = storage::repair(data, options()).unwrap();
     assert!(!again.rebuilt);
+}
+
+enum Step {
+    Append(u64),
+    Flush,
+    Compact,
+}
+
+/// One fault at the pass through `point` after `skip` others: the step that meets it fails,
+/// is retried (after a restart when `restart` is set or the store is poisoned) and succeeds;
+/// after a restart every acknowledged event is there once. False when the steps pass `point`
+/// `skip` times or fewer.
+fn survive_fault(point: &'static str, fault: Fault, skip: u32, restart: bool) -> bool {
+    let what = format!("{point} ({fault:?}, after {skip} passes, restart {restart})");
+    let dir = tempfile::tempdir().unwrap();
+    let mut acked: Vec<i64> = Vec::new();
+    let mut store = Store::open(dir.path(), options()).unwrap().0;
+    store.append(batch_of(&events(0, 100, 10))).unwrap();
+    acked.extend(0..100);
+    store.flush().unwrap();
+    fsutil::inject_fault(point, fault, skip);
+    let mut failures = 0;
+    for step in [
+        Step::Append(100),
+        Step::Flush,
+        Step::Append(200),
+        Step::Flush,
+        Step::Compact,
+    ] {
+        let run = |store: &Store| match &step {
+            Step::Append(from) => store
+                .append(batch_of(&events(*from, 100, 10)))
+                .map(|out| assert_eq!(out.accepted, 100, "{what}")),
+            Step::Flush => store.flush(),
+            Step::Compact => store.compact_major().map(|_| ()),
+        };
+        if let Err(e) = run(&store) {
+            failures += 1;
+            if restart || matches!(e, StorageError::Poisoned(_)) {
+                drop(store);
+                store = Store::open(dir.path(), options())
+                    .unwrap_or_else(|e| panic!("{what}: the store does not reopen: {e}"))
+                    .0;
+            }
+            run(&store).unwrap_or_else(|e| panic!("{what}: the retry failed: {e}"));
+        }
+        if let Step::Append(from) = step {
+            acked.extend(from as i64..from as i64 + 100);
+        }
+    }
+    let reached = !fsutil::fault_pending();
+    fsutil::clear_faults();
+    assert_eq!(failures, u32::from(reached), "{what}");
+    drop(store);
+    let (store, report) = Store::open(dir.path(), options())
+        .unwrap_or_else(|e| panic!("{what}: the store does not reopen: {e}"));
+    assert!(
+        report.quarantined.is_empty(),
+        "{what}: {:?}",
+        report.quarantined
+    );
+    assert_eq!(
+        stored_ids(&store),
+        acked,
+        "{what}: every acknowledged event, once"
+    );
+    store.verify().unwrap_or_else(|e| panic!("{what}: {e}"));
+    reached
+}
+
+/// Every pass of every fault point through appends, two flushes and a compaction.
+#[test]
+fn every_durable_step_can_fail_and_nothing_acknowledged_is_lost() {
+    let mut injected = 0;
+    for point in fsutil::FAULT_POINTS {
+        let mut passes = 0;
+        for fault in [Fault::Io, Fault::NoSpace] {
+            for restart in [false, true] {
+                passes = (0..)
+                    .take_while(|skip| survive_fault(point, fault, *skip, restart))
+                    .count();
+                injected += passes;
+            }
+        }
+        assert!(passes > 0, "{point} is never reached");
+    }
+    eprintln!("{injected} faults injected, each survived");
 }
