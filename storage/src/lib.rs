@@ -236,6 +236,20 @@ struct HourIds {
     last_ticket: u64,
 }
 
+/// A batch's `event_id` and `ts` values (the schema is checked before any batch gets here).
+fn ids_and_times(batch: &RecordBatch) -> (&[i64], &[i64]) {
+    let ids = batch
+        .column_by_name(model::col::EVENT_ID)
+        .expect("schema checked")
+        .as_primitive::<Int64Type>()
+        .values();
+    let ts = batch
+        .column(0)
+        .as_primitive::<TimestampNanosecondType>()
+        .values();
+    (ids, ts)
+}
+
 impl Dedup {
     /// Drops least recently used hours (none of `keep`) until at most `max_ids` ids are held;
     /// an hour with records still in the WAL's queue (ticket above `processed`) stays.
@@ -255,15 +269,7 @@ impl Dedup {
 
     /// Forgets the ids of `batch`, reserved by an append that failed, so a retry stores them.
     fn release(&mut self, batch: &RecordBatch) {
-        let ids = batch
-            .column_by_name(model::col::EVENT_ID)
-            .expect("schema checked")
-            .as_primitive::<Int64Type>()
-            .values();
-        let ts = batch
-            .column(0)
-            .as_primitive::<TimestampNanosecondType>()
-            .values();
+        let (ids, ts) = ids_and_times(batch);
         for (id, t) in ids.iter().zip(ts.iter()) {
             if let Some(hour) = self.hours.get_mut(&segment::hour_of(*t))
                 && hour.ids.remove(id)
@@ -670,15 +676,7 @@ impl Inner {
 
     /// Marks each row's event id as stored; `true` for rows seen for the first time.
     fn reserve_ids(&self, batch: &RecordBatch) -> Result<BooleanArray> {
-        let ids = batch
-            .column_by_name(model::col::EVENT_ID)
-            .expect("schema checked")
-            .as_primitive::<Int64Type>()
-            .values();
-        let ts = batch
-            .column(0)
-            .as_primitive::<TimestampNanosecondType>()
-            .values();
+        let (ids, ts) = ids_and_times(batch);
         // A batch's rows come in runs of one hour (producers write in time order), so an
         // hour's set is looked up and grown once per run, not rehashed as it fills.
         let mut runs: Vec<(i64, std::ops::Range<usize>)> = Vec::new();
@@ -1072,40 +1070,52 @@ fn remove_orphans(dir: &Path, manifest: &Manifest, report: &mut OpenReport) -> R
         .iter()
         .flat_map(|s| [dir.join(&s.path), dir.join(&s.index_path)])
         .collect();
+    let mut changed = HashSet::new();
+    for p in files_under_segments(dir)? {
+        if listed.contains(&p) {
+            continue;
+        }
+        let name = p
+            .file_name()
+            .expect("a file")
+            .to_string_lossy()
+            .into_owned();
+        let unpublished = segment_id_of(&name).is_some_and(|id| id >= manifest.next_segment_id);
+        if fsutil::is_tmp(&name) || unpublished {
+            fs::remove_file(&p).at(&p)?;
+            changed.insert(p.parent().expect("under segments/").to_path_buf());
+            report.removed_orphans.push(p);
+        } else {
+            let to = quarantine(dir, &p)?;
+            tracing::warn!(from = %p.display(), to = %to.display(), "a segment file the manifest does not list was moved to quarantine");
+            report.quarantined.push((p, to));
+        }
+    }
+    for d in changed {
+        fsutil::sync_dir(&d)?;
+    }
+    remove_orphan_caches(dir, manifest, &mut report.removed_orphans)
+}
+
+/// Every file (not directory) below the store's `segments/`.
+fn files_under_segments(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
     let root = dir.join("segments");
-    if root.is_dir() {
-        let mut stack = vec![root];
-        while let Some(d) = stack.pop() {
-            let mut changed = false;
-            for entry in fs::read_dir(&d).at(&d)? {
-                let entry = entry.at(&d)?;
-                let p = entry.path();
-                if entry.file_type().at(&p)?.is_dir() {
-                    stack.push(p);
-                    continue;
-                }
-                if listed.contains(&p) {
-                    continue;
-                }
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let unpublished =
-                    segment_id_of(&name).is_some_and(|id| id >= manifest.next_segment_id);
-                if fsutil::is_tmp(&name) || unpublished {
-                    fs::remove_file(&p).at(&p)?;
-                    report.removed_orphans.push(p);
-                } else {
-                    let to = quarantine(dir, &p)?;
-                    tracing::warn!(from = %p.display(), to = %to.display(), "a segment file the manifest does not list was moved to quarantine");
-                    report.quarantined.push((p, to));
-                }
-                changed = true;
-            }
-            if changed {
-                fsutil::sync_dir(&d)?;
+    if !root.is_dir() {
+        return Ok(files);
+    }
+    let mut stack = vec![root];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).at(&d)? {
+            let entry = entry.at(&d)?;
+            let p = entry.path();
+            match entry.file_type().at(&p)?.is_dir() {
+                true => stack.push(p),
+                false => files.push(p),
             }
         }
     }
-    remove_orphan_caches(dir, manifest, &mut report.removed_orphans)
+    Ok(files)
 }
 
 /// The id in a segment file's name (`<id:016x>.parquet` or `.idx`).
@@ -1146,23 +1156,9 @@ pub fn quarantine(dir: &Path, path: &Path) -> Result<PathBuf> {
 
 /// A segment or index file under `segments/` (not a temp file), if there is any.
 fn first_segment_file(dir: &Path) -> Result<Option<PathBuf>> {
-    let root = dir.join("segments");
-    if !root.is_dir() {
-        return Ok(None);
-    }
-    let mut stack = vec![root];
-    while let Some(d) = stack.pop() {
-        for entry in fs::read_dir(&d).at(&d)? {
-            let entry = entry.at(&d)?;
-            let p = entry.path();
-            if entry.file_type().at(&p)?.is_dir() {
-                stack.push(p);
-            } else if !fsutil::is_tmp(&entry.file_name().to_string_lossy()) {
-                return Ok(Some(p));
-            }
-        }
-    }
-    Ok(None)
+    Ok(files_under_segments(dir)?
+        .into_iter()
+        .find(|p| !fsutil::is_tmp(&p.file_name().expect("a file").to_string_lossy())))
 }
 
 /// Deletes the caches of segments the manifest does not list (a segment retired while the

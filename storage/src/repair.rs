@@ -6,7 +6,6 @@
 //! killed at any point can simply be run again.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -156,28 +155,19 @@ struct SegmentFiles {
 /// open, which quarantines them).
 fn segment_files(dir: &Path) -> Result<BTreeMap<u64, SegmentFiles>> {
     let mut out: BTreeMap<u64, SegmentFiles> = BTreeMap::new();
-    let root = dir.join("segments");
-    if !root.is_dir() {
-        return Ok(out);
-    }
-    let mut stack = vec![root];
-    while let Some(d) = stack.pop() {
-        for entry in fs::read_dir(&d).at(&d)? {
-            let entry = entry.at(&d)?;
-            let p = entry.path();
-            if entry.file_type().at(&p)?.is_dir() {
-                stack.push(p);
-                continue;
-            }
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(id) = crate::segment_id_of(&name) else {
-                continue;
-            };
-            let files = out.entry(id).or_default();
-            match name.ends_with(".parquet") {
-                true => files.parquet = Some(p),
-                false => files.index = Some(p),
-            }
+    for p in crate::files_under_segments(dir)? {
+        let name = p
+            .file_name()
+            .expect("a file")
+            .to_string_lossy()
+            .into_owned();
+        let Some(id) = crate::segment_id_of(&name) else {
+            continue;
+        };
+        let files = out.entry(id).or_default();
+        match name.ends_with(".parquet") {
+            true => files.parquet = Some(p),
+            false => files.index = Some(p),
         }
     }
     Ok(out)
