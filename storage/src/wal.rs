@@ -487,7 +487,10 @@ impl<T> Writer<T> {
             Ok(()) => {
                 self.file_len += written;
                 self.next_seq += records;
-                *self.health.refusing.lock() = None;
+                if records > 0 {
+                    // A write fitted: space is back (a barrier alone proves nothing).
+                    *self.health.refusing.lock() = None;
+                }
                 let failures = self.health.failures.load(Ordering::SeqCst);
                 for w in waiters.drain(..) {
                     // Counted as processed only once the memtable holds the record.
