@@ -12,6 +12,7 @@
 //! - Each query gets its own memory pool ([`limited_context`], [`execute_limited`]): one over
 //!   its limit spills, then fails alone; the others keep theirs.
 
+use std::num::NonZeroUsize;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +21,8 @@ use datafusion::common::ScalarValue;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::memory_pool::{
-    GreedyMemoryPool, MemoryLimit, MemoryPool, MemoryReservation,
+    GreedyMemoryPool, MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation,
+    TrackConsumersPool,
 };
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -72,12 +74,35 @@ pub fn server_pool(bytes: usize) -> Arc<dyn MemoryPool> {
 #[derive(Debug)]
 struct QueryPool {
     shared: Arc<dyn MemoryPool>,
-    own: GreedyMemoryPool,
+    /// What `with_memory_limit` builds: its errors name the largest consumers.
+    own: TrackConsumersPool<GreedyMemoryPool>,
+}
+
+impl QueryPool {
+    fn new(shared: Arc<dyn MemoryPool>, limit: usize) -> Self {
+        QueryPool {
+            shared,
+            own: TrackConsumersPool::new(
+                GreedyMemoryPool::new(limit),
+                NonZeroUsize::new(5).expect("5 is not 0"),
+            ),
+        }
+    }
 }
 
 impl MemoryPool for QueryPool {
     fn name(&self) -> &str {
         "query"
+    }
+
+    fn register(&self, consumer: &MemoryConsumer) {
+        self.own.register(consumer);
+        self.shared.register(consumer);
+    }
+
+    fn unregister(&self, consumer: &MemoryConsumer) {
+        self.own.unregister(consumer);
+        self.shared.unregister(consumer);
     }
 
     fn grow(&self, reservation: &MemoryReservation, additional: usize) {
@@ -334,10 +359,10 @@ pub fn limited_state(base: &SessionState, limits: &QueryLimits) -> Result<Sessio
 fn query_runtime(limits: &QueryLimits) -> Result<Arc<RuntimeEnv>> {
     match &limits.shared {
         None => RuntimeEnvBuilder::new().with_memory_limit(limits.memory_bytes, 1.0),
-        Some(shared) => RuntimeEnvBuilder::new().with_memory_pool(Arc::new(QueryPool {
-            shared: shared.clone(),
-            own: GreedyMemoryPool::new(limits.memory_bytes),
-        })),
+        Some(shared) => RuntimeEnvBuilder::new().with_memory_pool(Arc::new(QueryPool::new(
+            shared.clone(),
+            limits.memory_bytes,
+        ))),
     }
     .build_arc()
 }
@@ -389,7 +414,6 @@ mod tests {
 
     #[test]
     fn queries_draw_on_the_servers_pool_as_well_as_their_own() {
-        use datafusion::execution::memory_pool::MemoryConsumer;
         let limits = QueryLimits {
             memory_bytes: 600,
             shared: Some(server_pool(1000)),
