@@ -219,7 +219,8 @@ fn a_damaged_index_fails_the_query_naming_the_file() {
     );
 }
 
-/// Two ingests of interleaved halves of the quickstart: every hour has two segments.
+/// Two ingests of interleaved halves of the quickstart: each flush leaves a segment in every
+/// hour it covers, so every hour has two.
 fn ingest_in_halves(dir: &Path, data: &Path) {
     let lines: Vec<String> = std::fs::read_to_string(QUICKSTART)
         .unwrap()
@@ -434,24 +435,7 @@ fn local_queries_have_limits() {
 fn compact_merges_an_hours_segments_and_answers_stay_the_same() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("store");
-    // Two ingests of interleaved halves: each flush leaves a segment in every hour it covers.
-    let lines: Vec<String> = std::fs::read_to_string(QUICKSTART)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect();
-    for half in 0..2 {
-        let path = dir.path().join(format!("half{half}.ndjson"));
-        let text: Vec<&str> = lines
-            .iter()
-            .skip(half)
-            .step_by(2)
-            .map(String::as_str)
-            .collect();
-        std::fs::write(&path, text.join("\n") + "\n").unwrap();
-        let o = ktrail(&data, &["ingest", path.to_str().unwrap()]);
-        assert!(o.status.success(), "{}", stderr(&o));
-    }
+    ingest_in_halves(dir.path(), &data);
     let answers = |data: &Path| {
         sql(
             data,

@@ -34,24 +34,12 @@ fn request(
     token: Option<&str>,
     body: &[u8],
 ) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(
-        s,
+    let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
-    )
-    .unwrap();
-    // A server may answer (413) before reading a large body; ignore a reset while sending.
-    let _ = s.write_all(body);
-    let mut resp = Vec::new();
-    let _ = s.read_to_end(&mut resp);
-    let text = String::from_utf8_lossy(&resp).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {text:?}"));
+    );
+    let (status, text) = raw_exchange(addr, &head, body);
     let body = text
         .split_once("\r\n\r\n")
         .map_or("", |(_, b)| b)
@@ -360,7 +348,8 @@ fn grpc_ingest_stream_acks_when_durable() {
 }
 
 /// Sends `head` (request line and headers) and then `body`, and reads the answer for up to
-/// 10 s: (status, headers and body as text).
+/// 10 s: (status, headers and body as text). A server may answer (401, 413) before reading
+/// the body: a reset while sending is not an error.
 fn raw_exchange(addr: SocketAddr, head: &str, body: &[u8]) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
