@@ -193,6 +193,18 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Every event id in the snapshot, segments' then the memtable's, in no given order.
+    pub fn event_ids(&self) -> Result<Vec<i64>> {
+        let mut ids = Vec::with_capacity(self.rows() as usize);
+        for s in &self.segments {
+            ids.extend(segment::event_ids(s)?);
+        }
+        for b in &self.memtable {
+            ids.extend_from_slice(ids_and_times(b).0);
+        }
+        Ok(ids)
+    }
+
     /// Rows in the snapshot.
     pub fn rows(&self) -> u64 {
         self.segments.iter().map(|s| s.meta.rows).sum::<u64>()

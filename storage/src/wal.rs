@@ -878,6 +878,19 @@ mod tests {
         Ok((wal, report, seen))
     }
 
+    /// A WAL of one file holding five records of 1 000 bytes, and that file.
+    fn five_frames_of_1000_bytes() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (wal, _, _) = open(dir.path(), 0).unwrap();
+            for i in 0..5u8 {
+                wal.append(vec![i; 1000], ()).unwrap();
+            }
+        }
+        let path = only_file(dir.path());
+        (dir, path)
+    }
+
     fn only_file(dir: &Path) -> PathBuf {
         let mut files = list_files(dir).unwrap();
         files.retain(|f| fs::metadata(&f.path).unwrap().len() > FILE_HEADER);
@@ -934,14 +947,7 @@ mod tests {
 
     #[test]
     fn torn_tail_is_cut_and_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let (wal, _, _) = open(dir.path(), 0).unwrap();
-            for i in 0..5u8 {
-                wal.append(vec![i; 1000], ()).unwrap();
-            }
-        }
-        let path = only_file(dir.path());
+        let (dir, path) = five_frames_of_1000_bytes();
         let full = fs::metadata(&path).unwrap().len();
         // Cut in the middle of the last frame, as a crash during write leaves it.
         OpenOptions::new()
@@ -966,14 +972,7 @@ mod tests {
 
     #[test]
     fn corruption_in_the_middle_names_file_and_offset() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let (wal, _, _) = open(dir.path(), 0).unwrap();
-            for i in 0..5u8 {
-                wal.append(vec![i; 1000], ()).unwrap();
-            }
-        }
-        let path = only_file(dir.path());
+        let (dir, path) = five_frames_of_1000_bytes();
         let mut bytes = fs::read(&path).unwrap();
         let second_frame = FILE_HEADER as usize + FRAME_HEADER + 1000;
         bytes[second_frame + FRAME_HEADER + 10] ^= 0xff;
@@ -995,16 +994,8 @@ mod tests {
 
     #[test]
     fn damage_to_a_length_field_with_frames_after_it_fails_the_open() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let (wal, _, _) = open(dir.path(), 0).unwrap();
-            for i in 0..5u8 {
-                wal.append(vec![i; 1000], ()).unwrap();
-            }
-        }
-        let path = only_file(dir.path());
-        let before = fs::read(&path).unwrap();
-        let mut bytes = before.clone();
+        let (dir, path) = five_frames_of_1000_bytes();
+        let mut bytes = fs::read(&path).unwrap();
         // The second frame's length now runs past the end of the file: the three synced
         // frames after it must not be taken for a torn tail.
         let second_frame = FILE_HEADER as usize + FRAME_HEADER + 1000;

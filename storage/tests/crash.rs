@@ -13,8 +13,6 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use datafusion::arrow::array::AsArray;
-use datafusion::arrow::datatypes::Int64Type;
 use ktrail_storage::{self as storage, Store, StoreOptions};
 use model::{Event, batch_of};
 use rand::{Rng, SeedableRng};
@@ -107,20 +105,7 @@ fn stored_ids(dir: &std::path::Path) -> Vec<i64> {
     .expect("store must reopen after a crash");
     // No damaged segment is served: every listed segment is as the manifest says.
     store.verify().expect("no damaged segment after a crash");
-    let snap = store.snapshot();
-    let mut ids = Vec::new();
-    for s in &snap.segments {
-        ids.extend(storage::segment::event_ids(s).unwrap());
-    }
-    for b in &snap.memtable {
-        ids.extend_from_slice(
-            b.column_by_name("event_id")
-                .unwrap()
-                .as_primitive::<Int64Type>()
-                .values(),
-        );
-    }
-    ids
+    store.snapshot().event_ids().unwrap()
 }
 
 /// Deletes the manifest, lets a child rebuild it and SIGKILLs the child at a random point;

@@ -8,8 +8,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use datafusion::arrow::array::AsArray;
-use datafusion::arrow::datatypes::Int64Type;
 use ktrail_storage::fsutil::{self, Fault};
 use ktrail_storage::{self as storage, StorageError, Store, StoreOptions};
 use model::{Event, batch_of};
@@ -91,19 +89,7 @@ fn options() -> StoreOptions {
 
 /// Every event id the store serves, sorted.
 fn stored_ids(store: &Store) -> Vec<i64> {
-    let snap = store.snapshot();
-    let mut ids = Vec::new();
-    for s in &snap.segments {
-        ids.extend(storage::segment::event_ids(s).unwrap());
-    }
-    for b in &snap.memtable {
-        ids.extend_from_slice(
-            b.column_by_name(model::col::EVENT_ID)
-                .unwrap()
-                .as_primitive::<Int64Type>()
-                .values(),
-        );
-    }
+    let mut ids = store.snapshot().event_ids().unwrap();
     ids.sort();
     ids
 }
