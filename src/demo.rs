@@ -9,7 +9,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::prelude::SessionContext;
 use query::IndexUse;
 
-use crate::{CliError, dead_letter, ingest_inputs, open_store, runtime, shell};
+use crate::{CliError, open_store, runtime, shell};
 
 /// Destinations the cluster's workloads call on purpose (the payment provider, the object
 /// store the nightly export writes to): known, so `egress` calls them `allowlisted`, and what
@@ -18,6 +18,15 @@ const KNOWN_NETWORKS: &[(&str, &str)] = &[
     ("192.0.2.0/24", "payment-gateway"),
     ("52.216.0.0/15", "object-storage"),
 ];
+
+/// The ingest progress bar.
+struct Bar<'a>(&'a indicatif::ProgressBar);
+
+impl load::Progress for Bar<'_> {
+    fn batch(&mut self, rows: usize) {
+        self.0.inc(rows as u64);
+    }
+}
 
 pub fn run(data: &Path, seed: u64, events: u64) -> Result<ExitCode, CliError> {
     let input_dir = data.join("demo-input");
@@ -33,7 +42,7 @@ pub fn run(data: &Path, seed: u64, events: u64) -> Result<ExitCode, CliError> {
 
     let store = open_store(&data.to_path_buf(), true)?;
     let inputs = ingest::expand_inputs(&summary.files)?;
-    let mut dead = dead_letter::DeadLetter::new(&data.join("dead-letter.jsonl"));
+    let mut dead = load::DeadLetter::new(&data.join("dead-letter.jsonl"));
     let bar = indicatif::ProgressBar::new(summary.records);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -41,24 +50,23 @@ pub fn run(data: &Path, seed: u64, events: u64) -> Result<ExitCode, CliError> {
         )
         .expect("static template"),
     );
-    let outcome = ingest_inputs(
+    let loaded = load::load_inputs(
         &store,
         &inputs,
         ingest::Format::Auto,
         8192,
         &mut dead,
-        &mut |rows| bar.inc(rows as u64),
+        &mut Bar(&bar),
     )?;
     bar.finish_and_clear();
-    dead.finish().map_err(CliError::Other)?;
-    let accepted: u64 = outcome.totals.values().map(|t| t.0).sum();
-    let rejected: u64 = outcome.totals.values().map(|t| t.1).sum();
+    let accepted: u64 = loaded.counts.values().map(|c| c.accepted).sum();
+    let rejected: u64 = loaded.counts.values().map(|c| c.rejected).sum();
     println!(
         "Ingested {accepted} new events ({rejected} rejected, {} inputs already there) into {}",
-        outcome.skipped_inputs,
+        loaded.skipped_inputs,
         data.display()
     );
-    if rejected > 0 || outcome.failed {
+    if rejected > 0 || !loaded.failed_inputs.is_empty() {
         return Err(CliError::Other(
             "the generated history did not ingest cleanly".into(),
         ));

@@ -9,9 +9,8 @@
 
 use std::sync::Arc;
 
-use model::{Event, EventBatchBuilder, RecordBatch};
 use proto::v1::ingest_server::{Ingest, IngestServer};
-use proto::v1::{EventBatch, IngestAck, event_batch};
+use proto::v1::{EventBatch, IngestAck};
 use storage::Store;
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status, Streaming};
@@ -76,56 +75,37 @@ impl Ingest for IngestService {
             return Err(Status::resource_exhausted("ingest is behind; retry later"));
         };
         let mut stream = request.into_inner();
-        let mut ack = IngestAck::default();
-        // Batches handed to the WAL and not yet durable: the next message is received and
-        // decoded while the WAL syncs the last (as `storage::AppendPipeline` does for files).
-        let mut in_flight = std::collections::VecDeque::new();
-        let mut n = 0u64;
-        while let Some(batch) = stream.message().await? {
-            n += 1;
-            let mut errors = Vec::new();
-            let batch = match to_record_batch(batch, &mut errors) {
-                Ok(b) => b,
-                Err(e) => {
-                    errors.push(e);
-                    None
-                }
-            };
-            ack.rejected += errors.len() as u64;
-            for e in errors {
-                if ack.errors.len() < MAX_ERRORS {
-                    ack.errors.push(format!("batch {n}: {e}"));
-                }
-            }
-            let Some(batch) = batch else { continue };
-            if in_flight.len() >= storage::AppendPipeline::<()>::IN_FLIGHT {
-                let oldest = in_flight.pop_front().expect("a batch in flight");
-                count_durable(&mut ack, oldest).await?;
-            }
-            let store = self.store.clone();
-            in_flight.push_back(
-                tokio::task::spawn_blocking(move || store.submit(batch))
-                    .await
-                    .map_err(|e| Status::internal(e.to_string()))?
-                    .map_err(store_error)?,
-            );
-        }
-        while let Some(pending) = in_flight.pop_front() {
-            count_durable(&mut ack, pending).await?;
-        }
-        Ok(Response::new(ack))
-    }
-}
-
-/// Waits (off the async threads) until `pending` is durable and counts it in `ack`.
-async fn count_durable(ack: &mut IngestAck, pending: storage::PendingAppend) -> Result<(), Status> {
-    let out = tokio::task::spawn_blocking(move || pending.wait())
+        let store = self.store.clone();
+        let runtime = tokio::runtime::Handle::current();
+        // On a blocking thread: the store's appends wait for fsyncs; the next message is
+        // received while the last batch is synced (`load::load_stream`).
+        let loaded = tokio::task::spawn_blocking(move || {
+            load::load_stream(&store, MAX_ERRORS, &mut || {
+                let Some(batch) = runtime.block_on(stream.message())? else {
+                    return Ok(None);
+                };
+                let mut rejected = Vec::new();
+                let batch = ingest::proto_events::to_record_batch(batch, &mut rejected)
+                    .unwrap_or_else(|e| {
+                        rejected.push(e);
+                        None
+                    });
+                Ok(Some(load::Message { batch, rejected }))
+            })
+        })
         .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(store_error)?;
-    ack.accepted += out.accepted as u64;
-    ack.duplicates += out.duplicates as u64;
-    Ok(())
+        .map_err(|e| Status::internal(e.to_string()))?;
+        match loaded {
+            Ok(loaded) => Ok(Response::new(IngestAck {
+                accepted: loaded.counts.accepted,
+                rejected: loaded.counts.rejected,
+                duplicates: loaded.counts.duplicates,
+                errors: loaded.errors,
+            })),
+            Err(load::StreamError::Store(e)) => Err(store_error(e)),
+            Err(load::StreamError::Source(status)) => Err(status),
+        }
+    }
 }
 
 /// A failed append: nothing after it is acknowledged; the client resends the stream.
@@ -136,89 +116,4 @@ fn store_error(e: storage::StorageError) -> Status {
     } else {
         Status::unavailable(format!("store: {e}"))
     }
-}
-
-/// One message as a record batch of the `events` schema; bad events are named in `errors` and
-/// left out.
-fn to_record_batch(
-    batch: EventBatch,
-    errors: &mut Vec<String>,
-) -> Result<Option<RecordBatch>, String> {
-    match batch.payload {
-        None => Ok(None),
-        Some(event_batch::Payload::ArrowIpc(bytes)) => ingest::arrow_ipc::read_stream(bytes),
-        Some(event_batch::Payload::Events(events)) => {
-            let mut builder = EventBatchBuilder::with_capacity(events.events.len());
-            for (i, pe) in events.events.into_iter().enumerate() {
-                match from_proto(pe) {
-                    Ok(ev) => builder.push(&ev),
-                    Err(e) => errors.push(format!("event {i}: {e}")),
-                }
-            }
-            Ok((!builder.is_empty()).then(|| builder.finish()))
-        }
-    }
-}
-
-fn from_proto(p: proto::v1::Event) -> Result<Event, String> {
-    let list = |v: Vec<String>| (!v.is_empty()).then_some(v);
-    let event_id = p.event_id.or_else(|| {
-        // Without the producer's id, the event's own content is its identity.
-        let bytes = prost::Message::encode_to_vec(&p);
-        Some(model::event_id_of("grpc", &bytes))
-    });
-    let ev = Event {
-        ts: p.ts_unix_nanos,
-        kind: p.kind,
-        source: p.source,
-        event_id,
-        node: p.node,
-        cluster: p.cluster,
-        namespace: p.namespace,
-        pod: p.pod,
-        pod_uid: p.pod_uid,
-        container_id: p.container_id,
-        container_name: p.container_name,
-        image: p.image,
-        workload_kind: p.workload_kind,
-        workload_name: p.workload_name,
-        pid: p.pid,
-        ppid: p.ppid,
-        uid: p.uid,
-        exe: p.exe,
-        binary_name: None,
-        args: p.args,
-        cwd: p.cwd,
-        exec_id: p.exec_id,
-        parent_exec_id: p.parent_exec_id,
-        parent_exe: p.parent_exe,
-        protocol: p.protocol,
-        src_ip: p.src_ip,
-        dst_ip: p.dst_ip,
-        src_port: p.src_port,
-        dst_port: p.dst_port,
-        k8s_user: p.k8s_user,
-        impersonated_user: p.impersonated_user,
-        k8s_groups: list(p.k8s_groups),
-        source_ips: list(p.source_ips),
-        source_ip: None,
-        verb: p.verb,
-        resource: p.resource,
-        subresource: p.subresource,
-        object_namespace: p.object_namespace,
-        object_name: p.object_name,
-        request_uri: p.request_uri,
-        user_agent: p.user_agent,
-        audit_id: p.audit_id,
-        stage: p.stage,
-        response_code: p.response_code,
-        rule: p.rule,
-        priority: p.priority,
-        output: p.output,
-        tags: list(p.tags),
-        session_id: p.session_id,
-        raw: p.raw,
-    };
-    ev.validate().map_err(|e| e.to_string())?;
-    Ok(ev)
 }

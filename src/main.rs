@@ -1,6 +1,5 @@
 //! `ktrail`: the command-line front of the store.
 
-mod dead_letter;
 mod demo;
 mod falco;
 mod flight;
@@ -239,6 +238,8 @@ enum CliError {
     DataFusion(#[from] datafusion::error::DataFusionError),
     #[error(transparent)]
     Ingest(#[from] ingest::IngestError),
+    #[error(transparent)]
+    Load(#[from] load::LoadError),
     #[error("{0}")]
     Other(String),
 }
@@ -424,215 +425,56 @@ fn ingest_cmd(
 ) -> Result<ExitCode, CliError> {
     let inputs = ingest::expand_inputs(paths)?;
     let store = open_store(data, true)?;
-    let mut dead = dead_letter::DeadLetter::new(dead_letter);
-    let outcome = ingest_inputs(&store, &inputs, format, batch_rows, &mut dead, &mut |_| {})?;
+    let mut dead = load::DeadLetter::new(dead_letter);
+    let loaded = load::load_inputs(
+        &store,
+        &inputs,
+        format,
+        batch_rows,
+        &mut dead,
+        &mut PrintRejections,
+    )?;
     store.close()?;
-    outcome.report(format, &mut dead, dead_letter)
-}
-
-/// What ingesting a set of inputs did, per format read.
-#[derive(Default)]
-struct IngestOutcome {
-    /// (accepted, rejected, duplicates) per format.
-    totals: std::collections::BTreeMap<&'static str, (u64, u64, u64)>,
-    skipped_inputs: u64,
-    failed: bool,
-}
-
-impl IngestOutcome {
-    /// The summary on stderr; exit 1 when an input could not be read.
-    fn report(
-        mut self,
-        format: Format,
-        dead: &mut dead_letter::DeadLetter,
-        dead_letter: &std::path::Path,
-    ) -> Result<ExitCode, CliError> {
-        if self.totals.is_empty() {
-            self.totals.insert(format.name(), (0, 0, 0));
-        }
-        for (name, (accepted, rejected, duplicates)) in &self.totals {
-            eprintln!("{name}: accepted {accepted}, rejected {rejected}, duplicates {duplicates}");
-        }
-        if self.skipped_inputs > 0 {
-            eprintln!("{} input(s) already ingested, skipped", self.skipped_inputs);
-        }
-        dead.finish().map_err(CliError::Other)?;
-        if dead.kept > 0 {
-            eprintln!(
-                "{} rejected record(s) kept in {}",
-                dead.kept,
-                dead_letter.display()
-            );
-        }
-        Ok(if self.failed {
-            ExitCode::FAILURE
-        } else {
-            ExitCode::SUCCESS
-        })
+    let mut counts = loaded.counts;
+    if counts.is_empty() {
+        counts.insert(format.name(), load::Counts::default());
     }
-}
-
-/// Reads every input into the store; `on_batch` hears of each batch appended (its records).
-/// When this returns, every accepted event is durable. Inputs already ingested (same SHA-256)
-/// are skipped; bad records go to `dead`.
-fn ingest_inputs(
-    store: &Store,
-    inputs: &[ingest::Input],
-    format: Format,
-    batch_rows: usize,
-    dead: &mut dead_letter::DeadLetter,
-    on_batch: &mut dyn FnMut(usize),
-) -> Result<IngestOutcome, CliError> {
-    let mut outcome = IngestOutcome::default();
-    std::thread::scope(|scope| {
-        for input in inputs {
-            ingest_one(
-                scope,
-                store,
-                input,
-                format,
-                batch_rows,
-                dead,
-                on_batch,
-                &mut outcome,
-            )?;
-        }
-        Ok(outcome)
+    for (name, c) in &counts {
+        eprintln!(
+            "{name}: accepted {}, rejected {}, duplicates {}",
+            c.accepted, c.rejected, c.duplicates
+        );
+    }
+    if loaded.skipped_inputs > 0 {
+        eprintln!(
+            "{} input(s) already ingested, skipped",
+            loaded.skipped_inputs
+        );
+    }
+    for e in &loaded.failed_inputs {
+        eprintln!("error: {}", one_line(&e.to_string()));
+    }
+    if dead.kept > 0 {
+        eprintln!(
+            "{} rejected record(s) kept in {}",
+            dead.kept,
+            dead_letter.display()
+        );
+    }
+    Ok(if loaded.failed_inputs.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     })
 }
 
-/// The SHA-256 of an input, hashed on a thread of its own while the input is parsed: the
-/// hash is a pass over every byte, and it was 17 % of the ingest thread's time when it ran
-/// before the parse (`perf`, a native ingest).
-struct Fingerprint<'scope> {
-    hashing: Option<std::thread::ScopedJoinHandle<'scope, FingerprintResult>>,
-    result: Option<FingerprintResult>,
-}
+/// Each rejection on stderr as `PATH:LINE: reason`, as it happens.
+struct PrintRejections;
 
-type FingerprintResult = Result<Option<String>, ingest::IngestError>;
-
-/// What the fingerprint says about an input, once it is known.
-enum Seen {
-    /// Not hashed yet.
-    Unknown,
-    /// Ingested completely before: skip it.
-    Before,
-    /// New (or unhashable: stdin).
-    New,
-    /// The input could not be hashed.
-    Failed,
-}
-
-impl Fingerprint<'_> {
-    /// The verdict, waiting for the hash when `wait`.
-    fn seen(&mut self, store: &Store, wait: bool) -> Seen {
-        if self.result.is_none()
-            && let Some(h) = self.hashing.take_if(|h| wait || h.is_finished())
-        {
-            self.result = Some(h.join().expect("the hashing thread does not panic"));
-        }
-        match &self.result {
-            None => Seen::Unknown,
-            Some(Ok(Some(fp))) if store.has_fingerprint(fp) => Seen::Before,
-            Some(Ok(_)) => Seen::New,
-            Some(Err(_)) => Seen::Failed,
-        }
-    }
-}
-
-/// Reads one input into the store (see [`ingest_inputs`]). Its rejections are held back until
-/// its fingerprint is known, so an input skipped as already ingested reports nothing twice.
-#[allow(clippy::too_many_arguments)]
-fn ingest_one<'scope>(
-    scope: &'scope std::thread::Scope<'scope, '_>,
-    store: &Store,
-    input: &'scope ingest::Input,
-    format: Format,
-    batch_rows: usize,
-    dead: &mut dead_letter::DeadLetter,
-    on_batch: &mut dyn FnMut(usize),
-    outcome: &mut IngestOutcome,
-) -> Result<(), CliError> {
-    let fingerprint = std::cell::RefCell::new(Fingerprint {
-        hashing: Some(scope.spawn(|| input.fingerprint())),
-        result: None,
-    });
-    let held: std::cell::RefCell<Vec<ingest::Rejection>> = Default::default();
-    let dead = std::cell::RefCell::new(dead);
-    let report = |r: &ingest::Rejection| {
+impl load::Progress for PrintRejections {
+    fn rejected(&mut self, r: &ingest::Rejection) {
         eprintln!("{r}");
-        dead.borrow_mut().keep(r);
-    };
-    let mut appended: Vec<(&'static str, storage::AppendOutcome)> = Vec::new();
-    let mut on_durable =
-        |name: &'static str, out: storage::AppendOutcome| appended.push((name, out));
-    let mut pipeline = storage::AppendPipeline::new(store, &mut on_durable);
-    let mut sink = |fmt: Format, batch: datafusion::arrow::array::RecordBatch| {
-        match fingerprint.borrow_mut().seen(store, false) {
-            // Stop reading; the verdict is taken again below.
-            Seen::Before | Seen::Failed => return Err("stopped by its fingerprint".to_string()),
-            Seen::New => held.borrow_mut().drain(..).for_each(|r| report(&r)),
-            Seen::Unknown => {}
-        }
-        let rows = batch.num_rows();
-        pipeline
-            .push(fmt.name(), batch)
-            .map_err(|e| e.to_string())?;
-        on_batch(rows);
-        Ok(())
-    };
-    let mut reject = |r: ingest::Rejection| match fingerprint.borrow_mut().seen(store, false) {
-        Seen::New => report(&r),
-        _ => held.borrow_mut().push(r),
-    };
-    let read = ingest::read_input(input, format, batch_rows.max(1), &mut sink, &mut reject);
-    // The input counts as ingested only once every batch read from it is durable.
-    let finished = pipeline.finish();
-    let mut fingerprint = fingerprint.into_inner();
-    match fingerprint.seen(store, true) {
-        Seen::Before => {
-            // What was read before the hash was known is duplicates of what is stored.
-            outcome.skipped_inputs += 1;
-            finished?;
-            return Ok(());
-        }
-        Seen::Failed => {
-            held.into_inner().iter().for_each(report);
-            if let Some(Err(e)) = fingerprint.result {
-                eprintln!("error: {}", one_line(&e.to_string()));
-            }
-            outcome.failed = true;
-            finished?;
-            return Ok(());
-        }
-        Seen::New | Seen::Unknown => held.into_inner().iter().for_each(report),
     }
-    let result = finished.map_err(|e| ingest::IngestError::Io {
-        path: input.display(),
-        source: std::io::Error::other(e.to_string()),
-    });
-    let result = read.and_then(|summary| result.map(|()| summary));
-    for (name, out) in appended {
-        let t = outcome.totals.entry(name).or_default();
-        t.0 += out.accepted as u64;
-        t.2 += out.duplicates as u64;
-    }
-    match result {
-        Ok(summary) => {
-            for (name, counts) in summary {
-                outcome.totals.entry(name).or_default().1 += counts.rejected;
-            }
-            if let Some(Ok(Some(fp))) = &fingerprint.result {
-                store.record_fingerprint(fp)?;
-            }
-        }
-        Err(e @ ingest::IngestError::UnsupportedFormat(_)) => return Err(e.into()),
-        Err(e) => {
-            eprintln!("error: {}", one_line(&e.to_string()));
-            outcome.failed = true;
-        }
-    }
-    Ok(())
 }
 
 /// The limits every query runs under, local or remote.

@@ -23,12 +23,12 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use ingest::{Format, Input};
+use ingest::Format;
 use parking_lot::Mutex;
 use storage::Store;
 use tokio::sync::Semaphore;
 
-use crate::dead_letter::DeadLetter;
+use load::DeadLetter;
 
 /// Listeners, limits and credentials.
 #[derive(Debug, Clone)]
@@ -187,7 +187,11 @@ pub async fn run(store: Store, data: PathBuf, options: ServeOptions) -> Result<(
             tracing::warn!("{e}");
         }
     }
-    state.dead_letter.lock().finish()?;
+    state
+        .dead_letter
+        .lock()
+        .finish()
+        .map_err(|e| e.to_string())?;
     drop(state);
     store.close().map_err(|e| e.to_string())?;
     match failure {
@@ -318,23 +322,18 @@ async fn ingest_handler(
     drop(permit);
     match result {
         Ok(Ok(report)) => report,
-        Ok(Err(StoreFailure::Store(e))) => store_refused(&e),
-        Ok(Err(StoreFailure::Other(e))) => reply(
+        // Nothing after the failure is acknowledged: the producer sends the body again (its
+        // events already stored count as duplicates then).
+        Ok(Err(load::LoadError::Store(e))) => store_refused(&e),
+        Ok(Err(e)) => reply(
             StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({"error": e}),
+            serde_json::json!({"error": e.to_string()}),
         ),
         Err(e) => reply(
             StatusCode::INTERNAL_SERVER_ERROR,
             serde_json::json!({"error": e.to_string()}),
         ),
     }
-}
-
-/// A body the store did not take: nothing of it after the failure is acknowledged, and the
-/// producer sends it again (its events already stored count as duplicates then).
-enum StoreFailure {
-    Store(storage::StorageError),
-    Other(String),
 }
 
 /// 507 + `Retry-After` for a full disk (writes resume by themselves once there is room), 503
@@ -355,59 +354,34 @@ fn store_refused(e: &storage::StorageError) -> Response {
     r
 }
 
-/// Parses and stores one body; returns the reply, or an error when the store failed (nothing
-/// after the failure is acknowledged).
-fn store_body(state: &AppState, format: Format, body: Bytes) -> Result<Response, StoreFailure> {
-    let input = Input::Memory {
-        name: format!("http:{}", format.name()),
-        data: Arc::from(body.as_ref()),
-    };
-    let (mut accepted, mut duplicates) = (0usize, 0usize);
-    let mut rejections = Vec::new();
-    let mut on_durable = |(), out: storage::AppendOutcome| {
-        accepted += out.accepted;
-        duplicates += out.duplicates;
-    };
-    let mut pipeline = storage::AppendPipeline::new(&state.store, &mut on_durable);
-    let mut failed = None;
-    let mut sink = |_: Format, batch| {
-        pipeline.push((), batch).map_err(|e| {
-            let msg = e.to_string();
-            failed.get_or_insert(e);
-            msg
-        })
-    };
-    let mut reject = |r: ingest::Rejection| rejections.push(r);
-    let summary = ingest::read_input(&input, format, state.batch_rows, &mut sink, &mut reject)
-        .map_err(|e| e.to_string());
-    // The reply is sent only when every batch of the body is durable (or one failed).
-    let finished = pipeline.finish();
-    if let Some(e) = failed {
-        return Err(StoreFailure::Store(e));
-    }
-    finished.map_err(StoreFailure::Store)?;
-    let summary = summary.map_err(StoreFailure::Other)?;
-    if !rejections.is_empty() {
-        let mut dl = state.dead_letter.lock();
-        for r in &rejections {
-            tracing::warn!("{r}");
-            dl.keep(r);
-        }
-        dl.finish().map_err(StoreFailure::Other)?;
-    }
-    let records: u64 = summary.values().map(|c| c.records).sum();
-    let status = if records > 0 && rejections.len() as u64 == records {
+/// Parses and stores one body (see [`load::load_body`]); the reply counts what it did.
+fn store_body(state: &AppState, format: Format, body: Bytes) -> Result<Response, load::LoadError> {
+    let loaded = load::load_body(
+        &state.store,
+        format!("http:{}", format.name()),
+        format,
+        Arc::from(body.as_ref()),
+        state.batch_rows,
+        &state.dead_letter,
+    )?;
+    let rejected = loaded.rejections.len() as u64;
+    let status = if loaded.records > 0 && rejected == loaded.records {
         StatusCode::BAD_REQUEST
     } else {
         StatusCode::OK
     };
-    let errors: Vec<String> = rejections.iter().take(10).map(|r| r.to_string()).collect();
+    let errors: Vec<String> = loaded
+        .rejections
+        .iter()
+        .take(10)
+        .map(|r| r.to_string())
+        .collect();
     Ok(reply(
         status,
         serde_json::json!({
-            "accepted": accepted,
-            "duplicates": duplicates,
-            "rejected": rejections.len(),
+            "accepted": loaded.accepted,
+            "duplicates": loaded.duplicates,
+            "rejected": rejected,
             "errors": errors,
         }),
     ))

@@ -13,6 +13,7 @@ pub mod arrow_ipc;
 mod falco;
 pub mod k8s_audit;
 pub mod k8s_objects;
+pub mod proto_events;
 pub mod tetragon;
 mod tracee;
 use std::path::{Path, PathBuf};
@@ -33,16 +34,10 @@ pub enum IngestError {
         #[source]
         source: io::Error,
     },
-    /// The requested format has no reader in this build.
-    #[error("format {0} is not supported yet")]
-    UnsupportedFormat(String),
-    /// A compressed input whose stream is damaged at a byte offset of the compressed file.
-    #[error("corruption in {path} at offset {offset}: {reason}")]
-    Corruption {
-        path: String,
-        offset: u64,
-        reason: String,
-    },
+    /// The sink refused a batch (the store failed): reading stopped there. The sink's
+    /// caller holds the cause; `reason` is its text.
+    #[error("{path}: stopped: {reason}")]
+    Stopped { path: String, reason: String },
 }
 
 /// Input formats of `ktrail ingest --format`.
@@ -270,9 +265,9 @@ pub fn read_input(
     let mut lines = LineReader::new(input.open()?);
     let mut deliver = |out: Output| -> Result<(), IngestError> {
         match out {
-            Output::Batch(fmt, batch) => sink(fmt, batch).map_err(|reason| IngestError::Io {
+            Output::Batch(fmt, batch) => sink(fmt, batch).map_err(|reason| IngestError::Stopped {
                 path: name.clone(),
-                source: io::Error::other(reason),
+                reason,
             }),
             Output::Reject(r) => {
                 reject(r);
@@ -737,7 +732,7 @@ fn skip_line(reader: &mut dyn BufRead) -> io::Result<usize> {
 
 /// Parses one record in `format` (recognising it under `Auto`) into `out`; returns the format
 /// it was read as, and the record as text.
-fn parse_record<'r>(
+pub fn parse_record<'r>(
     format: Format,
     record: &'r [u8],
     observed_at: i64,

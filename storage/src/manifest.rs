@@ -77,8 +77,14 @@ impl Manifest {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).at(&path),
         };
+        Manifest::from_bytes(&path, &bytes).map(Some)
+    }
+
+    /// Parses a manifest file's bytes; damage is [`StorageError::Corruption`] naming `path`, a
+    /// newer format [`StorageError::UnsupportedVersion`].
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Manifest> {
         let corrupt = |offset: usize, reason: String| StorageError::Corruption {
-            path: path.clone(),
+            path: path.to_path_buf(),
             offset: offset as u64,
             reason,
         };
@@ -99,7 +105,7 @@ impl Manifest {
             .map_err(|_| corrupt(0, format!("bad format version {format:?}")))?;
         if format > MANIFEST_FORMAT {
             return Err(StorageError::UnsupportedVersion {
-                path,
+                path: path.to_path_buf(),
                 found: format,
                 supported: MANIFEST_FORMAT,
             });
@@ -114,7 +120,7 @@ impl Manifest {
                 format!("line {} column {}: {e}", e.line(), e.column()),
             )
         })?;
-        Ok(Some(m))
+        Ok(m)
     }
 
     /// Replaces the manifest of `dir` atomically and durably.

@@ -673,6 +673,35 @@ fn replay_file(
     let mut data = Vec::new();
     file.seek(SeekFrom::Start(0)).at(&f.path)?;
     file.read_to_end(&mut data).at(&f.path)?;
+    replay_data(f, &data, is_last, after_seq, expected, replay)
+}
+
+/// Reads one WAL file's bytes as [`Wal::open`] does (`first_seq` is what its name says),
+/// handing each record after `after_seq` to `replay`; a torn tail is accepted when `is_last`.
+/// The fuzz targets' door: they have bytes, not files.
+pub fn replay_bytes(
+    path: &Path,
+    first_seq: u64,
+    data: &[u8],
+    is_last: bool,
+    after_seq: u64,
+    replay: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<()> {
+    let f = WalFile {
+        first_seq,
+        path: path.to_path_buf(),
+    };
+    replay_data(&f, data, is_last, after_seq, &mut None, replay).map(|_| ())
+}
+
+fn replay_data(
+    f: &WalFile,
+    data: &[u8],
+    is_last: bool,
+    after_seq: u64,
+    expected: &mut Option<u64>,
+    replay: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<FileOutcome> {
     let len = data.len() as u64;
     let corrupt = |offset: u64, reason: String| StorageError::Corruption {
         path: f.path.clone(),
@@ -683,7 +712,7 @@ fn replay_file(
     // after the damage was written by a later, synced write, so the damage is corruption,
     // whatever its length field claims.
     let torn_or_corrupt = |offset: u64, reason: String| {
-        if is_last && whole_frame_after(&data, offset + 1).is_none() {
+        if is_last && whole_frame_after(data, offset + 1).is_none() {
             Ok(FileOutcome::Torn {
                 offset,
                 dropped: len - offset,
@@ -838,8 +867,24 @@ pub fn decode_batch(payload: &[u8]) -> std::result::Result<RecordBatch, String> 
     let bytes: &[u8] = match payload.first() {
         Some(0) => &payload[1..],
         Some(1) if payload.len() >= 9 => {
-            let n = u64::from_le_bytes(payload[1..9].try_into().expect("8")) as usize;
-            ipc = zstd::bulk::decompress(&payload[9..], n).map_err(|e| e.to_string())?;
+            let n = u64::from_le_bytes(payload[1..9].try_into().expect("8"));
+            // The length is read from disk: it bounds the output, but only data that really
+            // decompresses is allocated (a damaged length must not ask for exabytes).
+            let compressed = &payload[9..];
+            let guess = (compressed.len() as u64).saturating_mul(32).min(n);
+            let mut out = Vec::with_capacity(guess as usize);
+            zstd::stream::read::Decoder::new(compressed)
+                .map_err(|e| e.to_string())?
+                .take(n.saturating_add(1))
+                .read_to_end(&mut out)
+                .map_err(|e| e.to_string())?;
+            if out.len() as u64 != n {
+                return Err(format!(
+                    "WAL record decompresses to {} bytes, its header says {n}",
+                    out.len()
+                ));
+            }
+            ipc = out;
             &ipc
         }
         _ => return Err("unknown WAL payload codec".into()),

@@ -1,14 +1,18 @@
 //! The dead-letter file: rejected records, one JSON object per line, for a later look.
 
+use crate::LoadError;
+
 /// The dead-letter file, opened (for append) at the first rejection.
 pub struct DeadLetter {
     path: std::path::PathBuf,
     file: Option<std::io::BufWriter<std::fs::File>>,
+    /// Rejections written since it was created.
     pub kept: u64,
     error: Option<std::io::Error>,
 }
 
 impl DeadLetter {
+    /// Nothing is created until the first rejection.
     pub fn new(path: &std::path::Path) -> Self {
         Self {
             path: path.to_path_buf(),
@@ -18,6 +22,7 @@ impl DeadLetter {
         }
     }
 
+    /// Appends `r`; a write error is kept for [`DeadLetter::finish`] (later ones are dropped).
     pub fn keep(&mut self, r: &ingest::Rejection) {
         use std::io::Write;
         if self.error.is_some() {
@@ -43,7 +48,8 @@ impl DeadLetter {
         }
     }
 
-    pub fn finish(&mut self) -> Result<(), String> {
+    /// Writes out and syncs what was kept; the first write error since the last call, if any.
+    pub fn finish(&mut self) -> Result<(), LoadError> {
         let mut result = match self.error.take() {
             Some(e) => Err(e),
             None => Ok(()),
@@ -54,6 +60,9 @@ impl DeadLetter {
                 .and_then(|()| f.flush())
                 .and_then(|()| f.get_ref().sync_data());
         }
-        result.map_err(|e| format!("{}: {e}", self.path.display()))
+        result.map_err(|source| LoadError::DeadLetter {
+            path: self.path.clone(),
+            source,
+        })
     }
 }
