@@ -71,16 +71,16 @@ pub fn run(data: &Path, seed: u64, events: u64) -> Result<ExitCode, CliError> {
             "the generated history did not ingest cleanly".into(),
         ));
     }
-    let mut networks = storage::networks::load(data)?;
+    let mut networks = query::settings::networks::load(data)?;
     for (cidr, label) in KNOWN_NETWORKS {
         if !networks.iter().any(|n| n.cidr == *cidr) {
-            networks.push(storage::networks::KnownNetwork {
+            networks.push(query::settings::networks::KnownNetwork {
                 cidr: (*cidr).into(),
                 label: (*label).into(),
             });
         }
     }
-    storage::networks::save(data, &networks)?;
+    query::settings::networks::save(data, &networks)?;
 
     let steps = [
         (

@@ -1,13 +1,14 @@
 //! `ktrail falco`: Falco Tuning over the stored alerts (the `falco` crate does the work).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Subcommand, ValueEnum};
+use falco::overrides::Finding;
+use falco::recorded;
 use falco::rules::Ruleset;
 use falco::tune::{Alert, Options, Tuning, tune};
-use storage::falco_labels::{self, FalcoLabel};
+use query::settings::falco_labels::{self, FalcoLabel};
 
 use crate::CliError;
 
@@ -146,7 +147,7 @@ pub fn run(data: &PathBuf, action: FalcoAction) -> Result<ExitCode, CliError> {
                 ));
             }
             for t in [&from, &to].into_iter().flatten() {
-                ns(t)?;
+                recorded::nanos(t)?;
             }
             let label = FalcoLabel {
                 label: "true_positive".into(),
@@ -159,9 +160,11 @@ pub fn run(data: &PathBuf, action: FalcoAction) -> Result<ExitCode, CliError> {
                 labelled_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             };
             let labels = vec![label.clone()];
-            let matched = stored(data, None, None)?
+            let (rt, _store, ctx) = crate::store_session(data)?;
+            let matched = rt
+                .block_on(recorded::stored(&ctx, None, None))?
                 .iter()
-                .filter(|a| labelled(a, &labels))
+                .filter(|a| recorded::labelled(a, &labels))
                 .count();
             let mut all = falco_labels::load(data)?;
             all.push(label);
@@ -173,102 +176,6 @@ pub fn run(data: &PathBuf, action: FalcoAction) -> Result<ExitCode, CliError> {
             check_exceptions(data, &rules, from.as_deref(), to.as_deref())
         }
     }
-}
-
-/// Nanoseconds since the epoch of an RFC 3339 time.
-fn ns(t: &str) -> Result<i64, CliError> {
-    chrono::DateTime::parse_from_rfc3339(t)
-        .ok()
-        .and_then(|d| d.timestamp_nanos_opt())
-        .ok_or_else(|| CliError::Other(format!("{t:?} is not an RFC 3339 time")))
-}
-
-/// A stored alert with its uuid (falcosidekick), for labels.
-struct Stored {
-    alert: Alert,
-    uuid: Option<String>,
-}
-
-fn labelled(a: &Stored, labels: &[FalcoLabel]) -> bool {
-    labels.iter().any(|l| {
-        if let Some(u) = &l.uuid {
-            return a.uuid.as_ref() == Some(u);
-        }
-        let within = |bound: &Option<String>, after: bool| {
-            bound.as_deref().is_none_or(|b| {
-                ns(b).is_ok_and(|b| {
-                    if after {
-                        a.alert.ts >= b
-                    } else {
-                        a.alert.ts < b
-                    }
-                })
-            })
-        };
-        l.rule.as_ref().is_none_or(|r| *r == a.alert.rule)
-            && l.fields
-                .iter()
-                .all(|(k, v)| a.alert.fields.get(k) == Some(v))
-            && within(&l.from, true)
-            && within(&l.to, false)
-    })
-}
-
-/// The stored alerts in the window, each marked when a true-positive label matches it.
-fn stored_alerts(
-    data: &PathBuf,
-    from: Option<&str>,
-    to: Option<&str>,
-) -> Result<Vec<Alert>, CliError> {
-    let labels = falco_labels::load(data)?;
-    Ok(stored(data, from, to)?
-        .into_iter()
-        .map(|s| Alert {
-            true_positive: labelled(&s, &labels),
-            ..s.alert
-        })
-        .collect())
-}
-
-/// The stored alerts in the window, with their uuids.
-fn stored(data: &PathBuf, from: Option<&str>, to: Option<&str>) -> Result<Vec<Stored>, CliError> {
-    let mut window = String::new();
-    for (bound, op) in [(from, ">="), (to, "<")] {
-        if let Some(t) = bound {
-            ns(t)?;
-            window.push_str(&format!(
-                " AND ts {op} CAST('{}' AS TIMESTAMP)",
-                t.replace('\'', "''")
-            ));
-        }
-    }
-    let sql = format!(
-        "SELECT CAST(ts AS BIGINT) AS ts_ns, rule, node, output, raw FROM falco_alerts \
-         WHERE rule IS NOT NULL{window} ORDER BY ts"
-    );
-    let (rt, _store, ctx) = crate::store_session(data)?;
-    let rows = rt.block_on(crate::rows(&ctx, &sql))?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        let raw: serde_json::Value = r["raw"]
-            .as_str()
-            .and_then(|s| serde_json::from_str(s).ok())
-            .unwrap_or_default();
-        let fields = falco::eval::fields_of(&raw["output_fields"]);
-        let stored = Stored {
-            uuid: raw["uuid"].as_str().map(str::to_string),
-            alert: Alert {
-                ts: r["ts_ns"].as_i64().unwrap_or(0),
-                rule: r["rule"].as_str().unwrap_or("").to_string(),
-                host: r["node"].as_str().unwrap_or("").to_string(),
-                output: r["output"].as_str().unwrap_or("").to_string(),
-                fields,
-                true_positive: false,
-            },
-        };
-        out.push(stored);
-    }
-    Ok(out)
 }
 
 fn print_tuning(t: &Tuning) {
@@ -350,49 +257,46 @@ fn check_exceptions(
         .map_err(|e| CliError::Other(format!("{}: {e}", rules.display())))?;
     let today = chrono::Utc::now().date_naive().to_string();
     let alerts = stored_alerts(data, from, to)?;
-    let mut findings = 0;
-    for x in &exceptions {
-        if x.expires.as_str() < today.as_str() {
-            findings += 1;
-            println!(
-                "EXPIRED {} / {}: expired {}",
-                x.rule, x.exception.name, x.expires
-            );
-        }
-        let mut seen: BTreeMap<(&'static str, String), usize> = BTreeMap::new();
-        for a in alerts.iter().filter(|a| a.rule == x.rule) {
-            if !falco::eval::excepts(&x.exception, &a.fields) {
-                continue;
+    let findings = falco::overrides::check(&exceptions, &alerts, &today);
+    for f in &findings {
+        match f {
+            Finding::Expired {
+                rule,
+                exception,
+                expires,
+            } => {
+                println!("EXPIRED {rule} / {exception}: expired {expires}")
             }
-            let image = falco::tune::image_of(&a.fields);
-            if !image.is_empty() && !x.images.is_empty() && !x.images.contains(&image) {
-                *seen.entry(("image", image)).or_default() += 1;
-            }
-            if let Some(ns) = a.fields.get("k8s.ns.name")
-                && !x.namespaces.is_empty()
-                && !x.namespaces.contains(ns)
-            {
-                *seen.entry(("namespace", ns.clone())).or_default() += 1;
-            }
-            if !x.hosts.is_empty() && !x.hosts.contains(&a.host) {
-                *seen.entry(("node", a.host.clone())).or_default() += 1;
-            }
-        }
-        for ((what, value), count) in seen {
-            findings += 1;
-            println!(
-                "NEW {what} {} / {}: {value} ({count} alert(s) the exception would hide)",
-                x.rule, x.exception.name
-            );
+            Finding::New {
+                what,
+                rule,
+                exception,
+                value,
+                alerts,
+            } => println!(
+                "NEW {what} {rule} / {exception}: {value} ({alerts} alert(s) the exception would hide)"
+            ),
         }
     }
     println!(
-        "{} exception(s) checked, {findings} finding(s)",
-        exceptions.len()
+        "{} exception(s) checked, {} finding(s)",
+        exceptions.len(),
+        findings.len()
     );
-    Ok(if findings > 0 {
-        ExitCode::from(3)
-    } else {
+    Ok(if findings.is_empty() {
         ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
     })
+}
+
+/// The stored alerts in the window, each marked when a true-positive label matches it.
+fn stored_alerts(
+    data: &PathBuf,
+    from: Option<&str>,
+    to: Option<&str>,
+) -> Result<Vec<Alert>, CliError> {
+    let labels = falco_labels::load(data)?;
+    let (rt, _store, ctx) = crate::store_session(data)?;
+    Ok(rt.block_on(recorded::stored_alerts(&ctx, from, to, &labels))?)
 }

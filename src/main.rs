@@ -632,7 +632,7 @@ fn serve_cmd(data: &PathBuf, options: serve::ServeOptions) -> Result<ExitCode, C
 }
 
 fn networks_cmd(data: &std::path::Path, action: NetworksAction) -> Result<ExitCode, CliError> {
-    use storage::networks::{self, KnownNetwork};
+    use query::settings::networks::{self, KnownNetwork};
     let mut list = networks::load(data)?;
     match action {
         NetworksAction::List => {
@@ -745,26 +745,4 @@ fn store_session(
         &query::remote::QueryLimits::default(),
     ))?;
     Ok((rt, store, ctx))
-}
-
-/// The rows of a query as JSON objects (column → value), for the analyses' commands.
-async fn rows(
-    ctx: &datafusion::prelude::SessionContext,
-    sql: &str,
-) -> Result<Vec<serde_json::Value>, CliError> {
-    let batches = ctx.sql(sql).await?.collect().await?;
-    let mut writer = datafusion::arrow::json::ArrayWriter::new(Vec::new());
-    for b in &batches {
-        writer
-            .write(b)
-            .map_err(|e| CliError::Other(e.to_string()))?;
-    }
-    writer
-        .finish()
-        .map_err(|e| CliError::Other(e.to_string()))?;
-    let bytes = writer.into_inner();
-    if bytes.is_empty() {
-        return Ok(Vec::new());
-    }
-    serde_json::from_slice(&bytes).map_err(|e| CliError::Other(e.to_string()))
 }

@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Subcommand, ValueEnum};
+use policy::history::{self, Window};
 use policy::report::{PspScope, Report, generate, write_yaml, yaml_documents};
-use policy::validate::{Break, Verdict};
 use policy::{Loaded, Version};
 
 use crate::CliError;
@@ -124,7 +124,10 @@ pub fn run(data: &PathBuf, action: PolicyAction) -> Result<ExitCode, CliError> {
         } => {
             let mut loaded = load(&paths)?;
             if from_store {
-                loaded.extend(load_from_store(data)?);
+                let (rt, _store, ctx) = crate::store_session(data)?;
+                let (recorded, damaged) = rt.block_on(history::load_from_store(&ctx))?;
+                damaged.iter().for_each(|d| eprintln!("{d}"));
+                loaded.extend(recorded);
                 loaded.keep_latest();
                 loaded.drop_owned();
             }
@@ -148,54 +151,6 @@ fn load(paths: &[PathBuf]) -> Result<Loaded, CliError> {
     let loaded = policy::load_paths(paths)?;
     for d in &loaded.diagnostics {
         eprintln!("{d}");
-    }
-    Ok(loaded)
-}
-
-/// The workload objects the store recorded: inventory rows (`raw` is the object) and audit
-/// events (`responseObject`, the object as stored, else `requestObject`), oldest first.
-fn load_from_store(data: &PathBuf) -> Result<Loaded, CliError> {
-    let kinds = "('pods', 'deployments', 'daemonsets', 'statefulsets', 'replicasets', \
-                 'replicationcontrollers', 'jobs', 'cronjobs')";
-    let sql = format!(
-        "SELECT DISTINCT ts, source, audit_id, raw FROM events WHERE resource IN {kinds} AND \
-         ((source = 'k8s_objects') OR (source = 'k8s_audit' AND verb IN ('create', 'update') \
-         AND (subresource IS NULL OR subresource = ''))) ORDER BY ts"
-    );
-    let (rt, _store, ctx) = crate::store_session(data)?;
-    let mut loaded = Loaded::default();
-    for r in rt.block_on(crate::rows(&ctx, &sql))? {
-        let raw = match r["raw"]
-            .as_str()
-            .map(serde_json::from_str::<serde_json::Value>)
-        {
-            Some(Ok(raw)) => raw,
-            // The store keeps every record's raw JSON; anything else is damage to report.
-            other => {
-                let reason = other.map_or("no raw record".to_string(), |e| {
-                    e.err()
-                        .map_or(String::new(), |e| format!("raw is not JSON: {e}"))
-                });
-                eprintln!("store: {} event at {}: {reason}", r["source"], r["ts"]);
-                continue;
-            }
-        };
-        let (label, object) = if r["source"] == "k8s_audit" {
-            let object = raw
-                .get("responseObject")
-                .filter(|o| o.get("spec").is_some())
-                .or_else(|| raw.get("requestObject"))
-                .cloned();
-            (
-                format!("store:audit/{}", r["audit_id"].as_str().unwrap_or("")),
-                object,
-            )
-        } else {
-            ("store:k8s_objects".to_string(), Some(raw))
-        };
-        if let Some(object) = object.filter(|o| o.is_object()) {
-            loaded.extend(policy::load_str(Path::new(&label), &object.to_string()));
-        }
     }
     Ok(loaded)
 }
@@ -290,57 +245,6 @@ fn io(path: &Path, e: std::io::Error) -> CliError {
     CliError::Other(format!("{}: {e}", path.display()))
 }
 
-struct Window {
-    from: Option<String>,
-    to: Option<String>,
-}
-
-impl Window {
-    fn sql(&self) -> String {
-        let mut out = String::new();
-        if let Some(f) = &self.from {
-            out.push_str(&format!(" AND ts >= CAST({} AS TIMESTAMP)", quote(f)));
-        }
-        if let Some(t) = &self.to {
-            out.push_str(&format!(" AND ts < CAST({} AS TIMESTAMP)", quote(t)));
-        }
-        out
-    }
-}
-
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
-fn load_constraints(policy: &str) -> Result<Vec<policy::validate::Constraints>, CliError> {
-    use policy::validate::Constraints;
-    if let Some(level) = policy::Level::parse(policy) {
-        return Ok(vec![Constraints::level(level)]);
-    }
-    let loaded_text = std::fs::read_to_string(policy).map_err(|e| io(Path::new(policy), e))?;
-    let mut docs = Vec::new();
-    for (_, parsed) in policy::manifest::documents(&loaded_text) {
-        match parsed {
-            Ok(Some(v)) => docs.push(v),
-            Ok(None) => {}
-            Err((line, e)) => return Err(CliError::Other(format!("{policy}:{line}: {e}"))),
-        }
-    }
-    let mut found = Constraints::from_documents(policy, &docs);
-    if found.is_empty()
-        && let [patch] = docs.as_slice()
-    {
-        found.extend(Constraints::from_patch(policy, &loaded_text, patch));
-    }
-    if found.is_empty() {
-        return Err(CliError::Other(format!(
-            "{policy}: no PodSecurityPolicy or hardening patch in it, and not a level \
-             (privileged, baseline, restricted)"
-        )));
-    }
-    Ok(found)
-}
-
 fn validate_cmd(
     data: &PathBuf,
     policy: &str,
@@ -351,14 +255,14 @@ fn validate_cmd(
 ) -> Result<ExitCode, CliError> {
     let mut all = Vec::new();
     let (rt, _store, ctx) = crate::store_session(data)?;
-    for mut c in load_constraints(policy)? {
+    for mut c in history::load_constraints(policy)? {
         if namespace.is_some() {
             c.namespace = namespace.clone();
         }
         if workload.is_some() {
             c.workload = workload.clone();
         }
-        let verdicts = rt.block_on(judge(&ctx, &c, window))?;
+        let verdicts = rt.block_on(history::judge(&ctx, &c, window))?;
         all.push((c, verdicts));
     }
     let broken = all.iter().any(|(_, v)| v.iter().any(|v| v.verdict != "ok"));
@@ -401,299 +305,4 @@ fn validate_cmd(
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// Every workload in scope, judged: processes and pod specs recorded in the window.
-async fn judge(
-    ctx: &datafusion::prelude::SessionContext,
-    c: &policy::validate::Constraints,
-    window: &Window,
-) -> Result<Vec<Verdict>, CliError> {
-    use std::collections::BTreeMap;
-    let mut scope = String::new();
-    if let Some(ns) = &c.namespace {
-        scope.push_str(&format!(" AND namespace = {}", quote(ns)));
-    }
-    if let Some(w) = &c.workload {
-        scope.push_str(&format!(
-            " AND (workload_name = {q} OR pod = {q})",
-            q = quote(w)
-        ));
-    }
-    if let Some(names) = &c.containers {
-        let names: Vec<String> = names.iter().map(|n| quote(n)).collect();
-        scope.push_str(&format!(" AND container_name IN ({})", names.join(", ")));
-    }
-    let mut verdicts: BTreeMap<String, Vec<Break>> = BTreeMap::new();
-
-    // Processes: binaries that need a capability the candidate drops; root where it forbids.
-    let binaries: Vec<(&str, &str)> = policy::validate::CAPABILITY_BINARIES
-        .iter()
-        .copied()
-        .filter(|(_, cap)| c.drops(cap))
-        .collect();
-    let mut wanted = Vec::new();
-    if !binaries.is_empty() {
-        let names: Vec<String> = binaries.iter().map(|(b, _)| quote(b)).collect();
-        wanted.push(format!(
-            "regexp_replace(exe, '^.*/', '') IN ({})",
-            names.join(", ")
-        ));
-    }
-    if c.non_root {
-        wanted.push("uid = 0".into());
-    }
-    let workload_of = |r: &serde_json::Value| {
-        let ns = r["namespace"].as_str().unwrap_or("");
-        let w = r["workload_name"]
-            .as_str()
-            .or(r["pod"].as_str())
-            .unwrap_or("");
-        format!("{ns}/{w}")
-    };
-    if !wanted.is_empty() {
-        let sql = format!(
-            "SELECT ts, namespace, pod, workload_kind, workload_name, container_name, exe, args, uid \
-             FROM process_events WHERE kind = 'process_exec' AND namespace IS NOT NULL{scope}{window} \
-             AND ({wanted}) ORDER BY ts",
-            window = window.sql(),
-            wanted = wanted.join(" OR ")
-        );
-        let mut groups: BTreeMap<(String, &'static str, String), Vec<serde_json::Value>> =
-            BTreeMap::new();
-        for r in crate::rows(ctx, &sql).await? {
-            let exe = r["exe"].as_str().unwrap_or("");
-            let base = exe.rsplit('/').next().unwrap_or(exe);
-            if let Some((_, cap)) = binaries.iter().find(|(b, _)| *b == base) {
-                let detail = format!("{base} needs {cap}, which the policy drops");
-                groups
-                    .entry((workload_of(&r), "capability", detail))
-                    .or_default()
-                    .push(r.clone());
-            }
-            if c.non_root && r["uid"].as_i64() == Some(0) {
-                let detail =
-                    "processes run as root (uid 0); the policy requires non-root".to_string();
-                groups
-                    .entry((workload_of(&r), "run_as_root", detail))
-                    .or_default()
-                    .push(r);
-            }
-        }
-        for ((w, check, detail), evidence) in groups {
-            verdicts
-                .entry(w)
-                .or_default()
-                .push(Break::new(check, detail, evidence, &sql));
-        }
-    }
-
-    // Writes below a read-only root filesystem: Tetragon's security_file_permission with
-    // MAY_WRITE, and Falco's `Write below ...` rules. Writes under the workload's recorded
-    // volume mounts and to /proc, /sys, /dev are not the root filesystem's.
-    if c.read_only_root {
-        let mounts = volume_mounts(ctx, c).await?;
-        let tetragon = format!(
-            "SELECT ts, namespace, pod, workload_name, container_name, exe, \
-             json_get_str(raw, 'process_kprobe', 'args', 0, 'file_arg', 'path') AS path \
-             FROM events WHERE kind = 'file_access' AND source = 'tetragon'{scope}{window} \
-             AND json_get_str(raw, 'process_kprobe', 'function_name') = 'security_file_permission' \
-             AND (json_get_int(raw, 'process_kprobe', 'args', 1, 'int_arg') & 2) = 2 ORDER BY ts",
-            window = window.sql()
-        );
-        let falco = format!(
-            "SELECT ts, namespace, pod, workload_name, container_name, exe, \
-             json_get_str(raw, 'output_fields', 'fd.name') AS path, rule \
-             FROM falco_alerts WHERE rule LIKE 'Write below%'{scope}{window} ORDER BY ts",
-            window = window.sql()
-        );
-        for sql in [tetragon, falco] {
-            let mut groups: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
-            for r in crate::rows(ctx, &sql).await? {
-                let path = r["path"].as_str().unwrap_or("");
-                let special = ["/proc/", "/sys/", "/dev/"]
-                    .iter()
-                    .any(|p| path.starts_with(p));
-                let mounted = mounts.iter().any(|m| {
-                    path == m || path.starts_with(&format!("{}/", m.trim_end_matches('/')))
-                });
-                if !special && !mounted {
-                    groups.entry(workload_of(&r)).or_default().push(r);
-                }
-            }
-            for (w, evidence) in groups {
-                let mut paths: Vec<&str> =
-                    evidence.iter().filter_map(|r| r["path"].as_str()).collect();
-                paths.sort_unstable();
-                paths.dedup();
-                let detail = format!(
-                    "writes below the root filesystem, which the policy makes read-only: {}",
-                    paths.iter().take(5).copied().collect::<Vec<_>>().join(", ")
-                );
-                verdicts.entry(w).or_default().push(Break::new(
-                    "read_only_root",
-                    detail,
-                    evidence,
-                    &sql,
-                ));
-            }
-        }
-    }
-
-    // The host network: connections from a node's own address (the inventory's node
-    // addresses) made by a pod's process.
-    if !c.host_network {
-        let sql = format!(
-            "SELECT ts, namespace, pod, workload_name, container_name, exe, src_ip, dst_ip, dst_port \
-             FROM network_events WHERE namespace IS NOT NULL{scope}{window} AND src_ip IN \
-             (SELECT DISTINCT src_ip FROM events WHERE source = 'k8s_objects' AND resource = 'nodes' \
-             AND src_ip IS NOT NULL) ORDER BY ts",
-            window = window.sql()
-        );
-        let mut groups: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
-        for r in crate::rows(ctx, &sql).await? {
-            groups.entry(workload_of(&r)).or_default().push(r);
-        }
-        for (w, evidence) in groups {
-            let mut addrs: Vec<&str> = evidence
-                .iter()
-                .filter_map(|r| r["src_ip"].as_str())
-                .collect();
-            addrs.sort_unstable();
-            addrs.dedup();
-            let detail = format!(
-                "connects from the node's address (hostNetwork), which the policy forbids: {}",
-                addrs.join(", ")
-            );
-            verdicts
-                .entry(w)
-                .or_default()
-                .push(Break::new("host_network", detail, evidence, &sql));
-        }
-    }
-
-    // Pod specs the apiserver admitted (audit requestObjects).
-    let mut audit_scope = String::new();
-    if let Some(ns) = &c.namespace {
-        audit_scope.push_str(&format!(" AND object_namespace = {}", quote(ns)));
-    }
-    let sql = format!(
-        "SELECT ts, audit_id, object_namespace, object_name, verb, k8s_user, raw FROM k8s_audit \
-         WHERE resource = 'pods' AND (subresource IS NULL OR subresource = '') \
-         AND verb IN ('create', 'update'){audit_scope}{window} ORDER BY ts",
-        window = window.sql()
-    );
-    let mut seen = std::collections::HashSet::new();
-    let mut groups: BTreeMap<(String, String), Vec<serde_json::Value>> = BTreeMap::new();
-    for r in crate::rows(ctx, &sql).await? {
-        let id = r["audit_id"].as_str().unwrap_or("").to_string();
-        let raw: serde_json::Value = r["raw"]
-            .as_str()
-            .and_then(|s| serde_json::from_str(s).ok())
-            .unwrap_or_default();
-        let Some(object) = raw.get("requestObject").filter(|o| o.is_object()) else {
-            continue;
-        };
-        if !seen.insert(id) {
-            continue;
-        }
-        let loaded = policy::load_str(Path::new("audit"), &object.to_string());
-        for w in loaded.workloads {
-            let name = workload_name(&w);
-            if c.workload.as_ref().is_some_and(|want| *want != name) {
-                continue;
-            }
-            let needs = policy::needs::needs(&w, Version::Latest);
-            let key = format!(
-                "{}/{name}",
-                r["object_namespace"].as_str().unwrap_or(&w.namespace)
-            );
-            let mut evidence = r.clone();
-            evidence.as_object_mut().map(|o| o.remove("raw"));
-            for detail in policy::validate::pod_breaks(c, &w, &needs) {
-                groups
-                    .entry((key.clone(), detail))
-                    .or_default()
-                    .push(evidence.clone());
-            }
-            verdicts.entry(key).or_default();
-        }
-    }
-    for ((w, detail), evidence) in groups {
-        verdicts
-            .entry(w)
-            .or_default()
-            .push(Break::new("pod_spec", detail, evidence, &sql));
-    }
-    // Workloads seen running in scope, even with nothing against them.
-    let sql = format!(
-        "SELECT DISTINCT namespace, pod, workload_name FROM process_events \
-         WHERE namespace IS NOT NULL{scope}{window}",
-        window = window.sql()
-    );
-    for r in crate::rows(ctx, &sql).await? {
-        verdicts.entry(workload_of(&r)).or_default();
-    }
-    Ok(verdicts
-        .into_iter()
-        .map(|(workload, breaks)| Verdict::new(workload, breaks))
-        .collect())
-}
-
-/// The volume mount paths recorded (inventory and audit pod specs) for the pods in scope.
-async fn volume_mounts(
-    ctx: &datafusion::prelude::SessionContext,
-    c: &policy::validate::Constraints,
-) -> Result<Vec<String>, CliError> {
-    let mut scope = String::new();
-    if let Some(ns) = &c.namespace {
-        scope.push_str(&format!(" AND namespace = {}", quote(ns)));
-    }
-    let sql = format!(
-        "SELECT DISTINCT raw FROM events WHERE resource = 'pods' AND \
-         source IN ('k8s_objects', 'k8s_audit'){scope}"
-    );
-    let mut out = std::collections::BTreeSet::new();
-    for r in crate::rows(ctx, &sql).await? {
-        let Some(raw) = r["raw"]
-            .as_str()
-            .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
-        else {
-            continue;
-        };
-        let object = raw.get("requestObject").cloned().unwrap_or(raw);
-        let loaded = policy::load_str(Path::new("store"), &object.to_string());
-        for w in loaded.workloads {
-            if c.workload
-                .as_ref()
-                .is_some_and(|want| *want != workload_name(&w))
-            {
-                continue;
-            }
-            for cn in w
-                .spec
-                .containers
-                .iter()
-                .chain(w.spec.init_containers.iter().flatten())
-            {
-                for m in cn.volume_mounts.iter().flatten() {
-                    out.insert(m.mount_path.clone());
-                }
-            }
-        }
-    }
-    Ok(out.into_iter().collect())
-}
-
-/// The workload a recorded pod belongs to: its controller's name (a ReplicaSet's minus the
-/// pod-template hash), else its own.
-fn workload_name(w: &policy::Workload) -> String {
-    match &w.owner {
-        Some(o) if o.kind == "ReplicaSet" => o
-            .name
-            .rsplit_once('-')
-            .map_or(o.name.clone(), |(d, _)| d.to_string()),
-        Some(o) => o.name.clone(),
-        None => w.name.clone(),
-    }
 }

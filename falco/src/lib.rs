@@ -9,6 +9,7 @@
 pub mod condition;
 pub mod eval;
 pub mod overrides;
+pub mod recorded;
 pub mod rules;
 pub mod tune;
 
@@ -24,6 +25,12 @@ pub enum FalcoError {
         #[source]
         source: std::io::Error,
     },
+    /// A time that is not RFC 3339 (`--from`, `--to`, a label's bounds).
+    #[error("{0:?} is not an RFC 3339 time")]
+    Time(String),
+    /// A query over the recorded alerts failed.
+    #[error(transparent)]
+    Query(#[from] query::QueryError),
     /// A rules file is not valid: names the file, the item (`rule X`, `macro Y`, `list Z`),
     /// the line where it is defined (0 when unknown) and the reason (a condition error
     /// carries its offset in the condition).

@@ -300,6 +300,71 @@ fn from_condition(name: &str, text: &str) -> Result<Exception, String> {
     Ok(e)
 }
 
+/// What checking an exception against the recorded alerts found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Finding {
+    /// The exception's review date has passed.
+    Expired {
+        rule: String,
+        exception: String,
+        expires: String,
+    },
+    /// The exception hides alerts from an image, namespace or node it was not proposed on
+    /// (`what` names which): it has become broader than its evidence.
+    New {
+        what: &'static str,
+        rule: String,
+        exception: String,
+        value: String,
+        alerts: usize,
+    },
+}
+
+/// Checks each exception `render` wrote against `alerts` (stored ones, replayed): expired on
+/// `today` (`YYYY-MM-DD`), or hiding alerts from where it was not proposed.
+pub fn check(exceptions: &[ReadBack], alerts: &[crate::tune::Alert], today: &str) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for x in exceptions {
+        if x.expires.as_str() < today {
+            findings.push(Finding::Expired {
+                rule: x.rule.clone(),
+                exception: x.exception.name.clone(),
+                expires: x.expires.clone(),
+            });
+        }
+        let mut seen: std::collections::BTreeMap<(&'static str, String), usize> =
+            Default::default();
+        for a in alerts.iter().filter(|a| a.rule == x.rule) {
+            if !crate::eval::excepts(&x.exception, &a.fields) {
+                continue;
+            }
+            let image = crate::tune::image_of(&a.fields);
+            if !image.is_empty() && !x.images.is_empty() && !x.images.contains(&image) {
+                *seen.entry(("image", image)).or_default() += 1;
+            }
+            if let Some(ns) = a.fields.get("k8s.ns.name")
+                && !x.namespaces.is_empty()
+                && !x.namespaces.contains(ns)
+            {
+                *seen.entry(("namespace", ns.clone())).or_default() += 1;
+            }
+            if !x.hosts.is_empty() && !x.hosts.contains(&a.host) {
+                *seen.entry(("node", a.host.clone())).or_default() += 1;
+            }
+        }
+        for ((what, value), alerts) in seen {
+            findings.push(Finding::New {
+                what,
+                rule: x.rule.clone(),
+                exception: x.exception.name.clone(),
+                value,
+                alerts,
+            });
+        }
+    }
+    findings
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,7 @@
 
 pub mod diff;
 pub mod harden;
+pub mod history;
 pub mod manifest;
 pub mod needs;
 pub mod psa;
@@ -50,6 +51,23 @@ pub enum PolicyError {
     /// A `--k8s-version` that is neither `latest` nor `v1.N` / `1.N`.
     #[error("invalid Kubernetes version {0:?}: expected latest, v1.N or 1.N")]
     Version(String),
+    /// A candidate policy file (`policy validate --policy`) that is not YAML.
+    #[error("{path}:{line}: {reason}")]
+    CandidateYaml {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+    /// A candidate policy that is neither a level nor a file holding a PodSecurityPolicy or
+    /// a hardening patch.
+    #[error(
+        "{}: no PodSecurityPolicy or hardening patch in it, and not a level (privileged, baseline, restricted)",
+        .0.display()
+    )]
+    NoCandidate(PathBuf),
+    /// A query over the recorded history failed.
+    #[error(transparent)]
+    Query(#[from] query::QueryError),
     /// A generated policy could not be written as YAML or JSON (a bug).
     #[error("could not serialise {what}: {reason}")]
     Serialise { what: String, reason: String },

@@ -10,6 +10,13 @@ pub enum QueryError {
         offset: u64,
         reason: String,
     },
+    /// A settings file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// The storage layer failed.
     #[error(transparent)]
     Storage(storage::StorageError),

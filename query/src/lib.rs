@@ -12,12 +12,14 @@ mod error;
 pub mod functions;
 mod index_count;
 pub mod investigations;
+mod json_rows;
 mod large_topk;
 mod partials;
 mod provider;
 pub mod remote;
 mod scan_exec;
 pub mod sessions;
+pub mod settings;
 pub mod views;
 
 use std::sync::Arc;
@@ -32,6 +34,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use storage::Store;
 
 pub use error::QueryError;
+pub use json_rows::rows_json;
 pub use provider::{EventsTable, IndexUse};
 pub use scan_exec::{ScanExec, ScanStats};
 
@@ -73,7 +76,7 @@ pub async fn session(store: &Store, index: IndexUse) -> Result<SessionContext, Q
     state.register_file_format(Arc::new(csv_export::CsvWithJsonFactory::default()), true)?;
     let mut ctx = SessionContext::new_with_state(state);
     datafusion_functions_json::register_all(&mut ctx)?;
-    let networks: Vec<(String, String)> = storage::networks::load(store.dir())?
+    let networks: Vec<(String, String)> = settings::networks::load(store.dir())?
         .into_iter()
         .map(|n| (n.cidr, n.label))
         .collect();
@@ -82,7 +85,7 @@ pub async fn session(store: &Store, index: IndexUse) -> Result<SessionContext, Q
     }
     ctx.register_table("events", Arc::new(EventsTable::new(store.clone(), index)))?;
     ctx.register_table("known_networks", known_networks(&networks)?)?;
-    let labels = storage::falco_labels::load(store.dir())?;
+    let labels = settings::falco_labels::load(store.dir())?;
     ctx.register_table("falco_labels", falco_labels(&labels)?)?;
     ctx.register_table("exec_sessions", Arc::new(sessions::ExecSessionsTable))?;
     let all_views = views::BASE_VIEWS
@@ -137,7 +140,9 @@ fn known_networks(nets: &[(String, String)]) -> Result<Arc<MemTable>, QueryError
 
 /// Analysts' Falco labels as a table, read when the session opens: `label`, `uuid`, `rule`,
 /// `fields` (JSON object of output-field values), `from`, `to`, `note`, `labelled_at`.
-fn falco_labels(labels: &[storage::falco_labels::FalcoLabel]) -> Result<Arc<MemTable>, QueryError> {
+fn falco_labels(
+    labels: &[settings::falco_labels::FalcoLabel],
+) -> Result<Arc<MemTable>, QueryError> {
     let rows = labels
         .iter()
         .map(|l| {

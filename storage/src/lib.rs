@@ -11,12 +11,9 @@
 
 mod compaction;
 mod error;
-pub mod falco_labels;
 pub mod fsutil;
 pub mod index;
-pub mod json_file;
 pub mod manifest;
-pub mod networks;
 mod repair;
 pub mod segment;
 pub mod wal;

@@ -1,24 +1,32 @@
-//! Small JSON settings files beside the segments (`known_networks.json`, `falco_labels.json`):
-//! configuration and judgements, not history. Replaced atomically; one that does not parse
+//! Settings the analyst keeps beside the segments: the `known_networks` allow-list and the
+//! Falco labels. Configuration and judgements, not history: small JSON files, replaced
+//! atomically and durably, editable while a server holds the store (a session reads them
+//! when it opens, as the `known_networks` and `falco_labels` tables). One that does not parse
 //! is corruption, never read as empty.
+
+pub mod falco_labels;
+pub mod networks;
 
 use std::path::Path;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::{IoContext, Result, StorageError};
-use crate::fsutil;
+use storage::fsutil;
+
+use crate::QueryError;
+
+type Result<T> = std::result::Result<T, QueryError>;
 
 /// The list in `dir/file` (empty when none was saved); `what` names it in errors.
-pub fn load<T: DeserializeOwned>(dir: &Path, file: &str, what: &str) -> Result<Vec<T>> {
+fn load<T: DeserializeOwned>(dir: &Path, file: &str, what: &str) -> Result<Vec<T>> {
     let p = dir.join(file);
     let bytes = match std::fs::read(&p) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).at(&p),
+        Err(source) => return Err(QueryError::Io { path: p, source }),
     };
-    serde_json::from_slice(&bytes).map_err(|e| StorageError::Corruption {
+    serde_json::from_slice(&bytes).map_err(|e| QueryError::Corruption {
         path: p.clone(),
         offset: byte_offset(&bytes, e.line(), e.column()),
         reason: format!("{what}: {e}"),
@@ -26,9 +34,9 @@ pub fn load<T: DeserializeOwned>(dir: &Path, file: &str, what: &str) -> Result<V
 }
 
 /// Replaces the list in `dir/file`, durably.
-pub fn save<T: Serialize>(dir: &Path, file: &str, items: &[T]) -> Result<()> {
+fn save<T: Serialize>(dir: &Path, file: &str, items: &[T]) -> Result<()> {
     let json = serde_json::to_vec_pretty(items).expect("settings serialise as JSON");
-    fsutil::write_atomic(&dir.join(file), &json)
+    Ok(fsutil::write_atomic(&dir.join(file), &json)?)
 }
 
 fn byte_offset(bytes: &[u8], line: usize, column: usize) -> u64 {

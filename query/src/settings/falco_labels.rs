@@ -7,8 +7,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
-use crate::json_file;
+use super::Result;
 
 /// File name of the labels inside the store directory.
 pub const FILE: &str = "falco_labels.json";
@@ -37,10 +36,10 @@ pub struct FalcoLabel {
 
 /// The labels of the store at `dir`.
 pub fn load(dir: &Path) -> Result<Vec<FalcoLabel>> {
-    json_file::load(dir, FILE, "falco labels")
+    super::load(dir, FILE, "falco labels")
 }
 
 /// Replaces the labels of the store at `dir`, durably.
 pub fn save(dir: &Path, labels: &[FalcoLabel]) -> Result<()> {
-    json_file::save(dir, FILE, labels)
+    super::save(dir, FILE, labels)
 }

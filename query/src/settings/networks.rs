@@ -7,8 +7,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
-use crate::json_file;
+use super::Result;
 
 /// File name of the allow-list inside the store directory.
 pub const FILE: &str = "known_networks.json";
@@ -25,18 +24,18 @@ pub struct KnownNetwork {
 /// The allow-list of the store at `dir` (empty when none was saved). A file that does not
 /// parse is reported as corruption, never read as empty.
 pub fn load(dir: &Path) -> Result<Vec<KnownNetwork>> {
-    json_file::load(dir, FILE, "known networks")
+    super::load(dir, FILE, "known networks")
 }
 
 /// Replaces the allow-list of the store at `dir`, durably.
 pub fn save(dir: &Path, networks: &[KnownNetwork]) -> Result<()> {
-    json_file::save(dir, FILE, networks)
+    super::save(dir, FILE, networks)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::StorageError;
+    use crate::QueryError;
 
     #[test]
     fn round_trip_and_corruption() {
@@ -50,7 +49,7 @@ mod tests {
         assert_eq!(load(dir.path()).unwrap(), nets);
         std::fs::write(dir.path().join(FILE), b"[{\"cidr\": 1}]").unwrap();
         match load(dir.path()) {
-            Err(StorageError::Corruption { offset, .. }) => assert_eq!(offset, 10),
+            Err(QueryError::Corruption { offset, .. }) => assert_eq!(offset, 10),
             other => panic!("{other:?}"),
         }
     }
