@@ -9,7 +9,9 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::prelude::SessionContext;
 use query::IndexUse;
 
-use crate::{CliError, open_store, runtime, shell};
+use crate::error::CliError;
+use crate::session::{open_store, runtime};
+use crate::shell;
 
 /// Destinations the cluster's workloads call on purpose (the payment provider, the object
 /// store the nightly export writes to): known, so `egress` calls them `allowlisted`, and what

@@ -39,29 +39,7 @@ impl IngestService {
         IngestServer<IngestService>,
         impl tonic::service::Interceptor + Clone,
     > {
-        IngestServer::with_interceptor(self, bearer(token))
-    }
-}
-
-/// Every gRPC call must carry `authorization: Bearer TOKEN` when a token is configured.
-pub fn bearer(
-    token: Option<String>,
-) -> impl tonic::service::Interceptor + Clone + Send + Sync + 'static {
-    move |req: Request<()>| -> Result<Request<()>, Status> {
-        let Some(token) = &token else {
-            return Ok(req);
-        };
-        let given = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if crate::serve::constant_time_eq(given.as_bytes(), token.as_bytes()) {
-            Ok(req)
-        } else {
-            Err(Status::unauthenticated("missing or wrong bearer token"))
-        }
+        IngestServer::with_interceptor(self, crate::auth::grpc_bearer(token))
     }
 }
 

@@ -30,6 +30,8 @@ use tokio::sync::Semaphore;
 
 use load::DeadLetter;
 
+use crate::auth;
+
 /// Listeners, limits and credentials.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -145,7 +147,7 @@ pub async fn run(store: Store, data: PathBuf, options: ServeOptions) -> Result<(
         let flight = arrow_flight::flight_service_server::FlightServiceServer::with_interceptor(
             crate::flight::FlightSql::new(ctx, options.limits.clone())
                 .map_err(|e| format!("Flight SQL session: {e}"))?,
-            crate::grpc::bearer(options.token.clone()),
+            auth::grpc_bearer(options.token.clone()),
         );
         announce("grpc", listener.local_addr().map_err(|e| e.to_string())?);
         let stop = stopped(stop_rx.clone());
@@ -222,20 +224,10 @@ async fn shutdown_signal() {
 }
 
 fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
-    let Some(token) = &state.token else {
-        return true;
-    };
     let given = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    constant_time_eq(given.as_bytes(), token.as_bytes())
-}
-
-/// Compares secrets in time independent of where they differ.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        .and_then(|v| v.to_str().ok());
+    auth::bearer_matches(state.token.as_deref(), given)
 }
 
 fn reply(status: StatusCode, body: serde_json::Value) -> Response {

@@ -8,7 +8,8 @@ use policy::history::{self, Window};
 use policy::report::{PspScope, Report, generate, write_yaml, yaml_documents};
 use policy::{Loaded, Version};
 
-use crate::CliError;
+use crate::error::CliError;
+use crate::session::store_session;
 
 #[derive(Subcommand)]
 pub enum PolicyAction {
@@ -124,7 +125,7 @@ pub fn run(data: &PathBuf, action: PolicyAction) -> Result<ExitCode, CliError> {
         } => {
             let mut loaded = load(&paths)?;
             if from_store {
-                let (rt, _store, ctx) = crate::store_session(data)?;
+                let (rt, _store, ctx) = store_session(data)?;
                 let (recorded, damaged) = rt.block_on(history::load_from_store(&ctx))?;
                 damaged.iter().for_each(|d| eprintln!("{d}"));
                 loaded.extend(recorded);
@@ -254,7 +255,7 @@ fn validate_cmd(
     format: ReportFormat,
 ) -> Result<ExitCode, CliError> {
     let mut all = Vec::new();
-    let (rt, _store, ctx) = crate::store_session(data)?;
+    let (rt, _store, ctx) = store_session(data)?;
     for mut c in history::load_constraints(policy)? {
         if namespace.is_some() {
             c.namespace = namespace.clone();

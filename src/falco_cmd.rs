@@ -10,7 +10,8 @@ use falco::rules::Ruleset;
 use falco::tune::{Alert, Options, Tuning, tune};
 use query::settings::falco_labels::{self, FalcoLabel};
 
-use crate::CliError;
+use crate::error::CliError;
+use crate::session::store_session;
 
 #[derive(Subcommand)]
 pub enum FalcoAction {
@@ -160,7 +161,7 @@ pub fn run(data: &PathBuf, action: FalcoAction) -> Result<ExitCode, CliError> {
                 labelled_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             };
             let labels = vec![label.clone()];
-            let (rt, _store, ctx) = crate::store_session(data)?;
+            let (rt, _store, ctx) = store_session(data)?;
             let matched = rt
                 .block_on(recorded::stored(&ctx, None, None))?
                 .iter()
@@ -297,6 +298,6 @@ fn stored_alerts(
     to: Option<&str>,
 ) -> Result<Vec<Alert>, CliError> {
     let labels = falco_labels::load(data)?;
-    let (rt, _store, ctx) = crate::store_session(data)?;
+    let (rt, _store, ctx) = store_session(data)?;
     Ok(rt.block_on(recorded::stored_alerts(&ctx, from, to, &labels))?)
 }

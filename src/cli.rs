@@ -1,0 +1,257 @@
+//! The command line: every command, argument and value parser (`clap`).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use ingest::Format;
+
+#[derive(Parser)]
+#[command(
+    name = "ktrail",
+    version,
+    about = "A forensic event store for Kubernetes, queried in SQL"
+)]
+pub struct Cli {
+    /// The store's directory.
+    #[arg(
+        long,
+        global = true,
+        env = "KTRAIL_DATA",
+        default_value = "./ktrail-data"
+    )]
+    pub data: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+// Parsed once at start-up; boxing the large `serve` variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+pub enum Command {
+    /// Ingest records from files, directories (recursive) or `-` (stdin); `.gz`/`.zst` by
+    /// extension. Bad records are reported as PATH:LINE: reason; the rest goes on.
+    Ingest {
+        /// Input format: auto (recognises each record), native, k8s-audit, falco, tetragon,
+        /// tracee, k8s-objects.
+        #[arg(long, default_value = "auto", value_parser = parse_format)]
+        format: Format,
+        /// Events per batch written to the store.
+        #[arg(long, default_value_t = 8192)]
+        batch_rows: usize,
+        /// Where rejected records are kept, one JSON object per line (path, line, reason,
+        /// record); default `DATA/dead-letter.jsonl`.
+        #[arg(long)]
+        dead_letter: Option<PathBuf>,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Run SQL statement(s) and print the results.
+    Sql {
+        #[arg(long, value_enum, default_value_t = crate::output::OutputFormat::Table)]
+        format: crate::output::OutputFormat,
+        /// Answer without the sidecar indexes (full scans; for comparison).
+        #[arg(long)]
+        no_index: bool,
+        #[command(flatten)]
+        limits: LimitArgs,
+        sql: String,
+    },
+    /// An interactive SQL shell with psql's habits (`\\?` for help); reads a script from
+    /// stdin when it is not a terminal.
+    Shell {
+        /// Answer without the sidecar indexes (full scans; for comparison).
+        #[arg(long)]
+        no_index: bool,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// The ingest and query service. Binds 127.0.0.1 unless an address says otherwise; prints
+    /// `listening <proto> <addr>` per listener when ready; SIGINT/SIGTERM stop it gracefully.
+    Serve(ServeArgs),
+    /// Generate a small cluster history with an embedded incident, ingest it into the data
+    /// directory, and walk through the investigation (SQL and answers).
+    Demo {
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Runtime, audit and alert records to generate.
+        #[arg(long, default_value_t = 100_000)]
+        events: u64,
+    },
+    /// Write a seeded, realistic cluster history in the producers' formats (inventories,
+    /// audit log, Tetragon, Falco) to a directory, for `ktrail ingest` or other tools.
+    #[command(name = "gen")]
+    Generate {
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Where the files go.
+        #[arg(short, long)]
+        out: PathBuf,
+        /// Also write the embedded incident's known answers (user, pods, session id, IPs) to
+        /// FILE as JSON, for harnesses that check them.
+        #[arg(long, value_name = "FILE")]
+        incident: Option<PathBuf>,
+    },
+    /// Recompute every segment's SHA-256 and compare it with the manifest: one line per
+    /// damaged file, exit 3 on any.
+    Verify,
+    /// Rebuild a missing or unreadable MANIFEST from the segment files after checking each;
+    /// what does not check out goes to DATA/quarantine/ (nothing is deleted).
+    Repair,
+    /// Flush the memtable and merge each hour's segments into as few as the target size allows.
+    Compact,
+    /// The `known_networks` allow-list (destinations `egress` calls `allowlisted`). Local only:
+    /// edits the data directory's `known_networks.json`, also while `serve` runs (`sql` and
+    /// `shell` see the change at once; `serve`'s Postgres and Flight SQL sessions after a
+    /// restart).
+    Networks {
+        #[command(subcommand)]
+        action: NetworksAction,
+    },
+    /// Falco Tuning: recurring alert noise, the narrowest exceptions, proven by replay.
+    Falco {
+        #[command(subcommand)]
+        action: crate::falco_cmd::FalcoAction,
+    },
+    /// Policy Advisor: least-privilege pod policies from workload manifests.
+    Policy {
+        #[command(subcommand)]
+        action: crate::policy_cmd::PolicyAction,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum NetworksAction {
+    /// Add (or relabel) a network.
+    Add {
+        /// IPv4/IPv6 CIDR or single address.
+        cidr: String,
+        /// What it is.
+        label: String,
+    },
+    /// Remove a network.
+    Remove { cidr: String },
+    /// List the networks, one `CIDR<TAB>LABEL` per line.
+    List,
+}
+
+/// `--format` values: the names `ingest::Format` defines.
+pub fn parse_format(name: &str) -> Result<Format, String> {
+    Format::from_name(name).ok_or_else(|| {
+        let names: Vec<&str> = Format::ALL.iter().map(|f| f.name()).collect();
+        format!("possible values: {}", names.join(", "))
+    })
+}
+
+/// A listen address: `HOST:PORT`, `:PORT` or `PORT` (the last two on 127.0.0.1).
+pub fn parse_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    let port_only = s.strip_prefix(':').unwrap_or(s);
+    if let Ok(port) = port_only.parse::<u16>() {
+        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse()
+        .map_err(|_| format!("{s:?} is not HOST:PORT, :PORT or PORT"))
+}
+
+/// The limits every query runs under, local or remote.
+#[derive(clap::Args)]
+pub struct LimitArgs {
+    /// Memory one query may use before it spills to disk, then fails (bytes; K/M/G suffix).
+    #[arg(long, default_value = "4G", value_parser = parse_bytes)]
+    pub query_memory: usize,
+    /// Time one query may take, rows streamed included (seconds).
+    #[arg(long, default_value_t = 300)]
+    pub query_timeout: u64,
+}
+
+impl LimitArgs {
+    pub fn limits(&self) -> query::remote::QueryLimits {
+        query::remote::QueryLimits {
+            memory_bytes: self.query_memory,
+            timeout: std::time::Duration::from_secs(self.query_timeout.max(1)),
+            shared: None,
+        }
+    }
+}
+
+pub fn parse_bytes(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let (digits, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => s.split_at(i),
+        None => (s, ""),
+    };
+    let n: usize = digits.parse().map_err(|_| format!("{s:?} is not a size"))?;
+    let shift = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("{s:?}: unknown unit (K, M, G, T)")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+// The flags of `ktrail serve` (its help is the variant's).
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// HTTP ingest webhooks: ADDR as HOST:PORT, :PORT or PORT (default 127.0.0.1:8480 when
+    /// no listener is given).
+    #[arg(long, value_parser = parse_addr)]
+    pub http: Option<std::net::SocketAddr>,
+    /// gRPC: Arrow Flight SQL (read-only queries), the `ktrail.v1.Ingest` stream and
+    /// `grpc.health.v1`.
+    #[arg(long, value_parser = parse_addr)]
+    pub grpc: Option<std::net::SocketAddr>,
+    /// Postgres wire protocol.
+    #[arg(long, value_parser = parse_addr)]
+    pub pg: Option<std::net::SocketAddr>,
+    /// Configuration file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// File holding the bearer token HTTP and gRPC clients must send. Required to listen
+    /// on anything but loopback.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// File holding the Postgres password of user `ktrail` (SCRAM-SHA-256); required
+    /// with --pg.
+    #[arg(long)]
+    pub pg_password_file: Option<PathBuf>,
+    /// PEM certificate chain for Postgres TLS. Once configured, TLS is required: the
+    /// server does not start without a usable certificate and refuses plaintext clients.
+    /// Required to listen on anything but loopback.
+    #[arg(long, requires = "pg_tls_key")]
+    pub pg_tls_cert: Option<PathBuf>,
+    /// PEM private key of --pg-tls-cert.
+    #[arg(long, requires = "pg_tls_cert")]
+    pub pg_tls_key: Option<PathBuf>,
+    /// PEM certificate chain for gRPC TLS (Flight SQL, ingest, health). Once configured,
+    /// TLS is required: the server does not start without a usable certificate.
+    #[arg(long, requires = "grpc_tls_key")]
+    pub grpc_tls_cert: Option<PathBuf>,
+    /// PEM private key of --grpc-tls-cert.
+    #[arg(long, requires = "grpc_tls_cert")]
+    pub grpc_tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    /// Memory all remote queries (Postgres, Flight SQL) hold together; each query's
+    /// --query-memory is drawn from it (bytes; K/M/G suffix).
+    #[arg(long, default_value = "8G", value_parser = parse_bytes)]
+    pub server_memory: usize,
+    /// Postgres connections open at once; more are refused (SQLSTATE 53300).
+    #[arg(long, default_value_t = 64)]
+    pub max_connections: usize,
+    /// Largest request body accepted.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub max_body_bytes: usize,
+    /// Request bodies parsed or stored at once; more are answered 429 + Retry-After.
+    #[arg(long, default_value_t = 8)]
+    pub max_inflight: usize,
+}

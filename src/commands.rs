@@ -1,0 +1,358 @@
+//! The commands on the store: ingest, SQL, the shell, serve, settings, verify, repair and
+//! compact. Each opens what it needs, calls the library and prints.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use datafusion::sql::parser::DFParser;
+use ingest::Format;
+
+use crate::cli::{NetworksAction, ServeArgs};
+use crate::error::CliError;
+use crate::session::{local_session, open_store, runtime};
+use crate::{output, pg, serve, shell};
+
+pub fn gen_cmd(
+    seed: u64,
+    events: u64,
+    out: &std::path::Path,
+    incident_file: Option<&std::path::Path>,
+) -> Result<ExitCode, CliError> {
+    let cfg = generator::Config::new(seed, events);
+    let summary = generator::generate(out, &cfg)
+        .map_err(|e| CliError::Other(format!("{}: {e}", out.display())))?;
+    for f in &summary.files {
+        println!("{}", f.display());
+    }
+    let i = &summary.incident;
+    if let Some(path) = incident_file {
+        let answers = serde_json::json!({
+            "seed": seed,
+            "records": summary.records,
+            "user": i.user,
+            "namespace": i.namespace,
+            "pod": i.pod,
+            "session_id": i.session_id,
+            "unknown_ip": i.unknown_ip,
+            "deleted_pod": i.deleted_pod,
+            "exfil_ip": i.exfil_ip,
+            "privileged_pod": i.privileged_pod,
+            "privileged_namespace": i.privileged_namespace,
+        });
+        std::fs::write(path, format!("{answers:#}\n"))
+            .map_err(|e| CliError::Other(format!("{}: {e}", path.display())))?;
+    }
+    eprintln!(
+        "{} records; incident session {}",
+        summary.records, i.session_id
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+pub fn ingest_cmd(
+    data: &PathBuf,
+    format: Format,
+    batch_rows: usize,
+    dead_letter: &std::path::Path,
+    paths: &[PathBuf],
+) -> Result<ExitCode, CliError> {
+    let inputs = ingest::expand_inputs(paths)?;
+    let store = open_store(data, true)?;
+    let mut dead = load::DeadLetter::new(dead_letter);
+    let loaded = load::load_inputs(
+        &store,
+        &inputs,
+        format,
+        batch_rows,
+        &mut dead,
+        &mut PrintRejections,
+    )?;
+    store.close()?;
+    let mut counts = loaded.counts;
+    if counts.is_empty() {
+        counts.insert(format.name(), load::Counts::default());
+    }
+    for (name, c) in &counts {
+        eprintln!(
+            "{name}: accepted {}, rejected {}, duplicates {}",
+            c.accepted, c.rejected, c.duplicates
+        );
+    }
+    if loaded.skipped_inputs > 0 {
+        eprintln!(
+            "{} input(s) already ingested, skipped",
+            loaded.skipped_inputs
+        );
+    }
+    for e in &loaded.failed_inputs {
+        eprintln!("error: {}", one_line(&e.to_string()));
+    }
+    if dead.kept > 0 {
+        eprintln!(
+            "{} rejected record(s) kept in {}",
+            dead.kept,
+            dead_letter.display()
+        );
+    }
+    Ok(if loaded.failed_inputs.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Each rejection on stderr as `PATH:LINE: reason`, as it happens.
+pub struct PrintRejections;
+
+impl load::Progress for PrintRejections {
+    fn rejected(&mut self, r: &ingest::Rejection) {
+        eprintln!("{r}");
+    }
+}
+
+pub async fn sql_cmd(
+    data: &PathBuf,
+    format: output::OutputFormat,
+    no_index: bool,
+    limits: query::remote::QueryLimits,
+    sql: &str,
+) -> Result<ExitCode, CliError> {
+    let store = open_store(data, false)?;
+    let ctx = local_session(&store, no_index, &limits).await?;
+    let statements = DFParser::parse_sql(sql)?;
+    if statements.is_empty() {
+        return Err(CliError::Other("no SQL statement given".into()));
+    }
+    let mut out = std::io::stdout().lock();
+    for statement in statements {
+        let plan = ctx.state().statement_to_plan(statement).await?;
+        let stream = ctx
+            .execute_logical_plan(plan)
+            .await?
+            .execute_stream()
+            .await?;
+        output::write(&mut out, format, stream).await?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn shell_cmd(
+    data: &PathBuf,
+    no_index: bool,
+    limits: query::remote::QueryLimits,
+) -> Result<ExitCode, CliError> {
+    let store = open_store(data, false)?;
+    let rt = runtime();
+    let ctx = rt.block_on(local_session(&store, no_index, &limits))?;
+    let failures = shell::run(ctx, rt);
+    Ok(if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The trimmed content of a secret file (token, password); empty is an error.
+pub fn read_secret(path: &std::path::Path) -> Result<String, CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::Other(format!("{}: {e}", path.display())))?;
+    let text = text.trim().to_string();
+    if text.is_empty() {
+        return Err(CliError::Other(format!("{}: empty", path.display())));
+    }
+    Ok(text)
+}
+
+pub fn pg_options(
+    addr: Option<std::net::SocketAddr>,
+    password_file: Option<PathBuf>,
+    tls: Option<(PathBuf, PathBuf)>,
+) -> Result<Option<pg::PgOptions>, CliError> {
+    let Some(addr) = addr else {
+        if password_file.is_some() || tls.is_some() {
+            return Err(CliError::Other(
+                "--pg-password-file and --pg-tls-* need --pg ADDR".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let Some(password_file) = password_file else {
+        return Err(CliError::Other(format!(
+            "--pg needs --pg-password-file (the password of user {})",
+            pg::USER
+        )));
+    };
+    if tls.is_none() && !addr.ip().is_loopback() {
+        return Err(CliError::Other(format!(
+            "refusing Postgres on {addr} without TLS (--pg-tls-cert/--pg-tls-key): only loopback may go without"
+        )));
+    }
+    Ok(Some(pg::PgOptions {
+        max_connections: 64,
+        addr,
+        password: read_secret(&password_file)?,
+        tls,
+    }))
+}
+
+pub fn serve_cmd(data: &PathBuf, args: ServeArgs) -> Result<ExitCode, CliError> {
+    let ServeArgs {
+        http,
+        grpc,
+        pg,
+        config,
+        token_file,
+        pg_password_file,
+        pg_tls_cert,
+        pg_tls_key,
+        grpc_tls_cert,
+        grpc_tls_key,
+        limits,
+        server_memory,
+        max_connections,
+        max_body_bytes,
+        max_inflight,
+    } = args;
+    if let Some(c) = config {
+        Err(CliError::Other(format!(
+            "--config {}: configuration files are not supported yet; use the flags",
+            c.display()
+        )))
+    } else {
+        // With no listener named, the HTTP webhooks on loopback.
+        let http = match (http, grpc, pg) {
+            (None, None, None) => Some(std::net::SocketAddr::from(([127, 0, 0, 1], 8480))),
+            (h, _, _) => h,
+        };
+        let limits = query::remote::QueryLimits {
+            shared: Some(query::remote::server_pool(server_memory)),
+            ..limits.limits()
+        };
+        pg_options(pg, pg_password_file, pg_tls_cert.zip(pg_tls_key)).and_then(|mut pg| {
+            if let Some(pg) = &mut pg {
+                pg.max_connections = max_connections.max(1);
+            }
+            serve(
+                data,
+                serve::ServeOptions {
+                    http,
+                    grpc,
+                    token: token_file.as_deref().map(read_secret).transpose()?,
+                    max_body_bytes,
+                    max_inflight,
+                    batch_rows: 8192,
+                    pg,
+                    limits,
+                    grpc_tls: grpc_tls_cert.zip(grpc_tls_key),
+                },
+            )
+        })
+    }
+}
+
+fn serve(data: &PathBuf, options: serve::ServeOptions) -> Result<ExitCode, CliError> {
+    let store = open_store(data, true)?;
+    runtime()
+        .block_on(serve::run(store, data.clone(), options))
+        .map_err(CliError::Other)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn networks_cmd(data: &std::path::Path, action: NetworksAction) -> Result<ExitCode, CliError> {
+    use query::settings::networks::{self, KnownNetwork};
+    let mut list = networks::load(data)?;
+    match action {
+        NetworksAction::List => {
+            for n in &list {
+                println!("{}\t{}", n.cidr, n.label);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        NetworksAction::Add { cidr, label } => {
+            let net: ipnet::IpNet = cidr
+                .parse()
+                .or_else(|_| cidr.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| CliError::Other(format!("{cidr:?} is not a CIDR or an IP address")))?;
+            // Stored normalised (`10.1.2.3/8` → `10.0.0.0/8`), so remove finds it again.
+            let cidr = net.trunc().to_string();
+            list.retain(|n| n.cidr != cidr);
+            list.push(KnownNetwork { cidr, label });
+        }
+        NetworksAction::Remove { cidr } => {
+            let normalised = cidr
+                .parse::<ipnet::IpNet>()
+                .map(|n| n.trunc().to_string())
+                .or_else(|_| {
+                    cidr.parse::<std::net::IpAddr>()
+                        .map(|a| ipnet::IpNet::from(a).to_string())
+                })
+                .unwrap_or(cidr.clone());
+            let before = list.len();
+            list.retain(|n| n.cidr != normalised && n.cidr != cidr);
+            if list.len() == before {
+                return Err(CliError::Other(format!("{cidr} is not a known network")));
+            }
+        }
+    }
+    std::fs::create_dir_all(data)
+        .map_err(|e| CliError::Other(format!("{}: {e}", data.display())))?;
+    networks::save(data, &list)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn verify_cmd(data: &PathBuf) -> Result<ExitCode, CliError> {
+    let store = open_store(data, false)?;
+    let segments = store.snapshot().segments;
+    let mut findings = 0;
+    for s in &segments {
+        if let Err(e) = s.verify() {
+            println!("{}", one_line(&e.to_string()));
+            findings += 1;
+        }
+    }
+    println!(
+        "{} segment(s) verified, {findings} damaged",
+        segments.len() - findings
+    );
+    Ok(if findings > 0 {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub fn repair_cmd(data: &PathBuf) -> Result<ExitCode, CliError> {
+    let report = storage::repair(data, storage::StoreOptions::default())?;
+    if !report.rebuilt {
+        println!("the manifest is readable: nothing to repair");
+    } else {
+        for (path, reason) in &report.quarantined {
+            println!("quarantined {}: {}", path.display(), one_line(reason));
+        }
+        println!(
+            "manifest rebuilt: {} segment(s), {} event(s); WAL: {} record(s) read, {} event(s) no segment held written as new segments",
+            report.segments, report.rows, report.wal_records, report.wal_events_stored
+        );
+    }
+    // The store opens again (exit 0), or the reason it does not is the error.
+    open_store(data, false)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn compact_cmd(data: &PathBuf) -> Result<ExitCode, CliError> {
+    let store = open_store(data, false)?;
+    store.flush()?;
+    let n = store.compact_major()?;
+    // The compacted segments are new: their partial aggregates for the derived tables are
+    // computed now, with the rewrite, not by the first query that needs them.
+    runtime().block_on(async {
+        let ctx = query::session(&store, query::IndexUse::On).await?;
+        query::prepare_derived(&ctx).await
+    })?;
+    println!("{n} segment(s) compacted");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,75 @@
+//! Opening the store and a query session over it, for the commands that read.
+
+use std::path::PathBuf;
+
+use datafusion::prelude::SessionContext;
+use query::IndexUse;
+use storage::{Store, StoreOptions};
+
+use crate::error::CliError;
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+pub fn open_store(data: &PathBuf, background: bool) -> Result<Store, CliError> {
+    let options = StoreOptions {
+        background,
+        ..Default::default()
+    };
+    let (store, report) = Store::open(data, options)?;
+    if let Some((path, offset, dropped)) = &report.wal.torn_tail {
+        eprintln!(
+            "warning: {}: torn WAL tail cut at offset {offset} ({dropped} bytes of an unacknowledged write)",
+            path.display()
+        );
+    }
+    for (from, to) in &report.quarantined {
+        eprintln!(
+            "warning: {} is not listed in the manifest: moved to {}",
+            from.display(),
+            to.display()
+        );
+    }
+    Ok(store)
+}
+
+/// A session over the store for local use, under `limits` (its memory pool is the session's:
+/// local statements run one at a time).
+pub async fn local_session(
+    store: &Store,
+    no_index: bool,
+    limits: &query::remote::QueryLimits,
+) -> Result<SessionContext, CliError> {
+    let index = if no_index {
+        IndexUse::Off
+    } else {
+        IndexUse::On
+    };
+    let ctx = query::session(store, index).await?;
+    Ok(query::remote::limited_context(&ctx, limits)?)
+}
+
+/// A local query session over the store at `data` (what `policy` and `falco` query through) (keep the store alive while it is used).
+pub fn store_session(
+    data: &PathBuf,
+) -> Result<
+    (
+        tokio::runtime::Runtime,
+        storage::Store,
+        datafusion::prelude::SessionContext,
+    ),
+    CliError,
+> {
+    let rt = runtime();
+    let store = open_store(data, false)?;
+    let ctx = rt.block_on(local_session(
+        &store,
+        false,
+        &query::remote::QueryLimits::default(),
+    ))?;
+    Ok((rt, store, ctx))
+}
