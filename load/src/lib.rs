@@ -53,3 +53,6 @@ pub struct Counts {
     /// Already stored (same event id): a resent batch.
     pub duplicates: u64,
 }
+
+#[cfg(test)]
+mod tests;

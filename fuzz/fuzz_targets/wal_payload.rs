@@ -1,0 +1,9 @@
+//! A WAL record's payload (codec byte, zstd frame, Arrow IPC stream): the checksum passed, the
+//! bytes are still not trusted.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|payload: &[u8]| {
+    let _ = storage::wal::decode_batch(payload);
+});
