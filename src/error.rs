@@ -13,6 +13,10 @@ pub enum CliError {
     Ingest(#[from] ingest::IngestError),
     #[error(transparent)]
     Load(#[from] load::LoadError),
+    #[error(transparent)]
+    Policy(#[from] policy::PolicyError),
+    #[error(transparent)]
+    Falco(#[from] falco::FalcoError),
     #[error("{0}")]
     Other(String),
 }

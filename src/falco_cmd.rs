@@ -88,12 +88,6 @@ fn parse_field(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{s:?} is not NAME=VALUE"))
 }
 
-impl From<falco::FalcoError> for CliError {
-    fn from(e: falco::FalcoError) -> Self {
-        CliError::Other(e.to_string())
-    }
-}
-
 pub fn run(data: &PathBuf, action: FalcoAction) -> Result<ExitCode, CliError> {
     match action {
         FalcoAction::Tune {

@@ -96,12 +96,6 @@ fn parse_version(s: &str) -> Result<Version, String> {
     Version::parse(s).map_err(|e| e.to_string())
 }
 
-impl From<policy::PolicyError> for CliError {
-    fn from(e: policy::PolicyError) -> Self {
-        CliError::Other(e.to_string())
-    }
-}
-
 pub fn run(data: &PathBuf, action: PolicyAction) -> Result<ExitCode, CliError> {
     match action {
         PolicyAction::Validate {
