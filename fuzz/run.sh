@@ -27,7 +27,7 @@ for t in "${targets[@]}"; do
   # -timeout: one input over 10 s is a hang; -rss_limit_mb: over 2 GiB is a failure.
   if ! cargo +nightly fuzz run "${flags[@]}" "$t" "corpus/$t" -- -max_total_time="$seconds" -timeout=10 \
       -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
-    tail -40 "$log"
+    tail -60 "$log" | cut -c1-400
     echo "fuzz $t: FAILED (input in fuzz/artifacts/$t/)"
     exit 1
   fi

@@ -889,11 +889,17 @@ pub fn decode_batch(payload: &[u8]) -> std::result::Result<RecordBatch, String> 
         }
         _ => return Err("unknown WAL payload codec".into()),
     };
-    let mut reader = StreamReader::try_new(Cursor::new(bytes), None).map_err(|e| e.to_string())?;
-    let batch = reader
-        .next()
-        .ok_or("WAL record holds no batch")?
-        .map_err(|e| e.to_string())?;
+    // arrow-ipc's reader panics on some damaged messages instead of failing (see
+    // `ingest::arrow_ipc`); a damaged record is corruption to report, not a crash.
+    let batch = std::panic::catch_unwind(|| {
+        let mut reader =
+            StreamReader::try_new(Cursor::new(bytes), None).map_err(|e| e.to_string())?;
+        reader
+            .next()
+            .ok_or("WAL record holds no batch")?
+            .map_err(|e| e.to_string())
+    })
+    .map_err(|_| "malformed Arrow IPC stream (the decoder could not read it)".to_string())??;
     let expected = model::events_schema();
     if batch.schema().fields() != expected.fields() {
         return Err("WAL record has a different schema version".into());
