@@ -7,6 +7,7 @@ use std::path::Path;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
+    ktrail_fuzz::allow_caught_panics();
     // The file name's sequence number is the header's, as in a file the WAL wrote.
     let first_seq = data
         .get(8..16)

@@ -5,5 +5,6 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|payload: &[u8]| {
+    ktrail_fuzz::allow_caught_panics();
     let _ = storage::wal::decode_batch(payload);
 });

@@ -731,7 +731,8 @@ fn skip_line(reader: &mut dyn BufRead) -> io::Result<usize> {
 }
 
 /// Parses one record in `format` (recognising it under `Auto`) into `out`; returns the format
-/// it was read as, and the record as text.
+/// it was read as, and the record as text. On an error `out` may hold part of the record's
+/// events: the caller drops them (a record is stored whole or not at all).
 pub fn parse_record<'r>(
     format: Format,
     record: &'r [u8],
