@@ -18,6 +18,7 @@ samples=${KTRAIL_SAMPLES:-../../shared/samples}
 # sanitized release build of all of DataFusion on two cores. `FUZZ_FLAGS` changes it.
 flags=(${FUZZ_FLAGS:---dev -s none})
 cargo +nightly fuzz build "${flags[@]}"
+echo "fuzz build: $(du -sh target | cut -f1) in fuzz/target, $(df -h --output=avail . | tail -1 | tr -d ' ') free"
 [ -d corpus ] || python3 seed.py "$ktrail" "$samples"
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || mapfile -t targets < <(cargo +nightly fuzz list)
