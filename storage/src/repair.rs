@@ -40,7 +40,7 @@ pub struct RepairReport {
 pub fn repair(dir: &Path, options: StoreOptions) -> Result<RepairReport> {
     let dir = dir.canonicalize().at(dir)?;
     let mut report = RepairReport::default();
-    let _lock = crate::lock_dir(&dir)?;
+    let _lock = crate::recovery::lock_dir(&dir)?;
     match Manifest::load(&dir) {
         Ok(Some(_)) => return Ok(report),
         Ok(None) => {}
@@ -155,13 +155,13 @@ struct SegmentFiles {
 /// open, which quarantines them).
 fn segment_files(dir: &Path) -> Result<BTreeMap<u64, SegmentFiles>> {
     let mut out: BTreeMap<u64, SegmentFiles> = BTreeMap::new();
-    for p in crate::files_under_segments(dir)? {
+    for p in crate::recovery::files_under_segments(dir)? {
         let name = p
             .file_name()
             .expect("a file")
             .to_string_lossy()
             .into_owned();
-        let Some(id) = crate::segment_id_of(&name) else {
+        let Some(id) = crate::recovery::segment_id_of(&name) else {
             continue;
         };
         let files = out.entry(id).or_default();

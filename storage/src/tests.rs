@@ -1,6 +1,13 @@
-use super::*;
-use datafusion::arrow::array::{Array, StringArray};
+use std::collections::HashSet;
+use std::fs;
+
+use datafusion::arrow::array::{Array, AsArray, BooleanArray, StringArray};
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::datatypes::{Int64Type, TimestampNanosecondType};
 use model::{Event, batch_of};
+
+use super::*;
+use crate::append::memory_of;
 
 pub(crate) fn event(i: u64, ns: &str, pod: &str) -> Event {
     Event {
