@@ -38,10 +38,10 @@ use datafusion::physical_plan::{
 use roaring::RoaringBitmap;
 use storage::{INDEXED_COLUMNS, SegmentIndex, Snapshot};
 
-use crate::provider::{
-    IndexFilter, all_rows, exact_index_filter, kept_values, memtable_exec, segment_index,
-    value_test,
+use crate::index_filter::{
+    IndexFilter, all_rows, exact_index_filter, kept_values, segment_index, value_test,
 };
+use crate::provider::memtable_exec;
 use crate::scan_exec::ScanExec;
 
 /// Most intersections one query may spend per segment (the product of the group columns'

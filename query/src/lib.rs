@@ -5,17 +5,20 @@
 //! DataFusion re-checks it on whatever rows the segments, indexes and statistics let through;
 //! skipping is only ever done on proof that no row can match.
 
+mod access_plan;
 pub mod csv_export;
 mod deadline;
 mod derived;
 mod error;
 pub mod functions;
 mod index_count;
+mod index_filter;
 pub mod investigations;
 mod json_rows;
 mod large_topk;
 mod partials;
 mod provider;
+mod prune;
 pub mod remote;
 mod scan_exec;
 pub mod sessions;
