@@ -4,7 +4,6 @@
 use model::RecordBatch;
 use model::arrow::buffer::Buffer;
 use model::arrow::compute::concat_batches;
-use model::arrow::ipc::reader::StreamDecoder;
 
 /// Reads one Arrow IPC stream of the `events` schema into one batch (`None` when it has no
 /// rows), refusing another schema and the events `model::validate_batch` refuses.
@@ -13,27 +12,10 @@ use model::arrow::ipc::reader::StreamDecoder;
 /// message bodies out of `bytes` (copying only a buffer that is not aligned for its type).
 pub fn read_stream(bytes: Vec<u8>) -> Result<Option<RecordBatch>, String> {
     let err = |e: &dyn std::fmt::Display| format!("arrow_ipc: {e}");
-    // arrow-ipc's decoder panics on some damaged messages (a buffer offset past the body,
-    // found by the `arrow_ipc` fuzz target) instead of failing: the bytes are a client's, so
-    // a panic is one more refusal, not a dead request.
-    let decoded = std::panic::catch_unwind(move || {
-        let mut buffer = Buffer::from_vec(bytes);
-        let mut decoder = StreamDecoder::new();
-        let mut batches = Vec::new();
-        while !buffer.is_empty() {
-            if let Some(batch) = decoder.decode(&mut buffer)? {
-                batches.push(batch);
-            }
-        }
-        decoder.finish()?;
-        Ok::<_, model::arrow::error::ArrowError>((decoder, batches))
-    });
-    let (decoder, mut batches) = match decoded {
-        Ok(result) => result.map_err(|e| err(&e))?,
-        Err(_) => return Err(err(&"malformed stream (the decoder could not read it)")),
-    };
+    let (schema, mut batches) =
+        model::ipc::decode_stream(Buffer::from_vec(bytes)).map_err(|e| err(&e))?;
     let expected = model::events_schema();
-    match decoder.schema() {
+    match schema {
         Some(schema) if schema.fields() == expected.fields() => {}
         Some(_) => {
             return Err(err(

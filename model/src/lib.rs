@@ -20,6 +20,8 @@ pub use datafusion::arrow;
 /// The batch type of events (DataFusion's arrow), for crates that only build events.
 pub use datafusion::arrow::array::RecordBatch;
 
+pub mod ipc;
+
 /// Version of the `events` schema; stored with every WAL file and segment so that older data can
 /// be recognised after columns are added.
 pub const SCHEMA_VERSION: u32 = 1;
