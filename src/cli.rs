@@ -166,8 +166,8 @@ pub struct LimitArgs {
 }
 
 impl LimitArgs {
-    pub fn limits(&self) -> query::remote::QueryLimits {
-        query::remote::QueryLimits {
+    pub fn limits(&self) -> query::limits::QueryLimits {
+        query::limits::QueryLimits {
             memory_bytes: self.query_memory,
             timeout: std::time::Duration::from_secs(self.query_timeout.max(1)),
             shared: None,

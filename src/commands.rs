@@ -118,7 +118,7 @@ pub async fn sql_cmd(
     data: &PathBuf,
     format: output::OutputFormat,
     no_index: bool,
-    limits: query::remote::QueryLimits,
+    limits: query::limits::QueryLimits,
     sql: &str,
 ) -> Result<ExitCode, CliError> {
     let store = open_store(data, false)?;
@@ -143,7 +143,7 @@ pub async fn sql_cmd(
 pub fn shell_cmd(
     data: &PathBuf,
     no_index: bool,
-    limits: query::remote::QueryLimits,
+    limits: query::limits::QueryLimits,
 ) -> Result<ExitCode, CliError> {
     let store = open_store(data, false)?;
     let rt = runtime();
@@ -228,8 +228,8 @@ pub fn serve_cmd(data: &PathBuf, args: ServeArgs) -> Result<ExitCode, CliError> 
             (None, None, None) => Some(std::net::SocketAddr::from(([127, 0, 0, 1], 8480))),
             (h, _, _) => h,
         };
-        let limits = query::remote::QueryLimits {
-            shared: Some(query::remote::server_pool(server_memory)),
+        let limits = query::limits::QueryLimits {
+            shared: Some(query::limits::server_pool(server_memory)),
             ..limits.limits()
         };
         pg_options(pg, pg_password_file, pg_tls_cert.zip(pg_tls_key)).and_then(|mut pg| {

@@ -38,7 +38,8 @@ use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::{DFParser, Statement as DFStatement};
 use futures::{Stream, StreamExt, TryStreamExt, stream};
 use prost::Message;
-use query::remote::{self, QueryLimits};
+use query::limits::{self, QueryLimits};
+use query::read_only;
 use tonic::{Request, Response, Status, Streaming};
 
 type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send>>;
@@ -55,8 +56,8 @@ impl FlightSql {
     /// be built.
     pub fn new(ctx: SessionContext, limits: QueryLimits) -> datafusion::error::Result<Self> {
         // Built once: every query plans in it, and each executes under a memory pool of its
-        // own (`remote::execute_limited`).
-        let state = remote::limited_state(&ctx.state(), &limits)?;
+        // own (`limits::execute_limited`).
+        let state = limits::limited_state(&ctx.state(), &limits)?;
         let mut info = SqlInfoDataBuilder::new();
         info.append(SqlInfo::FlightSqlServerName, "ktrail");
         info.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
@@ -81,21 +82,22 @@ impl FlightSql {
             )));
         }
         let mut statement = statements.pop_front().expect("one");
-        if let Some(refusal) = remote::remote_refusal_df(&statement) {
+        if let Some(refusal) = read_only::remote_refusal_df(&statement) {
             return Err(Status::permission_denied(refusal));
         }
         if !params.is_empty() {
             let DFStatement::Statement(s) = &mut statement else {
                 return Err(Status::invalid_argument("parameters need a query"));
             };
-            remote::bind_placeholders(s, params).map_err(invalid)?;
+            read_only::bind_placeholders(s, params).map_err(invalid)?;
         }
         let plan = self
             .state
             .statement_to_plan(statement)
             .await
             .map_err(invalid)?;
-        remote::check_remote_plan(&plan).map_err(|e| Status::permission_denied(e.to_string()))?;
+        read_only::check_remote_plan(&plan)
+            .map_err(|e| Status::permission_denied(e.to_string()))?;
         Ok(plan)
     }
 
@@ -106,10 +108,10 @@ impl FlightSql {
         let timeout = self.limits.timeout;
         let batches = tokio::time::timeout(
             timeout,
-            remote::execute_limited(&self.state, plan, &self.limits),
+            limits::execute_limited(&self.state, plan, &self.limits),
         )
         .await
-        .map_err(|_| Status::deadline_exceeded(remote::timeout_error(&self.limits).to_string()))?
+        .map_err(|_| Status::deadline_exceeded(limits::timeout_error(&self.limits).to_string()))?
         .map_err(internal)?;
         let batches = batches.map_err(|e| FlightError::ExternalError(Box::new(e)));
         let flight = FlightDataEncoderBuilder::new()

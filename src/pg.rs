@@ -49,7 +49,8 @@ use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::tokio::tokio_rustls::TlsAcceptor;
 use pgwire::tokio::tokio_rustls::rustls;
 use pgwire::types::format::FormatOptions;
-use query::remote::{self, QueryLimits};
+use query::limits::{self, QueryLimits};
+use query::read_only;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -361,15 +362,15 @@ impl Service {
         format: &Format,
         format_options: Arc<FormatOptions>,
     ) -> PgWireResult<Response> {
-        remote::check_remote_plan(&plan).map_err(|e| read_only_error(e.to_string()))?;
+        read_only::check_remote_plan(&plan).map_err(|e| read_only_error(e.to_string()))?;
         let limits = &settings.limits(&self.limits);
         let deadline = tokio::time::Instant::now() + limits.timeout;
         let limited = SessionContext::new_with_state(
-            remote::limited_state(&settings.state(&self.ctx), limits).map_err(df_error)?,
+            limits::limited_state(&settings.state(&self.ctx), limits).map_err(df_error)?,
         );
         let df = tokio::time::timeout_at(deadline, limited.execute_logical_plan(plan))
             .await
-            .map_err(|_| df_error(remote::timeout_error(limits)))?
+            .map_err(|_| df_error(limits::timeout_error(limits)))?
             .map_err(df_error)?;
         let fields = Arc::new(arrow_schema_to_pg_fields(
             df.schema().as_arrow(),
@@ -378,9 +379,9 @@ impl Service {
         )?);
         let batches = tokio::time::timeout_at(deadline, df.execute_stream())
             .await
-            .map_err(|_| df_error(remote::timeout_error(limits)))?
+            .map_err(|_| df_error(limits::timeout_error(limits)))?
             .map_err(df_error)?;
-        // The plan's root enforces the deadline while rows stream (remote::limited_context).
+        // The plan's root enforces the deadline while rows stream (limits::limited_context).
         let batches = batches.map(|b| b.map_err(df_error));
         let row_fields = fields.clone();
         let rows = batches.flat_map(move |batch| {
@@ -667,7 +668,7 @@ impl SimpleQueryHandler for Service {
         }
         let mut responses = Vec::with_capacity(statements.len());
         for statement in statements {
-            if let Some(refusal) = remote::remote_refusal(&statement) {
+            if let Some(refusal) = read_only::remote_refusal(&statement) {
                 return Err(read_only_error(refusal));
             }
             if let Statement::Declare { stmts } = &statement {
@@ -762,7 +763,7 @@ impl ExtendedQueryHandler for Service {
                 }
             };
             let mut bound = statement.clone();
-            remote::bind_placeholders(&mut bound, &values).map_err(df_error)?;
+            read_only::bind_placeholders(&mut bound, &values).map_err(df_error)?;
             settings
                 .state(&self.ctx)
                 .statement_to_plan(DFStatement::Statement(Box::new(bound)))
@@ -799,7 +800,7 @@ impl QueryParser for ReadOnlyParser {
             .sql
             .parse(sql)
             .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
-        if let Some(refusal) = statements.iter().find_map(remote::remote_refusal) {
+        if let Some(refusal) = statements.iter().find_map(read_only::remote_refusal) {
             return Err(read_only_error(refusal));
         }
         self.inner.parse_sql(client, sql, types).await

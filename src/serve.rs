@@ -45,7 +45,7 @@ pub struct ServeOptions {
     /// Postgres wire, read-only SQL.
     pub pg: Option<crate::pg::PgOptions>,
     /// Every remote query's memory and time.
-    pub limits: query::remote::QueryLimits,
+    pub limits: query::limits::QueryLimits,
     /// PEM certificate and key for gRPC (ingest, Flight SQL, health): TLS only, once set.
     pub grpc_tls: Option<(PathBuf, PathBuf)>,
 }

@@ -42,7 +42,7 @@ pub fn open_store(data: &PathBuf, background: bool) -> Result<Store, CliError> {
 pub async fn local_session(
     store: &Store,
     no_index: bool,
-    limits: &query::remote::QueryLimits,
+    limits: &query::limits::QueryLimits,
 ) -> Result<SessionContext, CliError> {
     let index = if no_index {
         IndexUse::Off
@@ -50,7 +50,7 @@ pub async fn local_session(
         IndexUse::On
     };
     let ctx = query::session(store, index).await?;
-    Ok(query::remote::limited_context(&ctx, limits)?)
+    Ok(query::limits::limited_context(&ctx, limits)?)
 }
 
 /// A local query session over the store at `data` (what `policy` and `falco` query through) (keep the store alive while it is used).
@@ -69,7 +69,7 @@ pub fn store_session(
     let ctx = rt.block_on(local_session(
         &store,
         false,
-        &query::remote::QueryLimits::default(),
+        &query::limits::QueryLimits::default(),
     ))?;
     Ok((rt, store, ctx))
 }

@@ -81,6 +81,9 @@ mod tests {
         let (schema, batches) = decode_stream(Buffer::from_vec(out)).unwrap();
         assert_eq!(schema.unwrap(), batch.schema());
         assert_eq!(batches, [batch.clone(), batch]);
-        assert_eq!(decode_stream(Buffer::from_vec(Vec::<u8>::new())).unwrap().1, []);
+        assert_eq!(
+            decode_stream(Buffer::from_vec(Vec::<u8>::new())).unwrap().1,
+            []
+        );
     }
 }

@@ -326,7 +326,7 @@ impl TableFunctionImpl for SqlTableFunction {
     fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
         // A prepared statement's `$n` argument: the statement can be described (its columns
         // are known) but runs only once the surface has bound the value into the SQL text
-        // (`remote::bind_placeholders`), which calls this again with a constant.
+        // (`read_only::bind_placeholders`), which calls this again with a constant.
         if args
             .exprs()
             .iter()

@@ -932,7 +932,7 @@ async fn a_large_top_k_is_a_sort_that_can_spill() {
     let plan = plan_text(&ctx, &sql).await;
     assert!(!plan.contains("TopK"), "{plan}");
     assert!(plan.contains(&format!("fetch={fetch}")), "{plan}");
-    let limited = remote::limited_context(&ctx, &remote::QueryLimits::default()).unwrap();
+    let limited = limits::limited_context(&ctx, &limits::QueryLimits::default()).unwrap();
     let batches = limited.sql(&sql).await.unwrap().collect().await.unwrap();
     let ts: Vec<i64> = batches
         .iter()

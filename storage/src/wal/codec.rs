@@ -96,8 +96,7 @@ pub fn decode_batch(payload: &[u8]) -> std::result::Result<RecordBatch, String> 
         }
         _ => return Err("unknown WAL payload codec".into()),
     };
-    let (_, mut batches) =
-        model::ipc::decode_stream(bytes).map_err(|e| e.to_string())?;
+    let (_, mut batches) = model::ipc::decode_stream(bytes).map_err(|e| e.to_string())?;
     let batch = match batches.len() {
         1 => batches.pop().expect("one batch"),
         n => return Err(format!("WAL record holds {n} batches, not one")),
