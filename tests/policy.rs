@@ -53,7 +53,7 @@ fn every_sample_manifest_is_assessed() {
     let errors: Vec<String> = r
         .diagnostics
         .iter()
-        .filter(|d| d.severity == policy::manifest::Severity::Error)
+        .filter(|d| d.severity == policy::workloads::Severity::Error)
         .map(|d| d.to_string())
         .collect();
     assert_eq!(errors.len(), 1, "{errors:#?}");
@@ -883,7 +883,7 @@ fn psp_per_service_account() {
     assert!(o.status.success(), "{}", stderr(&o));
     let read = |name: &str| std::fs::read_to_string(out.join(name)).unwrap();
     let docs = |name: &str| -> Vec<Value> {
-        policy::manifest::documents(&read(name))
+        policy::workloads::documents(&read(name))
             .into_iter()
             .filter_map(|(_, d)| d.unwrap())
             .collect()

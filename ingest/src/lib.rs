@@ -12,7 +12,7 @@
 
 pub mod arrow_ipc;
 mod detect;
-mod falco;
+mod falco_alerts;
 mod input;
 pub mod k8s_audit;
 pub mod k8s_objects;
@@ -171,7 +171,7 @@ pub fn parse_record<'r>(
             .map(|ev| out.push(ev))
             .map_err(|e| e.to_string()),
         Format::K8sAudit => k8s_audit::parse(text, out),
-        Format::Falco => falco::parse(text, out),
+        Format::Falco => falco_alerts::parse(text, out),
         Format::Tetragon => tetragon::parse(text, out),
         Format::Tracee => tracee::parse(text, out),
         Format::K8sObjects => k8s_objects::parse(text, observed_at, out),

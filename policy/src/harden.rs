@@ -7,8 +7,8 @@
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use crate::manifest::Workload;
 use crate::needs::{ContainerNeeds, Needs};
+use crate::workloads::Workload;
 
 /// A patch and the hardening it leaves out.
 #[derive(Clone, Debug, Serialize)]

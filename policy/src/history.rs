@@ -102,7 +102,7 @@ pub fn load_constraints(policy: &str) -> Result<Vec<Constraints>> {
         source,
     })?;
     let mut docs = Vec::new();
-    for (_, parsed) in crate::manifest::documents(&loaded_text) {
+    for (_, parsed) in crate::workloads::documents(&loaded_text) {
         match parsed {
             Ok(Some(v)) => docs.push(v),
             Ok(None) => {}

@@ -1,6 +1,6 @@
 //! Policy Advisor: least-privilege pod policies from workload manifests.
 //!
-//! The pipeline is one way: [`manifest`] turns YAML/JSON documents into typed [`Workload`]s
+//! The pipeline is one way: [`workloads`] turns YAML/JSON documents into typed [`Workload`]s
 //! (k8s-openapi structs); [`pss`] evaluates each against the Pod Security Standards as Pod
 //! Security Admission does, per Kubernetes version; [`needs`] says what the workload needs
 //! (privileges, host access, identities); the emitters build the policies that admit exactly
@@ -8,13 +8,13 @@
 //! ([`vap`]), a legacy PodSecurityPolicy ([`psp`]) and a securityContext hardening patch
 //! ([`harden`]). [`report`] ties them together; [`diff`] compares two manifest sets.
 //!
-//! Nothing here reads the store: generation is pure. Validation against recorded history
-//! lives with the surfaces that can query.
+//! Generation is pure: it reads manifests only. Validation against recorded history
+//! ([`history`]) asks the store through `query` and judges each workload's generated policy
+//! against what its pods did.
 
 pub mod diff;
 pub mod harden;
 pub mod history;
-pub mod manifest;
 pub mod needs;
 pub mod psa;
 pub mod psp;
@@ -22,11 +22,12 @@ pub mod pss;
 pub mod report;
 pub mod validate;
 pub mod vap;
+pub mod workloads;
 
 use std::path::PathBuf;
 
-pub use manifest::{Diagnostic, Loaded, Workload, load_paths, load_str};
 pub use pss::{Level, Version, Violation};
+pub use workloads::{Diagnostic, Loaded, Workload, load_paths, load_str};
 
 /// What can go wrong in the Policy Advisor.
 #[derive(Debug, thiserror::Error)]

@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use crate::manifest::Workload;
 use crate::pss::{ContainerRef, Version, containers, safe_sysctl, volume_type};
+use crate::workloads::Workload;
 
 /// One container's needs and identity.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -327,7 +327,7 @@ fn legacy_profile(annotation: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::load_str;
+    use crate::workloads::load_str;
     use std::path::Path;
 
     fn needs_of(text: &str) -> Needs {

@@ -13,9 +13,9 @@ use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Value, json};
 
-use crate::manifest::Workload;
 use crate::needs::{ContainerNeeds, Needs};
 use crate::vap::managed_labels;
+use crate::workloads::Workload;
 
 /// Volume types as PodSecurityPolicy names them (its `volumes` list uses the field names).
 fn psp_volumes(needs: &Needs) -> Vec<String> {

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{
 };
 use serde::Serialize;
 
-use crate::manifest::Workload;
+use crate::workloads::Workload;
 
 /// A Pod Security Standards level, from least to most strict.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -663,7 +663,7 @@ impl Checker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::load_str;
+    use crate::workloads::load_str;
     use std::path::Path;
 
     fn pod(spec: &str) -> Workload {

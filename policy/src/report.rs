@@ -8,10 +8,10 @@ use serde_json::Value;
 
 use crate::PolicyError;
 use crate::harden::{Hardening, hardening};
-use crate::manifest::{Diagnostic, Loaded, Owner, Source, Workload};
 use crate::needs::{Needs, needs};
 use crate::psa::{Assessed, NamespaceAdvice, namespace_object, namespaces};
 use crate::pss::{Level, Version, Violation, evaluate, level_met};
+use crate::workloads::{Diagnostic, Loaded, Owner, Source, Workload};
 use crate::{psp, vap};
 
 /// One workload in the report.

@@ -12,9 +12,9 @@ use std::collections::BTreeSet;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::manifest::Workload;
 use crate::needs::Needs;
 use crate::pss::{Level, Version, evaluate};
+use crate::workloads::Workload;
 
 /// Binaries that fail without a capability: the runtime grants NET_RAW by default, but a
 /// policy that drops ALL takes it away from `tcpdump` and `ping`.

@@ -16,8 +16,8 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
-use crate::manifest::Workload;
 use crate::needs::Needs;
+use crate::workloads::Workload;
 
 /// The policy and its binding for one workload.
 pub fn policy(
