@@ -263,7 +263,7 @@ fn serve(data: &PathBuf, options: serve::ServeOptions) -> Result<ExitCode, CliEr
 }
 
 pub fn networks_cmd(data: &std::path::Path, action: NetworksAction) -> Result<ExitCode, CliError> {
-    use query::settings::networks::{self, KnownNetwork};
+    use query::settings::networks;
     let mut list = networks::load(data)?;
     match action {
         NetworksAction::List => {
@@ -273,27 +273,10 @@ pub fn networks_cmd(data: &std::path::Path, action: NetworksAction) -> Result<Ex
             return Ok(ExitCode::SUCCESS);
         }
         NetworksAction::Add { cidr, label } => {
-            let net: ipnet::IpNet = cidr
-                .parse()
-                .or_else(|_| cidr.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                .map_err(|_| CliError::Other(format!("{cidr:?} is not a CIDR or an IP address")))?;
-            // Stored normalised (`10.1.2.3/8` → `10.0.0.0/8`), so remove finds it again.
-            let cidr = net.trunc().to_string();
-            list.retain(|n| n.cidr != cidr);
-            list.push(KnownNetwork { cidr, label });
+            networks::add(&mut list, &cidr, label).map_err(CliError::Other)?;
         }
         NetworksAction::Remove { cidr } => {
-            let normalised = cidr
-                .parse::<ipnet::IpNet>()
-                .map(|n| n.trunc().to_string())
-                .or_else(|_| {
-                    cidr.parse::<std::net::IpAddr>()
-                        .map(|a| ipnet::IpNet::from(a).to_string())
-                })
-                .unwrap_or(cidr.clone());
-            let before = list.len();
-            list.retain(|n| n.cidr != normalised && n.cidr != cidr);
-            if list.len() == before {
+            if !networks::remove(&mut list, &cidr) {
                 return Err(CliError::Other(format!("{cidr} is not a known network")));
             }
         }

@@ -1,5 +1,5 @@
 //! `ktrail`: the command-line front of the store. This file only dispatches: the commands are
-//! in `commands` (and `demo`, `falco`, `policy`), their arguments in `cli`.
+//! in `commands` (and `demo`, `falco_cmd`, `policy_cmd`), their arguments in `cli`.
 
 mod auth;
 mod cli;
@@ -21,7 +21,6 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::cli::{Cli, Command};
-use crate::commands::*;
 
 // Ingest allocates (and frees) a string per field of every record; mimalloc measured
 // +10-15 % over the system allocator on that path (BENCHMARKS.md).
@@ -45,17 +44,23 @@ fn main() -> ExitCode {
             paths,
         } => {
             let dead_letter = dead_letter.unwrap_or_else(|| cli.data.join("dead-letter.jsonl"));
-            ingest_cmd(&cli.data, format, batch_rows, &dead_letter, &paths)
+            commands::ingest_cmd(&cli.data, format, batch_rows, &dead_letter, &paths)
         }
-        Command::Shell { no_index, limits } => shell_cmd(&cli.data, no_index, limits.limits()),
+        Command::Shell { no_index, limits } => {
+            commands::shell_cmd(&cli.data, no_index, limits.limits())
+        }
         Command::Sql {
             format,
             no_index,
             limits,
             sql,
-        } => {
-            session::runtime().block_on(sql_cmd(&cli.data, format, no_index, limits.limits(), &sql))
-        }
+        } => session::runtime().block_on(commands::sql_cmd(
+            &cli.data,
+            format,
+            no_index,
+            limits.limits(),
+            &sql,
+        )),
         Command::Serve(args) => commands::serve_cmd(&cli.data, args),
         Command::Demo { seed, events } => demo::run(&cli.data, seed, events),
         Command::Generate {
@@ -63,18 +68,18 @@ fn main() -> ExitCode {
             events,
             out,
             incident,
-        } => gen_cmd(seed, events, &out, incident.as_deref()),
-        Command::Verify => verify_cmd(&cli.data),
-        Command::Repair => repair_cmd(&cli.data),
-        Command::Compact => compact_cmd(&cli.data),
-        Command::Networks { action } => networks_cmd(&cli.data, action),
+        } => commands::gen_cmd(seed, events, &out, incident.as_deref()),
+        Command::Verify => commands::verify_cmd(&cli.data),
+        Command::Repair => commands::repair_cmd(&cli.data),
+        Command::Compact => commands::compact_cmd(&cli.data),
+        Command::Networks { action } => commands::networks_cmd(&cli.data, action),
         Command::Policy { action } => policy_cmd::run(&cli.data, action),
         Command::Falco { action } => falco_cmd::run(&cli.data, action),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", one_line(&e.to_string()));
+            eprintln!("error: {}", commands::one_line(&e.to_string()));
             ExitCode::FAILURE
         }
     }

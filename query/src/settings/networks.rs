@@ -32,6 +32,39 @@ pub fn save(dir: &Path, networks: &[KnownNetwork]) -> Result<()> {
     super::save(dir, FILE, networks)
 }
 
+/// `cidr` (or a single address) as the list stores it: the network's own address
+/// (`10.1.2.3/8` → `10.0.0.0/8`, `10.1.2.3` → `10.1.2.3/32`), so a later remove finds it.
+/// `None` when it is neither a CIDR nor an address.
+pub fn normalise(cidr: &str) -> Option<String> {
+    let net: ipnet::IpNet = cidr
+        .parse()
+        .or_else(|_| cidr.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .ok()?;
+    Some(net.trunc().to_string())
+}
+
+/// Adds `cidr` (normalised) with `label` to `list`, replacing an entry of the same network;
+/// the error names what is not a CIDR.
+pub fn add(
+    list: &mut Vec<KnownNetwork>,
+    cidr: &str,
+    label: String,
+) -> std::result::Result<(), String> {
+    let cidr = normalise(cidr).ok_or_else(|| format!("{cidr:?} is not a CIDR or an IP address"))?;
+    list.retain(|n| n.cidr != cidr);
+    list.push(KnownNetwork { cidr, label });
+    Ok(())
+}
+
+/// Removes `cidr` from `list`, as written or normalised (entries saved before normalisation
+/// are found as written); false when it was not there.
+pub fn remove(list: &mut Vec<KnownNetwork>, cidr: &str) -> bool {
+    let normalised = normalise(cidr);
+    let before = list.len();
+    list.retain(|n| n.cidr != cidr && Some(&n.cidr) != normalised.as_ref());
+    list.len() != before
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,5 +85,27 @@ mod tests {
             Err(QueryError::Corruption { offset, .. }) => assert_eq!(offset, 10),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn networks_are_added_normalised_and_removed_either_way() {
+        let mut list = Vec::new();
+        add(&mut list, "10.1.2.3/8", "corp".into()).unwrap();
+        add(&mut list, "2001:db8::1", "v6 host".into()).unwrap();
+        assert_eq!(
+            list.iter().map(|n| n.cidr.as_str()).collect::<Vec<_>>(),
+            ["10.0.0.0/8", "2001:db8::1/128"]
+        );
+        add(&mut list, "10.0.0.0/8", "corporate".into()).unwrap();
+        assert_eq!((list.len(), list[1].label.as_str()), (2, "corporate"));
+        assert!(
+            add(&mut list, "not-a-net", "x".into())
+                .unwrap_err()
+                .contains("not-a-net")
+        );
+        assert!(remove(&mut list, "10.9.9.9/8"));
+        assert!(remove(&mut list, "2001:db8::1"));
+        assert!(!remove(&mut list, "10.0.0.0/8"));
+        assert!(list.is_empty());
     }
 }
