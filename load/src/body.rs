@@ -39,23 +39,12 @@ pub fn load_body(
         loaded.duplicates += out.duplicates as u64;
     };
     let mut pipeline = storage::AppendPipeline::new(store, &mut on_durable);
-    let mut failed = None;
-    let mut sink = |_: Format, batch| {
-        pipeline.push((), batch).map_err(|e| {
-            let reason = e.to_string();
-            failed.get_or_insert(e);
-            reason
-        })
-    };
+    let mut sink = |_: Format, batch| pipeline.push((), batch).map_err(|e| e.to_string());
     let mut rejections = Vec::new();
     let mut reject = |r: Rejection| rejections.push(r);
     let summary = ingest::read_input(&input, format, batch_rows.max(1), &mut sink, &mut reject);
     // Answered only when every batch of the body is durable (or one failed).
-    let finished = pipeline.finish();
-    if let Some(e) = failed {
-        return Err(e.into());
-    }
-    finished?;
+    pipeline.finish()?;
     let summary = summary?;
     if !rejections.is_empty() {
         let mut dl = dead_letter.lock();

@@ -46,7 +46,7 @@ pub fn load_inputs(
     progress: &mut dyn Progress,
 ) -> Result<FilesLoaded, LoadError> {
     let mut loaded = FilesLoaded::default();
-    std::thread::scope(|scope| {
+    let stored = std::thread::scope(|scope| {
         let mut load = Load {
             store,
             format,
@@ -55,12 +55,12 @@ pub fn load_inputs(
             progress,
             loaded: &mut loaded,
         };
-        for input in inputs {
-            load.one(scope, input)?;
-        }
-        Ok::<_, LoadError>(())
-    })?;
-    dead_letter.finish()?;
+        inputs.iter().try_for_each(|input| load.one(scope, input))
+    });
+    // The rejections read before a store failure are synced too.
+    let kept = dead_letter.finish();
+    stored?;
+    kept?;
     Ok(loaded)
 }
 
@@ -136,7 +136,6 @@ impl Load<'_> {
         let mut on_durable =
             |name: &'static str, out: storage::AppendOutcome| appended.push((name, out));
         let mut pipeline = storage::AppendPipeline::new(store, &mut on_durable);
-        let mut store_failure = None;
         let mut sink = |fmt: Format, batch: RecordBatch| {
             match fingerprint.borrow_mut().seen(store, false) {
                 // Stop reading; the verdict is taken again below.
@@ -145,11 +144,9 @@ impl Load<'_> {
                 Seen::Unknown => {}
             }
             let rows = batch.num_rows();
-            pipeline.push(fmt.name(), batch).map_err(|e| {
-                let reason = e.to_string();
-                store_failure.get_or_insert(e);
-                reason
-            })?;
+            pipeline
+                .push(fmt.name(), batch)
+                .map_err(|e| e.to_string())?;
             reporting.borrow_mut().1.batch(rows);
             Ok(())
         };
@@ -159,11 +156,7 @@ impl Load<'_> {
         };
         let read = ingest::read_input(input, self.format, self.batch_rows, &mut sink, &mut reject);
         // The input counts as loaded only once every batch read from it is durable.
-        let finished = pipeline.finish();
-        if let Some(e) = store_failure {
-            return Err(e.into());
-        }
-        finished?;
+        pipeline.finish()?;
         let mut fingerprint = fingerprint.into_inner();
         match fingerprint.seen(store, true) {
             Seen::Before => {

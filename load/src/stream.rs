@@ -51,8 +51,10 @@ pub fn load_stream<E>(
                 loaded.errors.push(format!("batch {n}: {e}"));
             }
         }
-        if let Some(batch) = message.batch {
-            pipeline.push((), batch).map_err(StreamError::Store)?;
+        if let Some(batch) = message.batch
+            && pipeline.push((), batch).is_err()
+        {
+            break;
         }
     }
     pipeline.finish().map_err(StreamError::Store)?;

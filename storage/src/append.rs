@@ -51,10 +51,14 @@ impl PendingAppend {
 /// (one thread otherwise spends every fsync idle). Each batch's outcome goes to `on_durable`,
 /// in order, once the batch is durable. Dropped without [`finish`](Self::finish), the batches
 /// still in flight may become durable but are never acknowledged.
+///
+/// The first failure stops the pipeline: later pushes are refused with it, and
+/// [`finish`](Self::finish) returns it.
 pub struct AppendPipeline<'a, T> {
     store: &'a Store,
     in_flight: std::collections::VecDeque<(T, PendingAppend)>,
     on_durable: &'a mut dyn FnMut(T, AppendOutcome),
+    failure: Option<StorageError>,
 }
 
 impl<'a, T> AppendPipeline<'a, T> {
@@ -67,27 +71,39 @@ impl<'a, T> AppendPipeline<'a, T> {
             store,
             in_flight: std::collections::VecDeque::with_capacity(Self::IN_FLIGHT + 1),
             on_durable,
+            failure: None,
         }
     }
 
     /// Submits `batch` (labelled `tag` for `on_durable`); first waits for the oldest batch
-    /// when [`IN_FLIGHT`](Self::IN_FLIGHT) are pending. An error is the first failed append:
-    /// nothing submitted after a failure is acknowledged.
-    pub fn push(&mut self, tag: T, batch: RecordBatch) -> Result<()> {
+    /// when [`IN_FLIGHT`](Self::IN_FLIGHT) are pending. An error is the pipeline's first
+    /// failure (this push's or an earlier one's): nothing submitted after it is acknowledged.
+    pub fn push(&mut self, tag: T, batch: RecordBatch) -> std::result::Result<(), &StorageError> {
+        if self.failure.is_none()
+            && let Err(e) = self.submit(tag, batch)
+        {
+            self.failure = Some(e);
+        }
+        self.failure.as_ref().map_or(Ok(()), Err)
+    }
+
+    /// Waits for every batch submitted. **When this returns `Ok`, every batch pushed is
+    /// durable.** An error is the first failure, whether a push or a wait met it.
+    pub fn finish(mut self) -> Result<()> {
+        while !self.in_flight.is_empty() {
+            if let Err(e) = self.wait_oldest() {
+                self.failure.get_or_insert(e);
+            }
+        }
+        self.failure.map_or(Ok(()), Err)
+    }
+
+    fn submit(&mut self, tag: T, batch: RecordBatch) -> Result<()> {
         if self.in_flight.len() >= Self::IN_FLIGHT {
             self.wait_oldest()?;
         }
         let pending = self.store.submit(batch)?;
         self.in_flight.push_back((tag, pending));
-        Ok(())
-    }
-
-    /// Waits for every batch submitted. **When this returns `Ok`, every batch pushed is
-    /// durable.**
-    pub fn finish(mut self) -> Result<()> {
-        while !self.in_flight.is_empty() {
-            self.wait_oldest()?;
-        }
         Ok(())
     }
 

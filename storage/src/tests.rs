@@ -72,6 +72,45 @@ fn appended_events_are_visible_at_once_and_after_reopen() {
 }
 
 #[test]
+fn a_pipeline_stops_at_its_first_failure_and_finish_returns_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), opts()).unwrap();
+    let mut acks = Vec::new();
+    let mut on_durable = |k: usize, out: AppendOutcome| acks.push((k, out.accepted));
+    let mut pipeline = AppendPipeline::new(&store, &mut on_durable);
+    let good = |first: u64| {
+        batch_of(
+            &(first..first + 10)
+                .map(|i| event(i, "ns", "p"))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let other_schema = RecordBatch::try_from_iter([(
+        "x",
+        std::sync::Arc::new(datafusion::arrow::array::Int32Array::from(vec![1]))
+            as datafusion::arrow::array::ArrayRef,
+    )])
+    .unwrap();
+    pipeline.push(0, good(0)).unwrap();
+    assert!(matches!(
+        pipeline.push(1, other_schema),
+        Err(StorageError::SchemaMismatch(_))
+    ));
+    // Refused with the first failure, not submitted.
+    assert!(matches!(
+        pipeline.push(2, good(100)),
+        Err(StorageError::SchemaMismatch(_))
+    ));
+    assert!(matches!(
+        pipeline.finish(),
+        Err(StorageError::SchemaMismatch(_))
+    ));
+    // What was in flight before the failure was still waited for.
+    assert_eq!(acks, [(0, 10)]);
+    assert_eq!(store.snapshot().rows(), 10);
+}
+
+#[test]
 fn pipelined_appends_are_acknowledged_in_order_and_durable_at_finish() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = Store::open(dir.path(), opts()).unwrap();
