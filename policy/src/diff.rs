@@ -189,3 +189,58 @@ fn compare(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pss::Version;
+    use crate::report::assess;
+    use crate::test_workloads::deployment;
+
+    #[test]
+    fn new_privileges_are_escalations_and_dropped_ones_are_not() {
+        let before = deployment(
+            "shop",
+            "web",
+            "      containers:\n      - name: app\n        image: nginx\n        securityContext: {runAsUser: 1000}\n",
+        );
+        let after = deployment(
+            "shop",
+            "web",
+            "      hostNetwork: true\n      containers:\n      - name: app\n        image: nginx\n        \
+             securityContext: {runAsUser: 0, privileged: true, capabilities: {add: [NET_ADMIN]}}\n",
+        );
+        let (old, new) = (
+            [assess(before, Version::Latest)],
+            [assess(after, Version::Latest)],
+        );
+        let escalations = diff(&old, &new);
+        let changes: Vec<(&str, Option<&str>)> = escalations
+            .iter()
+            .map(|e| (e.change, e.container.as_deref()))
+            .collect();
+        for expected in [
+            ("pss_level", None),
+            ("host_namespace", None),
+            ("privileged", Some("app")),
+            ("capability", Some("app")),
+            ("run_as_root", Some("app")),
+        ] {
+            assert!(
+                changes.contains(&expected),
+                "{expected:?} not in {changes:?}"
+            );
+        }
+        // Back again: nothing escalates.
+        assert_eq!(diff(&new, &old), []);
+        let shown = escalations
+            .iter()
+            .find(|e| e.change == "privileged")
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            shown,
+            "shop/Deployment/web container app: privileged: privileged: true"
+        );
+    }
+}

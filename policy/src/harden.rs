@@ -121,3 +121,61 @@ fn container_patch(c: &ContainerNeeds, skipped: &mut Vec<String>) -> Map<String,
     }
     sc
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::needs::needs;
+    use crate::pss::Version;
+    use crate::test_workloads::deployment;
+
+    #[test]
+    fn the_patch_drops_all_and_adds_back_what_the_container_adds() {
+        let w = deployment(
+            "web",
+            "api",
+            "      containers:\n      - name: app\n        image: nginx\n        securityContext:\n          \
+             runAsUser: 1000\n          capabilities: {add: [NET_BIND_SERVICE]}\n",
+        );
+        let h = hardening(&w, &needs(&w, Version::Latest));
+        let spec = &h.patch["spec"]["template"]["spec"];
+        assert_eq!(
+            spec["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
+        let sc = &spec["containers"][0]["securityContext"];
+        assert_eq!(spec["containers"][0]["name"], "app");
+        assert_eq!(
+            sc["capabilities"],
+            json!({"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]})
+        );
+        assert_eq!(sc["allowPrivilegeEscalation"], false);
+        assert_eq!(sc["readOnlyRootFilesystem"], true);
+        assert_eq!(sc["runAsNonRoot"], true);
+        assert!(h.skipped.is_empty(), "{:?}", h.skipped);
+    }
+
+    #[test]
+    fn what_the_workload_needs_is_left_out_and_said() {
+        let w = deployment(
+            "ops",
+            "agent",
+            "      securityContext: {seccompProfile: {type: Unconfined}}\n      containers:\n      \
+             - name: agent\n        image: agent\n        securityContext:\n          \
+             privileged: true\n          runAsUser: 0\n          readOnlyRootFilesystem: false\n",
+        );
+        let h = hardening(&w, &needs(&w, Version::Latest));
+        let sc = &h.patch["spec"]["template"]["spec"]["containers"][0]["securityContext"];
+        assert_eq!(sc.get("capabilities"), None);
+        assert_eq!(sc.get("runAsNonRoot"), None);
+        assert_eq!(sc.get("readOnlyRootFilesystem"), None);
+        let skipped = h.skipped.join("\n");
+        for reason in [
+            "the container is privileged",
+            "runs as uid 0",
+            "sets it false on purpose",
+        ] {
+            assert!(skipped.contains(reason), "{skipped}");
+        }
+    }
+}

@@ -75,3 +75,28 @@ pub enum PolicyError {
 }
 
 pub type Result<T> = std::result::Result<T, PolicyError>;
+
+/// Workloads from YAML for the modules' unit tests.
+#[cfg(test)]
+pub(crate) mod test_workloads {
+    use std::path::Path;
+
+    use crate::Workload;
+
+    /// The one workload of `yaml`, which must load without a diagnostic.
+    pub fn one(yaml: &str) -> Workload {
+        let mut loaded = crate::load_str(Path::new("test.yaml"), yaml);
+        assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
+        assert_eq!(loaded.workloads.len(), 1);
+        loaded.workloads.remove(0)
+    }
+
+    /// A Deployment `name` in namespace `ns` whose pod spec is `spec` (indented by four).
+    pub fn deployment(ns: &str, name: &str, spec: &str) -> Workload {
+        one(&format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+             spec:\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    \
+             metadata: {{labels: {{app: {name}}}}}\n    spec:\n{spec}"
+        ))
+    }
+}

@@ -107,3 +107,71 @@ pub fn namespace_object(advice: &NamespaceAdvice) -> Namespace {
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pss::evaluate;
+    use crate::test_workloads::deployment;
+
+    #[test]
+    fn a_namespace_enforces_its_least_workload_and_lists_it_as_the_exemption() {
+        let restricted = deployment(
+            "shop",
+            "web",
+            "      securityContext: {runAsNonRoot: true, seccompProfile: {type: RuntimeDefault}}\n      \
+             containers:\n      - name: app\n        image: nginx\n        securityContext:\n          \
+             allowPrivilegeEscalation: false\n          capabilities: {drop: [ALL]}\n",
+        );
+        let host = deployment(
+            "shop",
+            "sniffer",
+            "      hostNetwork: true\n      containers:\n      - name: s\n        image: tcpdump\n",
+        );
+        let (a, b) = (
+            evaluate(&restricted, Version::Latest),
+            evaluate(&host, Version::Latest),
+        );
+        let assessed = [
+            Assessed {
+                namespace: "shop",
+                workload: "Deployment/web".into(),
+                level: Level::Restricted,
+                violations: &a,
+            },
+            Assessed {
+                namespace: "shop",
+                workload: "Deployment/sniffer".into(),
+                level: Level::Privileged,
+                violations: &b,
+            },
+        ];
+        let advice = namespaces(&assessed, Version::Minor(30));
+        assert_eq!(advice.len(), 1);
+        assert_eq!(advice[0].pss_level, Level::Privileged);
+        assert_eq!(
+            advice[0].labels["pod-security.kubernetes.io/enforce"],
+            "privileged"
+        );
+        assert_eq!(
+            advice[0].labels["pod-security.kubernetes.io/warn"],
+            "restricted"
+        );
+        assert_eq!(
+            advice[0].labels["pod-security.kubernetes.io/enforce-version"],
+            "v1.30"
+        );
+        assert_eq!(advice[0].exemptions.len(), 1);
+        assert_eq!(advice[0].exemptions[0].workload, "Deployment/sniffer");
+        assert!(
+            advice[0].exemptions[0]
+                .controls
+                .iter()
+                .any(|c| c == "hostNamespaces"),
+            "{:?}",
+            advice[0].exemptions
+        );
+        let ns = namespace_object(&advice[0]);
+        assert_eq!(ns.metadata.name.as_deref(), Some("shop"));
+    }
+}

@@ -230,3 +230,37 @@ pub fn bundle(
         serde_json::to_value(binding).expect("a RoleBinding serialises"),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::needs::needs;
+    use crate::pss::Version;
+    use crate::test_workloads::deployment;
+
+    #[test]
+    fn the_policy_admits_what_the_workload_needs_and_no_more() {
+        let w = deployment(
+            "mon",
+            "exporter",
+            "      hostPID: true\n      serviceAccountName: exporter\n      containers:\n      - name: e\n        \
+             image: node-exporter\n        ports: [{containerPort: 9100, hostPort: 9100}]\n        \
+             securityContext: {runAsUser: 65534, capabilities: {add: [SYS_PTRACE]}}\n",
+        );
+        let docs = for_workload("ktrail-mon-exporter", &w, &needs(&w, Version::Latest));
+        let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["PodSecurityPolicy", "Role", "RoleBinding"]);
+        let spec = &docs[0]["spec"];
+        assert_eq!(spec["privileged"], false);
+        assert_eq!(spec["hostPID"], true);
+        assert_eq!(spec["hostNetwork"], false);
+        assert_eq!(spec["allowedCapabilities"], json!(["SYS_PTRACE"]));
+        assert_eq!(spec["runAsUser"]["rule"], "MustRunAs");
+        assert_eq!(spec["hostPorts"], json!([{"min": 9100, "max": 9100}]));
+        assert_eq!(
+            docs[1]["rules"][0]["resourceNames"],
+            json!(["ktrail-mon-exporter"])
+        );
+        assert_eq!(docs[2]["subjects"][0]["name"], "exporter");
+    }
+}

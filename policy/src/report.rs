@@ -300,3 +300,38 @@ pub fn write_yaml(report: &Report, dir: &Path) -> crate::Result<Vec<PathBuf>> {
     }
     Ok(written)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workloads::load_str;
+
+    #[test]
+    fn a_report_names_workloads_apart_and_keeps_bad_documents_as_diagnostics() {
+        let pod = |image: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: p, namespace: ns}}\nspec:\n  containers:\n  - {{name: c, image: {image}}}\n"
+            )
+        };
+        let text = format!(
+            "{}---\nkind: Pod\napiVersion: v1\nspec: 7\n---\n{}",
+            pod("a"),
+            pod("b")
+        );
+        let report = generate(load_str(Path::new("pods.yaml"), &text), Version::Latest);
+        assert_eq!(report.diagnostics.len(), 1, "{:?}", report.diagnostics);
+        assert_eq!(report.diagnostics[0].document, 2);
+        let stems: Vec<&str> = report
+            .workloads
+            .iter()
+            .map(|w| w.file_stem.as_str())
+            .collect();
+        assert_eq!(stems, ["ns.pod.p", "ns.pod.p.2"]);
+        assert_ne!(
+            report.workloads[0].policy_name,
+            report.workloads[1].policy_name
+        );
+        assert_eq!(report.namespaces.len(), 1);
+        assert_eq!(report.namespaces[0].name, "ns");
+    }
+}

@@ -469,3 +469,72 @@ fn validations(needs: &Needs) -> Vec<Validation> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::needs::needs;
+    use crate::pss::Version;
+    use crate::test_workloads::deployment;
+
+    #[test]
+    fn names_labels_and_cel_literals_are_what_kubernetes_accepts() {
+        assert_eq!(
+            dns_name("ktrail-Billing-Deployment-API_v2."),
+            "ktrail-billing-deployment-api-v2"
+        );
+        assert_eq!(dns_name(&"a".repeat(300)).len(), 253);
+        assert_eq!(cel_str(r"it's a \ path"), r"'it\'s a \\ path'");
+        let w = deployment(
+            "billing",
+            "_Invoice!",
+            "      containers:\n      - {name: a, image: x}\n",
+        );
+        assert_eq!(object_name(&w), "ktrail-billing-deployment--invoice");
+        assert_eq!(managed_labels(&w)["ktrail.dev/workload"], "Invoice");
+    }
+
+    #[test]
+    fn the_policy_matches_the_workloads_pods_and_checks_what_it_may_not_do() {
+        let w = deployment(
+            "billing",
+            "api",
+            "      containers:\n      - name: app\n        image: api\n        securityContext: {runAsUser: 1000}\n",
+        );
+        let (policy, binding) = policy(
+            "ktrail-billing-deployment-api",
+            &w,
+            &needs(&w, Version::Latest),
+        );
+        let policy = serde_json::to_value(policy).unwrap();
+        let binding = serde_json::to_value(binding).unwrap();
+        assert_eq!(policy["spec"]["failurePolicy"], "Fail");
+        let resources = &policy["spec"]["matchConstraints"]["resourceRules"][0]["resources"];
+        assert_eq!(
+            resources,
+            &serde_json::json!(["pods", "pods/ephemeralcontainers"])
+        );
+        let expressions: Vec<&str> = policy["spec"]["validations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["expression"].as_str().unwrap())
+            .collect();
+        assert!(
+            expressions.iter().any(|e| e.contains("privileged")),
+            "{expressions:?}"
+        );
+        assert!(
+            expressions.iter().any(|e| e.contains("hostNetwork")),
+            "{expressions:?}"
+        );
+        assert_eq!(
+            binding["spec"]["policyName"],
+            "ktrail-billing-deployment-api"
+        );
+        assert_eq!(
+            binding["spec"]["matchResources"]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+            "billing"
+        );
+    }
+}
