@@ -317,10 +317,11 @@ fn tune_proposes_narrow_exceptions_proven_by_replay() {
     assert_eq!(logs["exception"]["comps"], json!(["=", "=", "startswith"]));
     assert_eq!(
         logs["exception"]["values"],
+        // Falco's shape, as the YAML written by -o has it: one scalar per field.
         json!([[
-            ["docker.io/example/logrotate"],
-            ["/usr/sbin/logrotate"],
-            ["/var/log/app/"]
+            "docker.io/example/logrotate",
+            "/usr/sbin/logrotate",
+            "/var/log/app/"
         ]])
     );
     assert_eq!(logs["suppressed"], 12);

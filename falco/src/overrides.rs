@@ -76,19 +76,10 @@ enum Item<'a> {
     },
     Rule {
         rule: &'a str,
-        exceptions: Vec<ExceptionItem<'a>>,
+        exceptions: Vec<&'a Exception>,
         #[serde(rename = "override")]
         append: Append,
     },
-}
-
-#[derive(Serialize)]
-struct ExceptionItem<'a> {
-    name: &'a str,
-    fields: &'a [String],
-    comps: Vec<&'static str>,
-    /// A single value as a scalar, a list (for `in`) as a list.
-    values: Vec<Vec<Value>>,
 }
 
 /// One suggestion's rules-file item.
@@ -104,21 +95,7 @@ fn item(s: &Suggestion) -> Item<'_> {
         },
         None => Item::Rule {
             rule: &s.rule,
-            exceptions: vec![ExceptionItem {
-                name: &s.exception.name,
-                fields: &s.exception.fields,
-                comps: s.exception.comps.iter().map(|c| c.as_str()).collect(),
-                values: s
-                    .exception
-                    .values
-                    .iter()
-                    .map(|t| {
-                        t.iter()
-                            .map(|v| if v.len() == 1 { json!(v[0]) } else { json!(v) })
-                            .collect()
-                    })
-                    .collect(),
-            }],
+            exceptions: vec![&s.exception],
             append: Append {
                 condition: None,
                 exceptions: Some("append"),

@@ -14,14 +14,56 @@ use crate::FalcoError;
 use crate::condition::{self, Expr, Op};
 
 /// A rule's exception, as Falco declares it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Exception {
     pub name: String,
     pub fields: Vec<String>,
     pub comps: Vec<Op>,
     /// One tuple per excepted combination; a value for an `in` / `pmatch` comparison is a
-    /// list (kept as its items).
+    /// list (kept as its items). Serialised in Falco's own shape ([`Exception::falco_values`]).
     pub values: Vec<Vec<Vec<String>>>,
+}
+
+impl Exception {
+    /// `values` as a Falco rules file writes them: `[["docker.io/library/postgres", "/bin/sh"]]`,
+    /// each value a scalar, except under a comparison that takes a list (`in`, `intersects`,
+    /// `pmatch`), where it is the list.
+    pub fn falco_values(&self) -> Vec<Vec<Value>> {
+        self.values
+            .iter()
+            .map(|tuple| {
+                tuple
+                    .iter()
+                    .zip(self.comps.iter().chain(std::iter::repeat(&Op::Eq)))
+                    .map(|(value, op)| match (op, value.as_slice()) {
+                        (Op::In | Op::Intersects | Op::Pmatch, _) => Value::from(value.clone()),
+                        (_, [one]) => Value::from(one.clone()),
+                        // A list under a scalar comparison is not Falco's; kept visible.
+                        _ => Value::from(value.clone()),
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+impl serde::Serialize for Exception {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(serde::Serialize)]
+        struct Falco<'a> {
+            name: &'a str,
+            fields: &'a [String],
+            comps: &'a [Op],
+            values: Vec<Vec<Value>>,
+        }
+        Falco {
+            name: &self.name,
+            fields: &self.fields,
+            comps: &self.comps,
+            values: self.falco_values(),
+        }
+        .serialize(s)
+    }
 }
 
 /// A rule after every override.
@@ -555,6 +597,46 @@ fn parse_exceptions(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// JSON (`falco tune --format json`) and YAML (`-o`) carry an exception as Falco does: a
+    /// value is a scalar, a list only under a list comparison.
+    #[test]
+    fn exceptions_serialise_in_falcos_shape() {
+        let e = Exception {
+            name: "known_shells".into(),
+            fields: vec!["container.image.repository".into(), "proc.name".into()],
+            comps: vec![Op::Eq, Op::In],
+            values: vec![vec![
+                vec!["docker.io/library/postgres".into()],
+                vec!["sh".into(), "bash".into()],
+            ]],
+        };
+        let want = serde_json::json!({
+            "name": "known_shells",
+            "fields": ["container.image.repository", "proc.name"],
+            "comps": ["=", "in"],
+            "values": [["docker.io/library/postgres", ["sh", "bash"]]],
+        });
+        assert_eq!(serde_json::to_value(&e).unwrap(), want);
+        let one = Exception {
+            comps: vec![Op::Eq, Op::Eq],
+            values: vec![vec![
+                vec!["docker.io/library/postgres".into()],
+                vec!["/bin/sh".into()],
+            ]],
+            ..e
+        };
+        assert_eq!(
+            serde_json::to_value(&one).unwrap()["values"],
+            serde_json::json!([["docker.io/library/postgres", "/bin/sh"]])
+        );
+        let yaml = serde_saphyr::to_string(&one).unwrap();
+        let back: Value = serde_saphyr::from_str(&yaml).unwrap();
+        assert_eq!(
+            back["values"],
+            serde_json::json!([["docker.io/library/postgres", "/bin/sh"]])
+        );
+    }
 
     const SAMPLES: &str = concat!(
         env!("CARGO_MANIFEST_DIR"),
