@@ -26,19 +26,11 @@ for t in "${targets[@]}"; do
   mkdir -p "corpus/$t" "artifacts/$t"
   log=$(mktemp)
   # -timeout: one input over 10 s is a hang; -rss_limit_mb: over 2 GiB is a failure.
-  # The Arrow IPC decoders have an open finding (fuzz/README.md): arrow-ipc spends minutes
-  # on some small damaged streams; their runs allow 300 s per input and still fail on a
-  # crash.
-  timeout=10
-  case "$t" in
-    arrow_ipc | wal_payload)
-      timeout=300
-      echo "fuzz $t: -timeout=300 (open finding: slow arrow-ipc decode, fuzz/README.md)"
-      ;;
-  esac
-  if ! cargo +nightly fuzz run "${flags[@]}" "$t" "corpus/$t" -- -max_total_time="$seconds" -timeout="$timeout" \
+  if ! cargo +nightly fuzz run "${flags[@]}" "$t" "corpus/$t" -- -max_total_time="$seconds" -timeout=10 \
       -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
-    tail -60 "$log" | cut -c1-400
+    # The cause first (a backtrace pushes it out of the tail), then the tail.
+    grep -m3 -A2 -E 'panicked at|memory allocation of|ERROR: libFuzzer|ERROR: AddressSanitizer' "$log" | cut -c1-400 || true
+    tail -40 "$log" | cut -c1-400
     echo "fuzz $t: FAILED (input in fuzz/artifacts/$t/)"
     exit 1
   fi
