@@ -245,7 +245,8 @@ pub struct ServeArgs {
     /// --query-memory is drawn from it (bytes; K/M/G suffix).
     #[arg(long, default_value = "8G", value_parser = parse_bytes)]
     pub server_memory: usize,
-    /// Postgres connections open at once; more are refused (SQLSTATE 53300).
+    /// Postgres connections open at once, and Flight SQL queries running at once; more are
+    /// refused (SQLSTATE 53300; gRPC RESOURCE_EXHAUSTED).
     #[arg(long, default_value_t = 64)]
     pub max_connections: usize,
     /// Largest request body accepted.

@@ -247,6 +247,7 @@ pub fn serve_cmd(data: &PathBuf, args: ServeArgs) -> Result<ExitCode, CliError> 
                     batch_rows: 8192,
                     pg,
                     limits,
+                    max_queries: max_connections.max(1),
                     grpc_tls: grpc_tls_cert.zip(grpc_tls_key),
                 },
             )

@@ -49,12 +49,20 @@ pub struct FlightSql {
     state: SessionState,
     limits: QueryLimits,
     info: SqlInfoData,
+    /// Queries running or streaming at once (`--max-connections`): calls share HTTP/2
+    /// connections, so the cap is on queries; one over it is refused, not queued.
+    running: Arc<tokio::sync::Semaphore>,
+    max_running: usize,
 }
 
 impl FlightSql {
-    /// A service over `ctx`'s tables and functions. Fails only if the limited session cannot
-    /// be built.
-    pub fn new(ctx: SessionContext, limits: QueryLimits) -> datafusion::error::Result<Self> {
+    /// A service over `ctx`'s tables and functions, running at most `max_running` queries at
+    /// once. Fails only if the limited session cannot be built.
+    pub fn new(
+        ctx: SessionContext,
+        limits: QueryLimits,
+        max_running: usize,
+    ) -> datafusion::error::Result<Self> {
         // Built once: every query plans in it, and each executes under a memory pool of its
         // own (`limits::execute_limited`).
         let state = limits::limited_state(&ctx.state(), &limits)?;
@@ -65,10 +73,13 @@ impl FlightSql {
         info.append(SqlInfo::FlightSqlServerReadOnly, true);
         info.append(SqlInfo::FlightSqlServerSql, true);
         info.append(SqlInfo::FlightSqlServerSubstrait, false);
+        let max_running = max_running.max(1);
         Ok(FlightSql {
             state,
             limits,
             info: info.build().expect("static SqlInfo"),
+            running: Arc::new(tokio::sync::Semaphore::new(max_running)),
+            max_running,
         })
     }
 
@@ -102,6 +113,13 @@ impl FlightSql {
     }
 
     async fn execute(&self, sql: &str, params: &[ScalarValue]) -> Result<DoGetStream, Status> {
+        // Held until the client has read the last row (or dropped the stream).
+        let permit = self.running.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "too many Flight SQL queries at once (--max-connections {}); retry later",
+                self.max_running
+            ))
+        })?;
         let plan = self.plan(sql, params).await?;
         // The schema advertised in FlightInfo (the logical one): strict clients compare them.
         let schema = Arc::new(plan.schema().as_arrow().clone());
@@ -117,7 +135,10 @@ impl FlightSql {
         let flight = FlightDataEncoderBuilder::new()
             .with_schema(schema)
             .build(batches)
-            .map_err(Status::from);
+            .map_err(move |e| {
+                let _running = &permit;
+                Status::from(e)
+            });
         Ok(Box::pin(flight))
     }
 
@@ -514,5 +535,25 @@ mod tests {
             [ScalarValue::from("abc"), ScalarValue::Int64(Some(7))]
         );
         assert!(decode_handle(b"\xff\xff\xff\xffxx").is_err());
+    }
+
+    #[tokio::test]
+    async fn queries_over_the_cap_are_refused_until_one_is_read() {
+        let service = FlightSql::new(SessionContext::new(), QueryLimits::default(), 2).unwrap();
+        let first = service.execute("SELECT 1", &[]).await.unwrap();
+        let second = service.execute("SELECT 2", &[]).await.unwrap();
+        let refused = service.execute("SELECT 3", &[]).await.err().unwrap();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            refused.message().contains("--max-connections 2"),
+            "{refused}"
+        );
+        // A query read to its end (its stream then dropped, as tonic does) gives its place back.
+        let read: Vec<_> = first.collect().await;
+        assert!(read.iter().all(Result::is_ok));
+        let third = service.execute("SELECT 3", &[]).await.unwrap();
+        drop((second, third));
+        // So does a stream the client dropped.
+        let _fourth = service.execute("SELECT 4", &[]).await.unwrap();
     }
 }

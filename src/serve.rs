@@ -46,6 +46,8 @@ pub struct ServeOptions {
     pub pg: Option<crate::pg::PgOptions>,
     /// Every remote query's memory and time.
     pub limits: query::limits::QueryLimits,
+    /// Flight SQL queries running at once (Postgres caps its connections in `pg`).
+    pub max_queries: usize,
     /// PEM certificate and key for gRPC (ingest, Flight SQL, health): TLS only, once set.
     pub grpc_tls: Option<(PathBuf, PathBuf)>,
 }
@@ -145,7 +147,7 @@ pub async fn run(store: Store, data: PathBuf, options: ServeOptions) -> Result<(
             .into_server(options.token.clone());
         let ctx = remote.clone().expect("made for the query listeners");
         let flight = arrow_flight::flight_service_server::FlightServiceServer::with_interceptor(
-            crate::flight::FlightSql::new(ctx, options.limits.clone())
+            crate::flight::FlightSql::new(ctx, options.limits.clone(), options.max_queries)
                 .map_err(|e| format!("Flight SQL session: {e}"))?,
             auth::grpc_bearer(options.token.clone()),
         );
