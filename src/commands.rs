@@ -274,7 +274,7 @@ pub fn networks_cmd(data: &std::path::Path, action: NetworksAction) -> Result<Ex
             return Ok(ExitCode::SUCCESS);
         }
         NetworksAction::Add { cidr, label } => {
-            networks::add(&mut list, &cidr, label).map_err(CliError::Other)?;
+            networks::add(&mut list, &cidr, label)?;
         }
         NetworksAction::Remove { cidr } => {
             if !networks::remove(&mut list, &cidr) {

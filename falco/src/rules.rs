@@ -35,11 +35,13 @@ impl Exception {
                 tuple
                     .iter()
                     .zip(self.comps.iter().chain(std::iter::repeat(&Op::Eq)))
-                    .map(|(value, op)| match (op, value.as_slice()) {
-                        (Op::In | Op::Intersects | Op::Pmatch, _) => Value::from(value.clone()),
-                        (_, [one]) => Value::from(one.clone()),
-                        // A list under a scalar comparison is not Falco's; kept visible.
-                        _ => Value::from(value.clone()),
+                    .map(|(value, op)| {
+                        let takes_list = matches!(op, Op::In | Op::Intersects | Op::Pmatch);
+                        match value.as_slice() {
+                            [one] if !takes_list => Value::from(one.clone()),
+                            // A list under a scalar comparison is not Falco's; kept visible.
+                            _ => Value::from(value.clone()),
+                        }
                     })
                     .collect()
             })

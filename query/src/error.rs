@@ -17,6 +17,9 @@ pub enum QueryError {
         #[source]
         source: std::io::Error,
     },
+    /// A value given for a setting is not one (a known network that is not a CIDR).
+    #[error("{0}")]
+    InvalidSetting(String),
     /// The storage layer failed.
     #[error(transparent)]
     Storage(storage::StorageError),

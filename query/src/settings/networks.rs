@@ -44,13 +44,11 @@ pub fn normalise(cidr: &str) -> Option<String> {
 }
 
 /// Adds `cidr` (normalised) with `label` to `list`, replacing an entry of the same network;
-/// the error names what is not a CIDR.
-pub fn add(
-    list: &mut Vec<KnownNetwork>,
-    cidr: &str,
-    label: String,
-) -> std::result::Result<(), String> {
-    let cidr = normalise(cidr).ok_or_else(|| format!("{cidr:?} is not a CIDR or an IP address"))?;
+/// [`QueryError::InvalidSetting`](crate::QueryError::InvalidSetting) names what is not a CIDR.
+pub fn add(list: &mut Vec<KnownNetwork>, cidr: &str, label: String) -> Result<()> {
+    let cidr = normalise(cidr).ok_or_else(|| {
+        crate::QueryError::InvalidSetting(format!("{cidr:?} is not a CIDR or an IP address"))
+    })?;
     list.retain(|n| n.cidr != cidr);
     list.push(KnownNetwork { cidr, label });
     Ok(())
@@ -101,6 +99,7 @@ mod tests {
         assert!(
             add(&mut list, "not-a-net", "x".into())
                 .unwrap_err()
+                .to_string()
                 .contains("not-a-net")
         );
         assert!(remove(&mut list, "10.9.9.9/8"));
