@@ -44,7 +44,8 @@ pub fn plan(
     small_rows: u64,
 ) -> Vec<Vec<Arc<Segment>>> {
     let mut by_hour: HashMap<i64, Vec<Arc<Segment>>> = HashMap::new();
-    for s in segments {
+    // A damaged segment stays as it is, for evidence and for a restore.
+    for s in segments.iter().filter(|s| s.damage().is_none()) {
         by_hour
             .entry(segment::hour_of(s.meta.min_ts))
             .or_default()
@@ -218,6 +219,7 @@ mod tests {
             pods: None,
             null_columns: Vec::new(),
             level: 0,
+            damaged: None,
         };
         Arc::new(Segment::new(std::path::Path::new("/nonexistent"), meta))
     }

@@ -11,6 +11,21 @@ pub enum StorageError {
         offset: u64,
         reason: String,
     },
+    /// A listed segment was found damaged (now or earlier): it is kept out of every read and
+    /// compaction, its files in `quarantine/`. A query that needs its rows fails with this.
+    #[error(
+        "segment {id} ({rows} events, {from} to {to}) is damaged: {reason}; it is kept out of queries \
+         and its files are in quarantine/; put a good copy of {path} back and run `ktrail repair`, \
+         or query with `--allow-damaged` (`SET ktrail.allow_damaged = true`) to skip it"
+    )]
+    Damaged {
+        id: u64,
+        path: PathBuf,
+        rows: u64,
+        from: String,
+        to: String,
+        reason: String,
+    },
     /// An operating-system I/O failure on a named file.
     #[error("I/O error on {path}: {source}")]
     Io {

@@ -33,7 +33,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 pub use append::{AppendOutcome, AppendPipeline, PendingAppend};
 pub use error::{Result, StorageError};
 pub use index::{INDEXED_COLUMNS, SegmentIndex};
-pub use manifest::{Manifest, SegmentMeta};
+pub use manifest::{Damage, Manifest, SegmentMeta};
 pub use recovery::{OpenReport, QUARANTINE_DIR, quarantine};
 pub use repair::{RepairReport, repair};
 pub use segment::{Segment, SegmentOptions};
@@ -69,6 +69,10 @@ pub struct StoreOptions {
     /// used least recently are dropped and read again from their segments when a batch
     /// touches them again.
     pub dedup_max_ids: usize,
+    /// How often the background checks every segment's SHA-256s again (`None`: never). A
+    /// segment is checked the first time a process reads it; the scrub finds damage in what
+    /// nobody has read since.
+    pub scrub_interval: Option<Duration>,
 }
 
 impl Default for StoreOptions {
@@ -87,6 +91,7 @@ impl Default for StoreOptions {
             wal_zstd_level: -3,
             // 16 M ids: about 160 MiB, more than a day of a busy node's events.
             dedup_max_ids: 16 << 20,
+            scrub_interval: Some(Duration::from_secs(24 * 3600)),
         }
     }
 }
@@ -101,10 +106,11 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Every event id in the snapshot, segments' then the memtable's, in no given order.
+    /// Every event id in the snapshot, segments' then the memtable's, in no given order
+    /// (segments recorded as damaged have none to give).
     pub fn event_ids(&self) -> Result<Vec<i64>> {
         let mut ids = Vec::with_capacity(self.rows() as usize);
-        for s in &self.segments {
+        for s in self.segments.iter().filter(|s| s.meta.damaged.is_none()) {
             ids.extend(segment::event_ids(s)?);
         }
         for b in &self.memtable {
@@ -220,13 +226,32 @@ impl Store {
         self.inner.compact(Compaction::Major)
     }
 
-    /// Recomputes the SHA-256 of every segment and index file and compares it with the manifest.
+    /// Recomputes the SHA-256 of every segment and index file and compares it with the
+    /// manifest; the first damage found is the error (see [`Store::scrub`] for all of it).
     pub fn verify(&self) -> Result<usize> {
         let segments = self.snapshot().segments;
         for s in &segments {
             s.verify()?;
         }
         Ok(segments.len())
+    }
+
+    /// Checks every segment not known to be damaged, records what is damaged in the manifest
+    /// and moves its files to `quarantine/` (what the background scrub does on its schedule);
+    /// returns the segments found damaged now, with the finding.
+    pub fn scrub(&self) -> Result<Vec<(u64, String)>> {
+        self.inner.scrub()
+    }
+
+    /// The listed segments recorded as damaged.
+    pub fn damaged(&self) -> Vec<SegmentMeta> {
+        let st = self.inner.state.read();
+        st.manifest
+            .segments
+            .iter()
+            .filter(|s| s.damaged.is_some())
+            .cloned()
+            .collect()
     }
 
     /// True when an input with this fingerprint was ingested completely before.
@@ -254,6 +279,7 @@ impl Store {
     /// Stops the background thread, flushes the memtable and compacts what became small.
     pub fn close(self) -> Result<()> {
         drop(self.background);
+        self.inner.quarantine_damaged_now()?;
         self.inner.flush()?;
         self.inner.compact(Compaction::Tiered).map(|_| ())
     }

@@ -10,25 +10,39 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::append::memory_of;
+use crate::error::IoContext;
+use crate::manifest::Damage;
 use crate::segment::{self, Segment};
-use crate::{Inner, Manifest, Result, SegmentMeta, StorageError, compaction};
+use crate::{Inner, Manifest, Result, SegmentMeta, StorageError, compaction, recovery};
 
-/// The thread that flushes and compacts while the store is open; dropping it stops it.
+/// The threads that flush, compact and scrub while the store is open; dropping it stops them.
 pub(crate) struct BackgroundThread {
     inner: Arc<Inner>,
-    handle: Mutex<Option<JoinHandle<()>>>,
+    handles: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl BackgroundThread {
     pub(crate) fn spawn(inner: Arc<Inner>) -> Self {
         let looping = inner.clone();
-        let handle = std::thread::Builder::new()
-            .name("ktrail-maintenance".into())
-            .spawn(move || looping.background_loop())
-            .expect("spawn maintenance thread");
+        let mut handles = vec![
+            std::thread::Builder::new()
+                .name("ktrail-maintenance".into())
+                .spawn(move || looping.background_loop())
+                .expect("spawn maintenance thread"),
+        ];
+        // Its own thread: a scrub reads every segment, and flushes must not wait for it.
+        if let Some(every) = inner.options.scrub_interval {
+            let scrubbing = inner.clone();
+            handles.push(
+                std::thread::Builder::new()
+                    .name("ktrail-scrub".into())
+                    .spawn(move || scrubbing.scrub_loop(every))
+                    .expect("spawn scrub thread"),
+            );
+        }
         Self {
             inner,
-            handle: Mutex::new(Some(handle)),
+            handles: Mutex::new(handles),
         }
     }
 }
@@ -37,7 +51,7 @@ impl Drop for BackgroundThread {
     fn drop(&mut self) {
         *self.inner.wake_lock.lock() = true;
         self.inner.wake.notify_all();
-        if let Some(h) = self.handle.lock().take() {
+        for h in self.handles.lock().drain(..) {
             let _ = h.join();
         }
     }
@@ -140,16 +154,107 @@ impl Inner {
             if groups.is_empty() {
                 return Ok(replaced);
             }
-            let segments: usize = groups.iter().map(Vec::len).sum();
-            self.merge_groups(groups, threads)?;
-            replaced += segments;
+            let merged = self.merge_groups(groups, threads);
+            // Damage found by the merge's checks is recorded before the next plan leaves the
+            // segment out; a merge failing for it is not the run's failure.
+            self.quarantine_damaged()?;
+            replaced += merged?;
         }
+    }
+
+    /// Records in the manifest the damage found in this process (by readers, merges or the
+    /// scrub) and moves those segments' files to `quarantine/`: the manifest first, so a crash
+    /// between leaves files at their listed paths, which the next open moves. The caller holds
+    /// the maintenance lock. Returns how many segments it recorded.
+    pub(crate) fn quarantine_damaged(&self) -> Result<usize> {
+        let found: Vec<(Arc<Segment>, String)> = self
+            .state
+            .read()
+            .segments
+            .iter()
+            .filter(|s| s.meta.damaged.is_none())
+            .filter_map(|s| s.damage().map(|d| (s.clone(), d.to_string())))
+            .collect();
+        if found.is_empty() {
+            return Ok(0);
+        }
+        let mut manifest = self.state.read().manifest.clone();
+        let mut moves = Vec::new();
+        let found_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        for (segment, reason) in &found {
+            let mut quarantined = Vec::new();
+            for from in [&segment.path, &segment.index_path] {
+                let to = recovery::quarantine_destination(&self.dir, from);
+                quarantined.push(to.strip_prefix(&self.dir).expect("in the store").to_string_lossy().into_owned());
+                moves.push((from.clone(), to));
+            }
+            let meta = manifest
+                .segments
+                .iter_mut()
+                .find(|m| m.id == segment.meta.id)
+                .expect("a live segment is listed");
+            meta.damaged = Some(Damage {
+                reason: reason.clone(),
+                found_at: found_at.clone(),
+                quarantined,
+            });
+        }
+        manifest.save(&self.dir)?;
+        {
+            let mut st = self.state.write();
+            for s in st.segments.iter_mut() {
+                if let Some(meta) = manifest.segments.iter().find(|m| m.id == s.meta.id)
+                    && meta.damaged.is_some()
+                    && s.meta.damaged.is_none()
+                {
+                    *s = Arc::new(Segment::new(&self.dir, meta.clone()));
+                }
+            }
+            st.manifest = manifest;
+        }
+        for (from, to) in moves {
+            match std::fs::metadata(&from) {
+                Ok(_) => recovery::move_durably(&from, &to)?,
+                // Gone already: that was the damage.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).at(&from),
+            }
+            tracing::warn!(from = %from.display(), to = %to.display(), "a damaged segment's file was moved to quarantine");
+        }
+        Ok(found.len())
+    }
+
+    /// [`quarantine_damaged`](Self::quarantine_damaged) under the maintenance lock.
+    pub(crate) fn quarantine_damaged_now(&self) -> Result<usize> {
+        let _m = self.maintenance.lock();
+        self.quarantine_damaged()
+    }
+
+    /// Checks every live segment's files against the manifest again, however long ago they
+    /// were first read, and quarantines what is damaged. The reading holds no lock (flushes
+    /// and appends go on); a segment compaction retires meanwhile is not a finding. Returns
+    /// the damage found.
+    pub(crate) fn scrub(&self) -> Result<Vec<(u64, String)>> {
+        let segments: Vec<Arc<Segment>> = self.state.read().segments.clone();
+        let mut found = Vec::new();
+        for s in segments.iter().filter(|s| s.damage().is_none()) {
+            match s.verify() {
+                Ok(()) => {}
+                Err(_) if s.is_retired() => {}
+                Err(StorageError::Damaged { reason, .. }) => found.push((s.meta.id, reason)),
+                Err(e) => return Err(e),
+            }
+        }
+        if !found.is_empty() {
+            self.quarantine_damaged_now()?;
+        }
+        Ok(found)
     }
 
     /// Merges each group (disjoint sets of segments) into a new segment on up to `threads`
     /// threads, publishing each new segment as soon as it is written. The caller holds the
     /// maintenance lock, so nothing else changes the manifest meanwhile.
-    fn merge_groups(&self, groups: Vec<Vec<Arc<Segment>>>, threads: usize) -> Result<()> {
+    fn merge_groups(&self, groups: Vec<Vec<Arc<Segment>>>, threads: usize) -> Result<usize> {
         let first_id = self.state.read().manifest.next_segment_id;
         let threads = threads.min(groups.len()).max(1);
         // Popped from the back: in id order.
@@ -160,28 +265,34 @@ impl Inner {
         std::thread::scope(|scope| {
             let workers: Vec<_> = (0..threads)
                 .map(|_| {
-                    scope.spawn(|| -> Result<()> {
+                    scope.spawn(|| -> Result<usize> {
+                        let mut replaced = 0;
                         loop {
                             let Some((id, group)) = queue.lock().pop() else {
-                                return Ok(());
+                                return Ok(replaced);
                             };
                             let merged = self.write_merged(id, &group).and_then(|meta| {
                                 let _p = publishing.lock();
                                 self.publish_merged(&group, meta)
                             });
-                            if merged.is_err() {
-                                // The first failure ends the run; its error is the answer.
-                                queue.lock().clear();
-                                return merged;
+                            match merged {
+                                Ok(()) => replaced += group.len(),
+                                // Left out of the next plan once recorded.
+                                Err(StorageError::Damaged { .. }) => {}
+                                Err(e) => {
+                                    // The first failure ends the run; its error is the answer.
+                                    queue.lock().clear();
+                                    return Err(e);
+                                }
                             }
                         }
                     })
                 })
                 .collect();
             // The scope joins any worker left when an error returns early.
-            workers
-                .into_iter()
-                .try_for_each(|w| w.join().expect("compaction worker panicked"))
+            workers.into_iter().try_fold(0, |n, w| {
+                Ok(n + w.join().expect("compaction worker panicked")?)
+            })
         })
     }
 
@@ -233,19 +344,40 @@ impl Inner {
         saved_anyway.map_or(Ok(()), Err)
     }
 
+    /// Waits `for_at_most`; false when the store is closing.
+    fn wait(&self, for_at_most: Duration) -> bool {
+        let mut stop = self.wake_lock.lock();
+        if !*stop {
+            self.wake.wait_for(&mut stop, for_at_most);
+        }
+        !*stop
+    }
+
+    fn scrub_loop(&self, every: Duration) {
+        while self.wait(every) {
+            match self.scrub() {
+                Ok(found) if found.is_empty() => tracing::info!("scrub: every segment checks out"),
+                Ok(found) => tracing::error!(damaged = found.len(), "scrub found damaged segments"),
+                Err(e) => tracing::error!(error = %e, "scrub failed"),
+            }
+        }
+    }
+
     fn background_loop(&self) {
         loop {
-            {
-                let mut stop = self.wake_lock.lock();
-                if *stop {
-                    return;
-                }
-                let tick = (self.options.memtable_max_age / 2)
-                    .clamp(Duration::from_millis(10), Duration::from_millis(500));
-                self.wake.wait_for(&mut stop, tick);
-                if *stop {
-                    return;
-                }
+            let tick = (self.options.memtable_max_age / 2)
+                .clamp(Duration::from_millis(10), Duration::from_millis(500));
+            if !self.wait(tick) {
+                return;
+            }
+            let unrecorded = self
+                .state
+                .read()
+                .segments
+                .iter()
+                .any(|s| s.meta.damaged.is_none() && s.damage().is_some());
+            if unrecorded && let Err(e) = self.quarantine_damaged_now() {
+                tracing::error!(error = %e, "recording a damaged segment failed");
             }
             let due = self.memtable_fill() >= 1.0
                 || self

@@ -66,6 +66,24 @@ pub struct SegmentMeta {
     pub null_columns: Vec<String>,
     /// 0 for a flushed memtable, n+1 for a compaction of level-n segments.
     pub level: u32,
+    /// Set once the segment's files were found not to be what the manifest says: the segment
+    /// stays listed (its rows, time range and pods say what is missing), is never read,
+    /// compacted or deleted, and its files are kept in `quarantine/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<Damage>,
+}
+
+/// What was found wrong with a listed segment, and where its files were put.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Damage {
+    /// The check's finding (the corruption's text).
+    pub reason: String,
+    /// When it was found (RFC 3339, UTC).
+    pub found_at: String,
+    /// Where the Parquet file and the index file were moved, relative to the store directory
+    /// (the same path under `quarantine/`, numbered when that name was taken). A file that
+    /// was missing when the damage was found is not listed.
+    pub quarantined: Vec<String>,
 }
 
 impl Manifest {

@@ -70,6 +70,7 @@ impl Store {
             Err(e) => return Err(e),
         };
         let mut report = OpenReport::default();
+        finish_quarantines(&dir, &manifest)?;
         check_listed_files(&dir, &manifest)?;
         remove_orphans(&dir, &manifest, &mut report)?;
 
@@ -156,9 +157,10 @@ impl Store {
 }
 
 /// Every file the manifest lists must exist with the listed size; anything else is corruption
-/// (checksums are checked by `verify`, which reads everything).
+/// (checksums are checked by `verify`, which reads everything). A segment recorded as damaged
+/// is not looked for: its files are in `quarantine/`.
 fn check_listed_files(dir: &Path, manifest: &Manifest) -> Result<()> {
-    for s in &manifest.segments {
+    for s in manifest.segments.iter().filter(|s| s.damaged.is_none()) {
         for (rel, size) in [(&s.path, s.bytes), (&s.index_path, s.index_bytes)] {
             let p = dir.join(rel);
             let len = fs::metadata(&p)
@@ -269,11 +271,18 @@ pub(crate) fn segment_id_of(name: &str) -> Option<u64> {
 /// Moves `path` (inside the store in `dir`) to `quarantine/` under the same relative path,
 /// durably; a name already taken there gets a numbered suffix. Returns where it went.
 pub fn quarantine(dir: &Path, path: &Path) -> Result<PathBuf> {
+    let to = quarantine_destination(dir, path);
+    move_durably(path, &to)?;
+    Ok(to)
+}
+
+/// Where [`quarantine`] would put `path` now: its path under `quarantine/`, numbered when
+/// that name is taken.
+pub(crate) fn quarantine_destination(dir: &Path, path: &Path) -> PathBuf {
     let rel = path.strip_prefix(dir).unwrap_or(path);
     let rel = rel.strip_prefix("/").unwrap_or(rel);
     let mut to = dir.join(QUARANTINE_DIR).join(rel);
     let parent = to.parent().expect("a file in a directory").to_path_buf();
-    fsutil::create_dir_durable(&parent)?;
     let name = to
         .file_name()
         .expect("a file")
@@ -284,12 +293,34 @@ pub fn quarantine(dir: &Path, path: &Path) -> Result<PathBuf> {
         to = parent.join(format!("{name}.{n}"));
         n += 1;
     }
-    fs::rename(path, &to).at(path)?;
-    fsutil::sync_dir(&parent)?;
-    if let Some(from_dir) = path.parent() {
+    to
+}
+
+/// Renames `from` to `to` (creating `to`'s directory) and syncs both directories.
+pub(crate) fn move_durably(from: &Path, to: &Path) -> Result<()> {
+    let parent = to.parent().expect("a file in a directory");
+    fsutil::create_dir_durable(parent)?;
+    fs::rename(from, to).at(from)?;
+    fsutil::sync_dir(parent)?;
+    if let Some(from_dir) = from.parent() {
         fsutil::sync_dir(from_dir)?;
     }
-    Ok(to)
+    Ok(())
+}
+
+/// Finishes the quarantine of damaged segments: the manifest recording the damage is saved
+/// before the files move, so a crash between them leaves files at their listed paths.
+fn finish_quarantines(dir: &Path, manifest: &Manifest) -> Result<()> {
+    for s in &manifest.segments {
+        let Some(damage) = &s.damaged else { continue };
+        for (rel, to) in [&s.path, &s.index_path].into_iter().zip(&damage.quarantined) {
+            let (from, to) = (dir.join(rel), dir.join(to));
+            if from.exists() && !to.exists() {
+                move_durably(&from, &to)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A segment or index file under `segments/` (not a temp file), if there is any.

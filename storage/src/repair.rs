@@ -3,7 +3,8 @@
 //! deleted: an unreadable manifest and every file that does not check out go to
 //! `quarantine/`. The WAL's events that no checked segment holds are written as new segments
 //! listed in the same manifest, so they are neither lost nor stored twice, and a repair
-//! killed at any point can simply be run again.
+//! killed at any point can simply be run again. With a readable manifest, a repair takes back
+//! the damaged segments whose good copies were put back at their paths.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -33,16 +34,49 @@ pub struct RepairReport {
     /// segments already).
     pub wal_records: u64,
     pub wal_events_stored: usize,
+    /// Segments recorded as damaged whose files at their listed paths match the manifest
+    /// again (a good copy was put back): listed as whole once more.
+    pub restored: Vec<u64>,
+    /// Segments still damaged, with the path a good copy of the Parquet file goes to.
+    pub still_damaged: Vec<(u64, PathBuf)>,
+}
+
+/// For each segment the readable `manifest` records as damaged: when good copies of its
+/// files are back at their listed paths, the record is cleared (the quarantined files stay).
+fn restore_damaged(dir: &Path, mut manifest: Manifest, report: &mut RepairReport) -> Result<()> {
+    for meta in manifest.segments.iter_mut().filter(|m| m.damaged.is_some()) {
+        let mut whole = meta.clone();
+        whole.damaged = None;
+        let candidate = segment::Segment::new(dir, whole);
+        match candidate.verify() {
+            Ok(()) => {
+                meta.damaged = None;
+                report.restored.push(meta.id);
+            }
+            Err(StorageError::Damaged { .. }) => {
+                report.still_damaged.push((meta.id, candidate.path.clone()));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if !report.restored.is_empty() {
+        manifest.save(dir)?;
+    }
+    Ok(())
 }
 
 /// Rebuilds the manifest of the store in `dir` when it is missing or unreadable (see the
-/// module docs); a readable one is left as it is. The store must not be open elsewhere.
+/// module docs). A readable one is kept; only its damaged segments whose good copies were put
+/// back are listed as whole again. The store must not be open elsewhere.
 pub fn repair(dir: &Path, options: StoreOptions) -> Result<RepairReport> {
     let dir = dir.canonicalize().at(dir)?;
     let mut report = RepairReport::default();
     let _lock = crate::recovery::lock_dir(&dir)?;
     match Manifest::load(&dir) {
-        Ok(Some(_)) => return Ok(report),
+        Ok(Some(manifest)) => {
+            restore_damaged(&dir, manifest, &mut report)?;
+            return Ok(report);
+        }
         Ok(None) => {}
         Err(e @ (StorageError::Corruption { .. } | StorageError::UnsupportedVersion { .. })) => {
             let path = dir.join(MANIFEST_FILE);

@@ -379,6 +379,7 @@ impl SegmentWriter {
             pods,
             null_columns,
             level: self.level,
+            damaged: None,
         })
     }
 }
@@ -502,6 +503,7 @@ pub fn meta_from_files(
         pods,
         null_columns,
         level: 0,
+        damaged: None,
     })
 }
 
@@ -563,9 +565,12 @@ pub struct Segment {
     /// evidence, rebuilt when missing), `cache/<id>/`. Deleted with the segment.
     pub cache_dir: PathBuf,
     index: OnceLock<Arc<SegmentIndex>>,
-    /// Set once [`Segment::verify_once`] found the files as the manifest says. Damage is not
-    /// kept: a file put back (from a backup) is checked again.
+    /// Set once a check found the files as the manifest says (cleared by nothing: a file
+    /// changed later is the scrub's to find).
     verified: OnceLock<()>,
+    /// What a check in this process found wrong, until the manifest records it
+    /// (`meta.damaged`).
+    damage: OnceLock<String>,
     obsolete: AtomicBool,
 }
 
@@ -579,22 +584,27 @@ impl Segment {
             meta,
             index: OnceLock::new(),
             verified: OnceLock::new(),
+            damage: OnceLock::new(),
             obsolete: AtomicBool::new(false),
         }
     }
 
-    /// The segment's index, read on first use and cached.
+    /// The segment's index, checked ([`verify_once`](Self::verify_once)) and read on first
+    /// use, and cached.
     pub fn index(&self) -> Result<Arc<SegmentIndex>> {
         if let Some(i) = self.index.get() {
             return Ok(i.clone());
         }
+        self.verify_once()?;
         let bytes = fs::read(&self.index_path).at(&self.index_path)?;
         let index = Arc::new(SegmentIndex::from_bytes(&self.index_path, &bytes)?);
         Ok(self.index.get_or_init(|| index).clone())
     }
 
-    /// A reader of the segment's Parquet file in batches of `batch_rows` rows.
+    /// A reader of the segment's Parquet file in batches of `batch_rows` rows, once the
+    /// segment checked out ([`verify_once`](Self::verify_once)).
     pub fn reader(&self, batch_rows: usize) -> Result<ParquetRecordBatchReaderBuilder<File>> {
+        self.verify_once()?;
         let file = File::open(&self.path).at(&self.path)?;
         Ok(ParquetRecordBatchReaderBuilder::try_new(file)?.with_batch_size(batch_rows))
     }
@@ -617,34 +627,84 @@ impl Segment {
             .collect()
     }
 
-    /// Recomputes both files' SHA-256 and compares them with the manifest.
+    /// What is wrong with the segment, if a check found anything: recorded in the manifest,
+    /// or found in this process and not recorded yet.
+    pub fn damage(&self) -> Option<&str> {
+        self.meta
+            .damaged
+            .as_ref()
+            .map(|d| d.reason.as_str())
+            .or_else(|| self.damage.get().map(String::as_str))
+    }
+
+    /// Recomputes both files' SHA-256 and compares them with the manifest. A difference, or a
+    /// listed file gone, is damage: remembered ([`damage`](Self::damage)) and reported as
+    /// [`StorageError::Damaged`] from then on, without reading again.
     pub fn verify(&self) -> Result<()> {
+        if let Some(reason) = self.damage() {
+            return Err(self.damaged(reason));
+        }
         for (path, expected) in [
             (&self.path, &self.meta.sha256),
             (&self.index_path, &self.meta.index_sha256),
         ] {
-            let bytes = fs::read(path).at(path)?;
-            let actual = hex::encode(Sha256::digest(&bytes));
+            let mut file = match File::open(path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(self.found_damage(format!("{} is missing", path.display())));
+                }
+                Err(e) => return Err(e).at(path),
+            };
+            // Streamed: a scrub of a large segment holds a buffer, not the file.
+            let mut hasher = Sha256::new();
+            std::io::copy(&mut file, &mut hasher).at(path)?;
+            let actual = hex::encode(hasher.finalize());
             if &actual != expected {
-                return Err(StorageError::Corruption {
-                    path: path.clone(),
-                    offset: 0,
-                    reason: format!("SHA-256 {actual} differs from the manifest's {expected}"),
-                });
+                return Err(self.found_damage(format!(
+                    "{}: SHA-256 {actual} differs from the manifest's {expected}",
+                    path.display()
+                )));
             }
         }
+        let _ = self.verified.set(());
         Ok(())
     }
 
     /// [`verify`](Self::verify) until it passes once in this process: the first reader of a
     /// segment pays for its SHA-256s, later ones do not. Damage is reported to every reader,
-    /// naming the file; nothing of a damaged segment is served.
+    /// naming the segment; nothing of a damaged segment is served.
     pub fn verify_once(&self) -> Result<()> {
-        if self.verified.get().is_none() {
-            self.verify()?;
-            let _ = self.verified.set(());
+        match self.verified.get() {
+            Some(()) => Ok(()),
+            None => self.verify(),
         }
-        Ok(())
+    }
+
+    fn found_damage(&self, reason: String) -> StorageError {
+        tracing::error!(segment = self.meta.id, %reason, "damaged segment found; it is kept out of reads");
+        let reason = self.damage.get_or_init(|| reason);
+        self.damaged(reason)
+    }
+
+    fn damaged(&self, reason: &str) -> StorageError {
+        let time = |ns: i64| {
+            chrono::DateTime::from_timestamp_nanos(ns)
+                .format("%Y-%m-%dT%H:%M:%S%.fZ")
+                .to_string()
+        };
+        StorageError::Damaged {
+            id: self.meta.id,
+            path: self.path.clone(),
+            rows: self.meta.rows,
+            from: time(self.meta.min_ts),
+            to: time(self.meta.max_ts),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// True once compaction replaced the segment (its files go with the last handle).
+    pub(crate) fn is_retired(&self) -> bool {
+        self.obsolete.load(Ordering::SeqCst)
     }
 
     /// Marks the files for deletion when the last handle goes.

@@ -1,5 +1,6 @@
 use std::collections::HashSet;
 use std::fs;
+use std::path::Path;
 
 use datafusion::arrow::array::{Array, AsArray, BooleanArray, StringArray};
 use datafusion::arrow::compute::filter_record_batch;
@@ -203,13 +204,17 @@ fn a_batch_rejected_while_loading_an_hour_marks_none_of_its_ids() {
     drop(store);
     // Reopened, the store loads an hour's stored ids on its first append to that hour.
     let (store, _) = Store::open(dir.path(), opts()).unwrap();
+    // Unreadable (a directory in its place: EISDIR, even for root): an I/O error, not damage.
     let bytes = fs::read(&path).unwrap();
-    fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    fs::remove_file(&path).unwrap();
+    fs::create_dir(&path).unwrap();
     let batch: Vec<Event> = (0..5)
         .chain(3600..3605)
         .map(|i| event(i, "ns", "p"))
         .collect();
-    assert!(store.append(batch_of(&batch)).is_err());
+    let err = store.append(batch_of(&batch)).unwrap_err();
+    assert!(matches!(err, StorageError::Io { .. }), "{err}");
+    fs::remove_dir(&path).unwrap();
     fs::write(&path, &bytes).unwrap();
     let out = store.append(batch_of(&batch)).unwrap();
     assert_eq!(
@@ -644,26 +649,123 @@ fn a_store_whose_manifest_is_missing_or_damaged_refuses_to_open_and_keeps_its_se
     assert_eq!(store.snapshot().rows(), 1);
 }
 
-#[test]
-fn compaction_refuses_a_damaged_segment_and_keeps_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, _) = Store::open(dir.path(), opts()).unwrap();
+/// Three one-event segments of one hour; the middle one's Parquet file gets a flipped bit.
+/// Returns the store, the damaged segment's manifest entry and its damaged bytes.
+fn store_with_a_damaged_segment(dir: &Path) -> (Store, SegmentMeta, Vec<u8>) {
+    let (store, _) = Store::open(dir, opts()).unwrap();
     for i in 0..3 {
         store.append(batch_of(&[event(i, "ns", "p")])).unwrap();
         store.flush().unwrap();
     }
     let victim = store.manifest().segments[1].clone();
-    let path = dir.path().join(&victim.path);
+    let path = dir.join(&victim.path);
     let mut bytes = fs::read(&path).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x01;
     fs::write(&path, &bytes).unwrap();
-    let err = store.compact_major().unwrap_err();
-    assert!(matches!(err, StorageError::Corruption { .. }), "{err}");
-    assert!(err.to_string().contains(&victim.path), "{err}");
-    assert_eq!(store.manifest().segments.len(), 3, "nothing was replaced");
-    assert_eq!(fs::read(&path).unwrap(), bytes, "the damaged file is kept");
-    assert!(store.verify().is_err(), "verify still finds the damage");
+    (store, victim, bytes)
+}
+
+#[test]
+fn compaction_quarantines_a_damaged_segment_and_merges_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, victim, bytes) = store_with_a_damaged_segment(dir.path());
+    assert_eq!(store.compact_major().unwrap(), 2, "the two whole segments merged");
+    let manifest = store.manifest();
+    assert_eq!(manifest.segments.len(), 2);
+    let listed = manifest.segments.iter().find(|s| s.id == victim.id).unwrap();
+    let damage = listed.damaged.as_ref().expect("recorded as damaged");
+    assert!(damage.reason.contains("SHA-256"), "{}", damage.reason);
+    assert!(!dir.path().join(&victim.path).exists(), "moved out of segments/");
+    let kept = dir.path().join(&damage.quarantined[0]);
+    assert!(kept.starts_with(dir.path().join(QUARANTINE_DIR)), "{}", kept.display());
+    assert_eq!(fs::read(&kept).unwrap(), bytes, "the damaged bytes are kept as found");
+    assert!(dir.path().join(&damage.quarantined[1]).exists(), "and its index");
+    let err = store.verify().unwrap_err();
+    assert!(matches!(err, StorageError::Damaged { id, .. } if id == victim.id), "{err}");
+    assert!(err.to_string().contains("ktrail repair"), "{err}");
+    // Recorded durably: a reopen knows it, without the files it no longer looks for.
+    drop(store);
+    let (store, _) = Store::open(dir.path(), opts()).unwrap();
+    assert_eq!(store.damaged().len(), 1);
+    assert_eq!(store.compact_major().unwrap(), 0, "nothing left to merge");
+}
+
+#[test]
+fn the_scrub_finds_damage_in_a_segment_read_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), opts()).unwrap();
+    store.append(batch_of(&[event(1, "ns", "p")])).unwrap();
+    store.flush().unwrap();
+    let segment = store.snapshot().segments[0].clone();
+    segment.verify_once().unwrap();
+    let index = dir.path().join(&segment.meta.index_path);
+    let mut bytes = fs::read(&index).unwrap();
+    bytes[3] ^= 0x80;
+    fs::write(&index, &bytes).unwrap();
+    assert!(segment.verify_once().is_ok(), "checked once per process");
+    let found = store.scrub().unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].1.contains(&segment.meta.index_path), "{}", found[0].1);
+    assert_eq!(store.damaged().len(), 1);
+    assert!(store.scrub().unwrap().is_empty(), "recorded damage is not found twice");
+    // Events of the damaged hour are still taken (the damaged segment's ids are unknown).
+    let out = store.append(batch_of(&[event(2, "ns", "p")])).unwrap();
+    assert_eq!(out.accepted, 1);
+}
+
+#[test]
+fn an_open_finishes_a_quarantine_a_crash_interrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, victim, _) = store_with_a_damaged_segment(dir.path());
+    drop(store);
+    // As if killed after the manifest recording the damage was saved, before the moves.
+    let mut manifest = Manifest::load(dir.path()).unwrap().unwrap();
+    let quarantined: Vec<String> = [&victim.path, &victim.index_path]
+        .iter()
+        .map(|p| format!("{QUARANTINE_DIR}/{p}"))
+        .collect();
+    manifest.segments[1].damaged = Some(Damage {
+        reason: "test".into(),
+        found_at: "2026-12-07T00:00:00Z".into(),
+        quarantined: quarantined.clone(),
+    });
+    manifest.save(dir.path()).unwrap();
+    let (store, report) = Store::open(dir.path(), opts()).unwrap();
+    assert!(report.quarantined.is_empty(), "{:?}", report.quarantined);
+    for q in &quarantined {
+        assert!(dir.path().join(q).exists(), "{q}");
+    }
+    assert!(!dir.path().join(&victim.path).exists());
+    assert_eq!(store.damaged().len(), 1);
+}
+
+#[test]
+fn repair_takes_back_a_damaged_segment_once_a_good_copy_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, victim, _) = store_with_a_damaged_segment(dir.path());
+    let good = {
+        let path = dir.path().join(&victim.path);
+        let mut b = fs::read(&path).unwrap();
+        let mid = b.len() / 2;
+        b[mid] ^= 0x01;
+        b
+    };
+    assert_eq!(store.scrub().unwrap().len(), 1);
+    drop(store);
+    let report = repair(dir.path(), opts()).unwrap();
+    assert!(report.restored.is_empty());
+    assert_eq!(report.still_damaged, vec![(victim.id, dir.path().canonicalize().unwrap().join(&victim.path))]);
+    // A good copy (from a backup) at the listed path; the index too.
+    let damage = Manifest::load(dir.path()).unwrap().unwrap().segments[1].damaged.clone().unwrap();
+    fs::write(dir.path().join(&victim.path), &good).unwrap();
+    fs::copy(dir.path().join(&damage.quarantined[1]), dir.path().join(&victim.index_path)).unwrap();
+    let report = repair(dir.path(), opts()).unwrap();
+    assert_eq!(report.restored, vec![victim.id]);
+    let (store, _) = Store::open(dir.path(), opts()).unwrap();
+    assert!(store.damaged().is_empty());
+    assert_eq!(store.verify().unwrap(), 3);
+    assert!(dir.path().join(&damage.quarantined[0]).exists(), "quarantined files stay");
 }
 
 #[test]
