@@ -52,6 +52,10 @@ pub enum Command {
         /// Answer without the sidecar indexes (full scans; for comparison).
         #[arg(long)]
         no_index: bool,
+        /// Answer without the segments recorded as damaged (each skipped is a warning on
+        /// stderr with its event count) instead of failing.
+        #[arg(long)]
+        allow_damaged: bool,
         #[command(flatten)]
         limits: LimitArgs,
         sql: String,
@@ -62,6 +66,9 @@ pub enum Command {
         /// Answer without the sidecar indexes (full scans; for comparison).
         #[arg(long)]
         no_index: bool,
+        /// Answer without the segments recorded as damaged, as `sql --allow-damaged`.
+        #[arg(long)]
+        allow_damaged: bool,
         #[command(flatten)]
         limits: LimitArgs,
     },
@@ -255,4 +262,8 @@ pub struct ServeArgs {
     /// Request bodies parsed or stored at once; more are answered 429 + Retry-After.
     #[arg(long, default_value_t = 8)]
     pub max_inflight: usize,
+    /// Hours between checks of every segment's SHA-256s (0: never); damaged segments are
+    /// recorded and quarantined.
+    #[arg(long, default_value_t = 24)]
+    pub scrub_hours: u64,
 }

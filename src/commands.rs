@@ -9,7 +9,7 @@ use ingest::Format;
 
 use crate::cli::{NetworksAction, ServeArgs};
 use crate::error::CliError;
-use crate::session::{local_session, open_store, runtime};
+use crate::session::{local_session, open_store, open_store_with, record_damage, runtime};
 use crate::{output, pg, serve, shell};
 
 pub fn gen_cmd(
@@ -118,11 +118,25 @@ pub async fn sql_cmd(
     data: &PathBuf,
     format: output::OutputFormat,
     no_index: bool,
+    allow_damaged: bool,
     limits: query::limits::QueryLimits,
     sql: &str,
 ) -> Result<ExitCode, CliError> {
     let store = open_store(data, false)?;
-    let ctx = local_session(&store, no_index, &limits).await?;
+    let answered = run_statements(&store, format, no_index, allow_damaged, limits, sql).await;
+    record_damage(&store)?;
+    answered
+}
+
+async fn run_statements(
+    store: &storage::Store,
+    format: output::OutputFormat,
+    no_index: bool,
+    allow_damaged: bool,
+    limits: query::limits::QueryLimits,
+    sql: &str,
+) -> Result<ExitCode, CliError> {
+    let ctx = local_session(store, no_index, allow_damaged, &limits).await?;
     let statements = DFParser::parse_sql(sql)?;
     if statements.is_empty() {
         return Err(CliError::Other("no SQL statement given".into()));
@@ -143,12 +157,14 @@ pub async fn sql_cmd(
 pub fn shell_cmd(
     data: &PathBuf,
     no_index: bool,
+    allow_damaged: bool,
     limits: query::limits::QueryLimits,
 ) -> Result<ExitCode, CliError> {
     let store = open_store(data, false)?;
     let rt = runtime();
-    let ctx = rt.block_on(local_session(&store, no_index, &limits))?;
+    let ctx = rt.block_on(local_session(&store, no_index, allow_damaged, &limits))?;
     let failures = shell::run(ctx, rt);
+    record_damage(&store)?;
     Ok(if failures == 0 {
         ExitCode::SUCCESS
     } else {
@@ -216,6 +232,7 @@ pub fn serve_cmd(data: &PathBuf, args: ServeArgs) -> Result<ExitCode, CliError> 
         max_connections,
         max_body_bytes,
         max_inflight,
+        scrub_hours,
     } = args;
     if let Some(c) = config {
         Err(CliError::Other(format!(
@@ -236,7 +253,16 @@ pub fn serve_cmd(data: &PathBuf, args: ServeArgs) -> Result<ExitCode, CliError> 
             if let Some(pg) = &mut pg {
                 pg.max_connections = max_connections.max(1);
             }
+            let store = open_store_with(
+                data,
+                storage::StoreOptions {
+                    scrub_interval: (scrub_hours > 0)
+                        .then(|| std::time::Duration::from_secs(scrub_hours * 3600)),
+                    ..Default::default()
+                },
+            )?;
             serve(
+                store,
                 data,
                 serve::ServeOptions {
                     http,
@@ -255,10 +281,13 @@ pub fn serve_cmd(data: &PathBuf, args: ServeArgs) -> Result<ExitCode, CliError> 
     }
 }
 
-fn serve(data: &PathBuf, options: serve::ServeOptions) -> Result<ExitCode, CliError> {
-    let store = open_store(data, true)?;
+fn serve(
+    store: storage::Store,
+    data: &std::path::Path,
+    options: serve::ServeOptions,
+) -> Result<ExitCode, CliError> {
     runtime()
-        .block_on(serve::run(store, data.clone(), options))
+        .block_on(serve::run(store, data.to_path_buf(), options))
         .map_err(CliError::Other)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -298,6 +327,7 @@ pub fn verify_cmd(data: &PathBuf) -> Result<ExitCode, CliError> {
             findings += 1;
         }
     }
+    record_damage(&store)?;
     println!(
         "{} segment(s) verified, {findings} damaged",
         segments.len() - findings
@@ -311,8 +341,17 @@ pub fn verify_cmd(data: &PathBuf) -> Result<ExitCode, CliError> {
 
 pub fn repair_cmd(data: &PathBuf) -> Result<ExitCode, CliError> {
     let report = storage::repair(data, storage::StoreOptions::default())?;
+    for id in &report.restored {
+        println!("segment {id}: its files check out again; listed as whole");
+    }
+    for (id, path) in &report.still_damaged {
+        println!(
+            "segment {id} is still damaged: put a good copy at {} (and of its index) and run repair again",
+            path.display()
+        );
+    }
     if !report.rebuilt {
-        println!("the manifest is readable: nothing to repair");
+        println!("the manifest is readable: nothing else to repair");
     } else {
         for (path, reason) in &report.quarantined {
             println!("quarantined {}: {}", path.display(), one_line(reason));
@@ -331,12 +370,30 @@ pub fn compact_cmd(data: &PathBuf) -> Result<ExitCode, CliError> {
     let store = open_store(data, false)?;
     store.flush()?;
     let n = store.compact_major()?;
+    println!("{n} segment(s) compacted");
+    let damaged = store.damaged();
+    if !damaged.is_empty() {
+        // The derived tables need every segment: they wait for a repair.
+        for s in &damaged {
+            let reason = s
+                .damaged
+                .as_ref()
+                .map(|d| d.reason.as_str())
+                .unwrap_or_default();
+            println!(
+                "segment {} ({} events) is damaged, left out and quarantined: {}",
+                s.id,
+                s.rows,
+                one_line(reason)
+            );
+        }
+        return Ok(ExitCode::from(3));
+    }
     // The compacted segments are new: their partial aggregates for the derived tables are
     // computed now, with the rewrite, not by the first query that needs them.
     runtime().block_on(async {
         let ctx = query::session(&store, query::IndexUse::On).await?;
         query::prepare_derived(&ctx).await
     })?;
-    println!("{n} segment(s) compacted");
     Ok(ExitCode::SUCCESS)
 }

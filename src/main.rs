@@ -46,18 +46,22 @@ fn main() -> ExitCode {
             let dead_letter = dead_letter.unwrap_or_else(|| cli.data.join("dead-letter.jsonl"));
             commands::ingest_cmd(&cli.data, format, batch_rows, &dead_letter, &paths)
         }
-        Command::Shell { no_index, limits } => {
-            commands::shell_cmd(&cli.data, no_index, limits.limits())
-        }
+        Command::Shell {
+            no_index,
+            allow_damaged,
+            limits,
+        } => commands::shell_cmd(&cli.data, no_index, allow_damaged, limits.limits()),
         Command::Sql {
             format,
             no_index,
+            allow_damaged,
             limits,
             sql,
         } => session::runtime().block_on(commands::sql_cmd(
             &cli.data,
             format,
             no_index,
+            allow_damaged,
             limits.limits(),
             &sql,
         )),

@@ -399,11 +399,13 @@ impl Service {
 /// with the connection. Nothing a client sets reaches the shared session.
 const META_TIME_ZONE: &str = "ktrail.time_zone";
 const META_STATEMENT_TIMEOUT_MS: &str = "ktrail.statement_timeout_ms";
+const META_ALLOW_DAMAGED: &str = query::ALLOW_DAMAGED;
 
-/// One connection's `SET TIME ZONE` and `SET statement_timeout`.
+/// One connection's `SET TIME ZONE`, `SET statement_timeout` and `SET ktrail.allow_damaged`.
 struct ConnectionSettings {
     time_zone: Option<String>,
     statement_timeout: Option<std::time::Duration>,
+    allow_damaged: bool,
 }
 
 impl ConnectionSettings {
@@ -415,12 +417,19 @@ impl ConnectionSettings {
                 .get(META_STATEMENT_TIMEOUT_MS)
                 .and_then(|ms| ms.parse().ok())
                 .map(std::time::Duration::from_millis),
+            allow_damaged: meta.contains_key(META_ALLOW_DAMAGED),
         }
     }
 
     /// The shared session's state with this connection's time zone.
     fn state(&self, ctx: &SessionContext) -> datafusion::execution::SessionState {
         let mut state = ctx.state();
+        if self.allow_damaged {
+            let _ = state
+                .config_mut()
+                .options_mut()
+                .set(query::ALLOW_DAMAGED, "true");
+        }
         if let Some(tz) = &self.time_zone {
             state.config_mut().options_mut().execution.time_zone = Some(tz.clone());
             // Functions that read the time zone (`now()`, ...) take it when registered, as
@@ -515,6 +524,26 @@ impl Service {
                         };
                         Ok(Some(Response::Execution(Tag::new("SET"))))
                     }
+                    query::ALLOW_DAMAGED => {
+                        let allow = match value.to_ascii_lowercase().as_str() {
+                            "true" | "on" | "1" | "yes" => true,
+                            "false" | "off" | "0" | "no" => false,
+                            _ => {
+                                return Err(user_error(
+                                    "22023",
+                                    format!(
+                                        "parameter \"{name}\" requires a Boolean value, not \"{value}\""
+                                    ),
+                                ));
+                            }
+                        };
+                        let meta = client.metadata_mut();
+                        match allow {
+                            true => meta.insert(META_ALLOW_DAMAGED.into(), "on".into()),
+                            false => meta.remove(META_ALLOW_DAMAGED),
+                        };
+                        Ok(Some(Response::Execution(Tag::new("SET"))))
+                    }
                     _ => Ok(None),
                 }
             }
@@ -535,6 +564,10 @@ impl Service {
                         settings
                             .statement_timeout
                             .map_or("0".into(), |t| format!("{}ms", t.as_millis())),
+                    ),
+                    query::ALLOW_DAMAGED => (
+                        query::ALLOW_DAMAGED,
+                        if settings.allow_damaged { "on" } else { "off" }.into(),
                     ),
                     _ => return Ok(None),
                 };

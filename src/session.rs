@@ -16,10 +16,17 @@ pub fn runtime() -> tokio::runtime::Runtime {
 }
 
 pub fn open_store(data: &PathBuf, background: bool) -> Result<Store, CliError> {
-    let options = StoreOptions {
-        background,
-        ..Default::default()
-    };
+    open_store_with(
+        data,
+        StoreOptions {
+            background,
+            ..Default::default()
+        },
+    )
+}
+
+/// [`open_store`] with `options`; what the open found is printed on stderr.
+pub fn open_store_with(data: &PathBuf, options: StoreOptions) -> Result<Store, CliError> {
     let (store, report) = Store::open(data, options)?;
     if let Some((path, offset, dropped)) = &report.wal.torn_tail {
         eprintln!(
@@ -34,7 +41,28 @@ pub fn open_store(data: &PathBuf, background: bool) -> Result<Store, CliError> {
             to.display()
         );
     }
+    for s in store.damaged() {
+        eprintln!(
+            "warning: segment {} ({} events) is damaged and quarantined: {}",
+            s.id,
+            s.rows,
+            s.damaged.map(|d| d.reason).unwrap_or_default()
+        );
+    }
     Ok(store)
+}
+
+/// Records the damage this process found (queries check each segment on first read) in the
+/// manifest and quarantines those segments' files, saying so on stderr.
+pub fn record_damage(store: &Store) -> Result<(), CliError> {
+    let n = store.quarantine_damaged()?;
+    if n > 0 {
+        eprintln!(
+            "warning: {n} damaged segment(s) recorded in the manifest; their files are in {}",
+            store.dir().join(storage::QUARANTINE_DIR).display()
+        );
+    }
+    Ok(())
 }
 
 /// A session over the store for local use, under `limits` (its memory pool is the session's:
@@ -42,6 +70,7 @@ pub fn open_store(data: &PathBuf, background: bool) -> Result<Store, CliError> {
 pub async fn local_session(
     store: &Store,
     no_index: bool,
+    allow_damaged: bool,
     limits: &query::limits::QueryLimits,
 ) -> Result<SessionContext, CliError> {
     let index = if no_index {
@@ -50,7 +79,15 @@ pub async fn local_session(
         IndexUse::On
     };
     let ctx = query::session(store, index).await?;
-    Ok(query::limits::limited_context(&ctx, limits)?)
+    let ctx = query::limits::limited_context(&ctx, limits)?;
+    if allow_damaged {
+        ctx.state_ref()
+            .write()
+            .config_mut()
+            .options_mut()
+            .set(query::ALLOW_DAMAGED, "true")?;
+    }
+    Ok(ctx)
 }
 
 /// A local query session over the store at `data` (what `policy` and `falco` query through) (keep the store alive while it is used).
@@ -68,6 +105,7 @@ pub fn store_session(
     let store = open_store(data, false)?;
     let ctx = rt.block_on(local_session(
         &store,
+        false,
         false,
         &query::limits::QueryLimits::default(),
     ))?;

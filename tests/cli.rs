@@ -188,28 +188,54 @@ fn explain_analyze_reports_skipped_segments_and_row_groups() {
 }
 
 #[test]
-fn a_damaged_index_fails_the_query_naming_the_file() {
+fn a_damaged_segment_fails_the_queries_needing_it_is_quarantined_and_taken_back_by_repair() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("store");
     assert!(ktrail(&data, &["ingest", QUICKSTART]).status.success());
+    let count = "SELECT count(*) AS n FROM events";
+    let whole = sql(&data, "csv", count);
     let idx = walk(&data.join("segments"))
         .into_iter()
         .find(|p| p.extension().is_some_and(|e| e == "idx"))
         .expect("an index file");
-    let mut bytes = std::fs::read(&idx).unwrap();
+    let good = std::fs::read(&idx).unwrap();
+    let mut bytes = good.clone();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x55;
-    std::fs::write(&idx, bytes).unwrap();
-    let o = ktrail(
-        &data,
-        &["sql", "SELECT count(*) FROM events WHERE pod = 'ledger-0'"],
-    );
+    std::fs::write(&idx, &bytes).unwrap();
+
+    let o = ktrail(&data, &["sql", count]);
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
     assert!(
-        err.contains("corruption in") && err.contains(&idx.display().to_string()),
+        err.contains("is damaged") && err.contains(&idx.display().to_string()),
         "{err}"
     );
+    assert!(
+        err.contains("--allow-damaged") && err.contains("recorded in the manifest"),
+        "{err}"
+    );
+    // Quarantined as found, out of segments/.
+    let rel = idx.strip_prefix(&data).unwrap();
+    assert_eq!(
+        std::fs::read(data.join("quarantine").join(rel)).unwrap(),
+        bytes
+    );
+    assert!(!idx.exists());
+
+    let o = ktrail(&data, &["sql", "--allow-damaged", "--format", "csv", count]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("skipped a damaged segment"),
+        "{}",
+        stderr(&o)
+    );
+    let partial: u64 = stdout(&o).lines().nth(1).unwrap().parse().unwrap();
+    assert!(
+        partial < whole.lines().nth(1).unwrap().parse().unwrap(),
+        "{partial}"
+    );
+
     let o = ktrail(&data, &["verify"]);
     assert_eq!(o.status.code(), Some(3), "a finding exits 3");
     let out = stdout(&o);
@@ -217,6 +243,21 @@ fn a_damaged_index_fails_the_query_naming_the_file() {
         out.contains("SHA-256") && out.contains(&idx.display().to_string()),
         "{out}"
     );
+
+    let o = ktrail(&data, &["repair"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("is still damaged"), "{}", stdout(&o));
+    // A good copy back (from a backup): repair lists the segment as whole again.
+    std::fs::copy(
+        data.join("quarantine").join(rel.with_extension("parquet")),
+        idx.with_extension("parquet"),
+    )
+    .unwrap();
+    std::fs::write(&idx, &good).unwrap();
+    let o = ktrail(&data, &["repair"]);
+    assert!(stdout(&o).contains("listed as whole"), "{}", stdout(&o));
+    assert!(ktrail(&data, &["verify"]).status.success());
+    assert_eq!(sql(&data, "csv", count), whole);
 }
 
 /// Two ingests of interleaved halves of the quickstart: each flush leaves a segment in every
@@ -310,13 +351,18 @@ fn compaction_does_not_launder_a_damaged_segment() {
     bytes[mid] ^= 0x01;
     std::fs::write(&segment, &bytes).unwrap();
     let o = ktrail(&data, &["compact"]);
-    assert_eq!(o.status.code(), Some(1));
+    // The others are merged; the damaged one is a finding, kept as it is in quarantine/.
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains(&segment.display().to_string()),
+        stdout(&o).contains(&segment.display().to_string()) && stdout(&o).contains("is damaged"),
         "{}",
-        stderr(&o)
+        stdout(&o)
     );
-    assert_eq!(std::fs::read(&segment).unwrap(), bytes, "kept as it is");
+    let rel = segment.strip_prefix(&data).unwrap();
+    assert_eq!(
+        std::fs::read(data.join("quarantine").join(rel)).unwrap(),
+        bytes
+    );
     let o = ktrail(&data, &["verify"]);
     assert_eq!(o.status.code(), Some(3), "the damage is still found");
 }

@@ -351,3 +351,47 @@ fn connections_past_the_cap_are_refused_and_the_server_goes_on() {
     }
     server.stop();
 }
+
+#[test]
+fn a_connection_may_leave_damaged_segments_out_of_its_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = exec_scenario_store(dir.path());
+    let segment = std::fs::read_dir(data.join("segments"))
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .flat_map(|h| std::fs::read_dir(h.unwrap().path()).unwrap())
+        .map(|f| f.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .expect("a segment");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[100] ^= 0x01;
+    std::fs::write(&segment, bytes).unwrap();
+    let server = start(dir.path(), &data, &[]);
+    let count = "SELECT count(*) AS n FROM events";
+    let o = psql(&server, "sslmode=disable", PASSWORD, &[count]);
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("is damaged"), "{}", text(&o).1);
+    let o = psql(
+        &server,
+        "sslmode=disable",
+        PASSWORD,
+        &["SET ktrail.allow_damaged = on", count],
+    );
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert!(text(&o).0.ends_with("n\n27\n"), "{}", text(&o).0);
+    // The setting was that connection's alone.
+    let o = psql(&server, "sslmode=disable", PASSWORD, &[count]);
+    assert!(!o.status.success(), "{}", text(&o).0);
+    let o = psql(
+        &server,
+        "sslmode=disable",
+        PASSWORD,
+        &["SET ktrail.allow_damaged = maybe"],
+    );
+    assert!(
+        text(&o).1.contains("requires a Boolean value"),
+        "{}",
+        text(&o).1
+    );
+    server.stop();
+}

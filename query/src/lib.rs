@@ -46,9 +46,26 @@ pub use scan_exec::{ScanExec, ScanStats};
 /// sorting each batch and merging the runs (DataFusion's default is 1 MiB).
 const SORT_IN_PLACE_BYTES: usize = 64 << 20;
 
+datafusion::common::extensions_options! {
+    /// ktrail's own session settings (`SET ktrail.<name> = ...`).
+    pub struct KtrailOptions {
+        /// Answer without the segments recorded as damaged instead of failing a query that
+        /// needs them; each one skipped is logged as a warning with its event count.
+        pub allow_damaged: bool, default = false
+    }
+}
+
+impl datafusion::config::ConfigExtension for KtrailOptions {
+    const PREFIX: &'static str = "ktrail";
+}
+
+/// The setting that lets a query skip damaged segments (see [`KtrailOptions`]).
+pub const ALLOW_DAMAGED: &str = "ktrail.allow_damaged";
+
 /// A DataFusion session over `store`, with `events` and the views registered.
 pub async fn session(store: &Store, index: IndexUse) -> Result<SessionContext, QueryError> {
     let config = SessionConfig::new()
+        .with_option_extension(KtrailOptions::default())
         .with_information_schema(true)
         .with_default_catalog_and_schema("ktrail", "public")
         .set_usize(

@@ -173,7 +173,12 @@ impl TableProvider for EventsTable {
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let schema = model::events_schema();
-        let snapshot = self.store.snapshot();
+        let mut snapshot = self.store.snapshot();
+        let allow_damaged = state
+            .config_options()
+            .extensions
+            .get::<crate::KtrailOptions>()
+            .is_some_and(|o| o.allow_damaged);
         let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
         let predicate = conjunction(filters.iter().cloned())
             .map(|e| state.create_physical_expr(e, &df_schema))
@@ -201,6 +206,29 @@ impl TableProvider for EventsTable {
             if !keep {
                 continue;
             }
+            // The first read of a segment in this process checks its SHA-256s, before its
+            // index is trusted: a damaged segment fails the query naming it, never serves rows.
+            match segment.verify_once() {
+                Err(storage::StorageError::Damaged {
+                    id,
+                    rows,
+                    from,
+                    to,
+                    reason,
+                    ..
+                }) if allow_damaged => {
+                    tracing::warn!(segment = id, events = rows, %from, %to, %reason, "skipped a damaged segment ({})", crate::ALLOW_DAMAGED);
+                    stats.damaged_segments_skipped += 1;
+                    stats.damaged_rows_skipped += rows;
+                    continue;
+                }
+                Err(e) => {
+                    return Err(datafusion::error::DataFusionError::External(Box::new(
+                        QueryError::from(e),
+                    )));
+                }
+                Ok(()) => {}
+            }
             let path = segment.path.to_string_lossy().into_owned();
             let mut file = PartitionedFile::new(path, segment.meta.bytes);
             if let Some(filter) = &filter {
@@ -217,11 +245,6 @@ impl TableProvider for EventsTable {
             } else {
                 stats.row_groups_scanned += segment.meta.row_groups.len();
             }
-            // The first read of a segment in this process checks its SHA-256s: a damaged
-            // segment fails the query naming it, never serves rows.
-            segment.verify_once().map_err(|e| {
-                datafusion::error::DataFusionError::External(Box::new(QueryError::from(e)))
-            })?;
             stats.segments_scanned += 1;
             files.push(file);
         }
@@ -278,6 +301,9 @@ impl TableProvider for EventsTable {
             filters: filters.to_vec(),
             limit,
         };
+        // What plans built on this scan read (grouped counts from the indexes) leaves out the
+        // damaged segments: skipped above, or pruned (none of their rows can match).
+        snapshot.segments.retain(|s| s.damage().is_none());
         Ok(Arc::new(ScanExec::new(union, stats, snapshot, reading)))
     }
 }

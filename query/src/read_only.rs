@@ -36,6 +36,8 @@ const CLIENT_PARAMETERS: &[&str] = &[
     "standard_conforming_strings",
     "statement_timeout",
     "timezone",
+    // Leaves damaged segments out of this client's answers: what it reads, never the store.
+    crate::ALLOW_DAMAGED,
 ];
 
 /// Why `statement` may not run in a remote session; `None` when it may.

@@ -31,6 +31,9 @@ pub struct ScanStats {
     pub rows_selected_by_index: u64,
     pub memtable_rows: usize,
     pub index: bool,
+    /// Damaged segments the scan needed and left out (`ktrail.allow_damaged`), and their rows.
+    pub damaged_segments_skipped: usize,
+    pub damaged_rows_skipped: u64,
 }
 
 /// Pass-through root of an `events` scan (see module docs).
@@ -75,8 +78,10 @@ impl ScanExec {
         count("segments_total", stats.segments_total);
         count(
             "segments_pruned",
-            stats.segments_total - stats.segments_scanned,
+            stats.segments_total - stats.segments_scanned - stats.damaged_segments_skipped,
         );
+        count("damaged_segments_skipped", stats.damaged_segments_skipped);
+        count("damaged_rows_skipped", stats.damaged_rows_skipped as usize);
         count("row_groups_total", stats.row_groups_total);
         count(
             "row_groups_skipped",
@@ -128,16 +133,26 @@ impl DisplayAs for ScanExec {
     fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         let s = &self.stats;
         match t {
-            DisplayFormatType::Default | DisplayFormatType::Verbose => write!(
-                f,
-                "KtrailScanExec: segments={}/{}, row_groups={}/{}, index={}, memtable_rows={}",
-                s.segments_scanned,
-                s.segments_total,
-                s.row_groups_scanned,
-                s.row_groups_total,
-                if s.index { "on" } else { "off" },
-                s.memtable_rows
-            ),
+            DisplayFormatType::Default | DisplayFormatType::Verbose => {
+                write!(
+                    f,
+                    "KtrailScanExec: segments={}/{}, row_groups={}/{}, index={}, memtable_rows={}",
+                    s.segments_scanned,
+                    s.segments_total,
+                    s.row_groups_scanned,
+                    s.row_groups_total,
+                    if s.index { "on" } else { "off" },
+                    s.memtable_rows
+                )?;
+                if s.damaged_segments_skipped > 0 {
+                    write!(
+                        f,
+                        ", damaged_skipped={} ({} rows)",
+                        s.damaged_segments_skipped, s.damaged_rows_skipped
+                    )?;
+                }
+                Ok(())
+            }
             DisplayFormatType::TreeRender => write!(
                 f,
                 "segments={}/{}\nrow_groups={}/{}",

@@ -1002,3 +1002,89 @@ async fn copy_to_csv_writes_lists_as_json_text() {
          +----------+-------------------------------------+"
     );
 }
+
+#[tokio::test]
+async fn a_query_needing_a_damaged_segment_fails_naming_it_unless_allowed_to_skip_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = fixture(dir.path());
+    let victim = store.manifest().segments[1].clone();
+    let path = dir.path().join(&victim.path);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x04;
+    std::fs::write(&path, &bytes).unwrap();
+    let ctx = session(&store, IndexUse::On).await.unwrap();
+    let count = |sql: &'static str| {
+        let ctx = ctx.clone();
+        async move { ctx.sql(sql).await?.collect().await }
+    };
+
+    let err = count("SELECT count(*) FROM events")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("segment {} (500 events", victim.id)),
+        "{err}"
+    );
+    assert!(
+        err.contains("SHA-256") && err.contains("--allow-damaged"),
+        "{err}"
+    );
+    // Grouped counts come from the indexes: the damaged index is not trusted either.
+    let err = count("SELECT kind, count(*) FROM events GROUP BY kind")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("is damaged"), "{err}");
+    // A query the damaged hour cannot answer does not need it.
+    let hour_0 = format!(
+        "SELECT count(*) AS n FROM events WHERE ts < to_timestamp_nanos({})",
+        T0 + 3_600_000_000_000
+    );
+    let (batches, _) = run(&ctx, &hour_0).await;
+    assert!(text(&batches).contains("| 500 |"), "{}", text(&batches));
+
+    ctx.sql(&format!("SET {ALLOW_DAMAGED} = true"))
+        .await
+        .unwrap();
+    let (batches, _) = run(&ctx, "SELECT count(*) AS n FROM events").await;
+    // Four hours of 500 and the memtable's 50, less the damaged hour.
+    assert!(text(&batches).contains("| 1550 |"), "{}", text(&batches));
+    let (batches, stats) = run(&ctx, "SELECT ts FROM events").await;
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1550);
+    let stats = stats.unwrap();
+    assert_eq!(
+        (stats.damaged_segments_skipped, stats.damaged_rows_skipped),
+        (1, 500)
+    );
+    let (batches, _) = run(
+        &ctx,
+        "SELECT count(*) AS n FROM events WHERE kind = 'process_exec'",
+    )
+    .await;
+    let (all, _) = run(&ctx, "SELECT count(*) AS n FROM (SELECT kind FROM events WHERE kind = 'process_exec' ORDER BY ts)").await;
+    assert_eq!(
+        text(&batches),
+        text(&all),
+        "index counts and scans skip the same segment"
+    );
+    let (plan, _) = run(&ctx, "EXPLAIN SELECT * FROM events").await;
+    assert!(
+        text(&plan).contains("damaged_skipped=1 (500 rows)"),
+        "{}",
+        text(&plan)
+    );
+
+    // Recorded by the store: a new process does not read it again, and still says so.
+    store.compact_major().unwrap();
+    assert_eq!(store.damaged().len(), 1);
+    let ctx = session(&store, IndexUse::On).await.unwrap();
+    let err = ctx
+        .sql("SELECT count(*) FROM events")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("in quarantine/"), "{err}");
+}

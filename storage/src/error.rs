@@ -15,7 +15,7 @@ pub enum StorageError {
     /// compaction, its files in `quarantine/`. A query that needs its rows fails with this.
     #[error(
         "segment {id} ({rows} events, {from} to {to}) is damaged: {reason}; it is kept out of queries \
-         and its files are in quarantine/; put a good copy of {path} back and run `ktrail repair`, \
+         and compactions, its files in quarantine/; put a good copy of {path} back and run `ktrail repair`, \
          or query with `--allow-damaged` (`SET ktrail.allow_damaged = true`) to skip it"
     )]
     Damaged {

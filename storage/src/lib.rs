@@ -243,6 +243,13 @@ impl Store {
         self.inner.scrub()
     }
 
+    /// Records the damage readers of this process found in the manifest and moves those
+    /// segments' files to `quarantine/` (the background thread does it within a tick; a
+    /// store opened without one, after its reads). Returns how many it recorded.
+    pub fn quarantine_damaged(&self) -> Result<usize> {
+        self.inner.quarantine_damaged_now()
+    }
+
     /// The listed segments recorded as damaged.
     pub fn damaged(&self) -> Vec<SegmentMeta> {
         let st = self.inner.state.read();

@@ -144,6 +144,8 @@ impl Inner {
             ),
         };
         let mut replaced = 0;
+        // Damage readers found is recorded first: the plan leaves those segments out.
+        self.quarantine_damaged()?;
         loop {
             let groups = compaction::plan(
                 &self.state.read().segments,
@@ -185,7 +187,12 @@ impl Inner {
             let mut quarantined = Vec::new();
             for from in [&segment.path, &segment.index_path] {
                 let to = recovery::quarantine_destination(&self.dir, from);
-                quarantined.push(to.strip_prefix(&self.dir).expect("in the store").to_string_lossy().into_owned());
+                quarantined.push(
+                    to.strip_prefix(&self.dir)
+                        .expect("in the store")
+                        .to_string_lossy()
+                        .into_owned(),
+                );
                 moves.push((from.clone(), to));
             }
             let meta = manifest

@@ -313,7 +313,10 @@ pub(crate) fn move_durably(from: &Path, to: &Path) -> Result<()> {
 fn finish_quarantines(dir: &Path, manifest: &Manifest) -> Result<()> {
     for s in &manifest.segments {
         let Some(damage) = &s.damaged else { continue };
-        for (rel, to) in [&s.path, &s.index_path].into_iter().zip(&damage.quarantined) {
+        for (rel, to) in [&s.path, &s.index_path]
+            .into_iter()
+            .zip(&damage.quarantined)
+        {
             let (from, to) = (dir.join(rel), dir.join(to));
             if from.exists() && !to.exists() {
                 move_durably(&from, &to)?;

@@ -670,19 +670,44 @@ fn store_with_a_damaged_segment(dir: &Path) -> (Store, SegmentMeta, Vec<u8>) {
 fn compaction_quarantines_a_damaged_segment_and_merges_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let (store, victim, bytes) = store_with_a_damaged_segment(dir.path());
-    assert_eq!(store.compact_major().unwrap(), 2, "the two whole segments merged");
+    assert_eq!(
+        store.compact_major().unwrap(),
+        2,
+        "the two whole segments merged"
+    );
     let manifest = store.manifest();
     assert_eq!(manifest.segments.len(), 2);
-    let listed = manifest.segments.iter().find(|s| s.id == victim.id).unwrap();
+    let listed = manifest
+        .segments
+        .iter()
+        .find(|s| s.id == victim.id)
+        .unwrap();
     let damage = listed.damaged.as_ref().expect("recorded as damaged");
     assert!(damage.reason.contains("SHA-256"), "{}", damage.reason);
-    assert!(!dir.path().join(&victim.path).exists(), "moved out of segments/");
+    assert!(
+        !dir.path().join(&victim.path).exists(),
+        "moved out of segments/"
+    );
     let kept = dir.path().join(&damage.quarantined[0]);
-    assert!(kept.starts_with(dir.path().join(QUARANTINE_DIR)), "{}", kept.display());
-    assert_eq!(fs::read(&kept).unwrap(), bytes, "the damaged bytes are kept as found");
-    assert!(dir.path().join(&damage.quarantined[1]).exists(), "and its index");
+    assert!(
+        kept.starts_with(dir.path().join(QUARANTINE_DIR)),
+        "{}",
+        kept.display()
+    );
+    assert_eq!(
+        fs::read(&kept).unwrap(),
+        bytes,
+        "the damaged bytes are kept as found"
+    );
+    assert!(
+        dir.path().join(&damage.quarantined[1]).exists(),
+        "and its index"
+    );
     let err = store.verify().unwrap_err();
-    assert!(matches!(err, StorageError::Damaged { id, .. } if id == victim.id), "{err}");
+    assert!(
+        matches!(err, StorageError::Damaged { id, .. } if id == victim.id),
+        "{err}"
+    );
     assert!(err.to_string().contains("ktrail repair"), "{err}");
     // Recorded durably: a reopen knows it, without the files it no longer looks for.
     drop(store);
@@ -706,9 +731,16 @@ fn the_scrub_finds_damage_in_a_segment_read_before() {
     assert!(segment.verify_once().is_ok(), "checked once per process");
     let found = store.scrub().unwrap();
     assert_eq!(found.len(), 1, "{found:?}");
-    assert!(found[0].1.contains(&segment.meta.index_path), "{}", found[0].1);
+    assert!(
+        found[0].1.contains(&segment.meta.index_path),
+        "{}",
+        found[0].1
+    );
     assert_eq!(store.damaged().len(), 1);
-    assert!(store.scrub().unwrap().is_empty(), "recorded damage is not found twice");
+    assert!(
+        store.scrub().unwrap().is_empty(),
+        "recorded damage is not found twice"
+    );
     // Events of the damaged hour are still taken (the damaged segment's ids are unknown).
     let out = store.append(batch_of(&[event(2, "ns", "p")])).unwrap();
     assert_eq!(out.accepted, 1);
@@ -755,17 +787,33 @@ fn repair_takes_back_a_damaged_segment_once_a_good_copy_is_back() {
     drop(store);
     let report = repair(dir.path(), opts()).unwrap();
     assert!(report.restored.is_empty());
-    assert_eq!(report.still_damaged, vec![(victim.id, dir.path().canonicalize().unwrap().join(&victim.path))]);
+    assert_eq!(
+        report.still_damaged,
+        vec![(
+            victim.id,
+            dir.path().canonicalize().unwrap().join(&victim.path)
+        )]
+    );
     // A good copy (from a backup) at the listed path; the index too.
-    let damage = Manifest::load(dir.path()).unwrap().unwrap().segments[1].damaged.clone().unwrap();
+    let damage = Manifest::load(dir.path()).unwrap().unwrap().segments[1]
+        .damaged
+        .clone()
+        .unwrap();
     fs::write(dir.path().join(&victim.path), &good).unwrap();
-    fs::copy(dir.path().join(&damage.quarantined[1]), dir.path().join(&victim.index_path)).unwrap();
+    fs::copy(
+        dir.path().join(&damage.quarantined[1]),
+        dir.path().join(&victim.index_path),
+    )
+    .unwrap();
     let report = repair(dir.path(), opts()).unwrap();
     assert_eq!(report.restored, vec![victim.id]);
     let (store, _) = Store::open(dir.path(), opts()).unwrap();
     assert!(store.damaged().is_empty());
     assert_eq!(store.verify().unwrap(), 3);
-    assert!(dir.path().join(&damage.quarantined[0]).exists(), "quarantined files stay");
+    assert!(
+        dir.path().join(&damage.quarantined[0]).exists(),
+        "quarantined files stay"
+    );
 }
 
 #[test]
