@@ -199,11 +199,14 @@ fn print_tuning(t: &Tuning) {
                     "container.image.repository"
                         | "proc.exepath"
                         | "fd.name"
+                        | "fd.sip"
+                        | "fd.sport"
                         | "k8s.ns.name"
                         | "proc.cmdline"
                 )
             })
             .map(|(k, v)| format!("{k}={v}"))
+            .chain((!g.varying.is_empty()).then(|| format!("varying: {}", g.varying.join(","))))
             .collect();
         println!("{:>40}  {}", "", key.join(" "));
     }

@@ -299,10 +299,15 @@ fn tune_proposes_narrow_exceptions_proven_by_replay() {
     // Every noisy pattern has a suggestion, the narrowest combination that covers it.
     assert_eq!(suggestions.len(), 4, "{report:#}");
     let k8s = by_rule("Contact K8S API Server From Container");
-    // fd.name is a socket tuple with an ephemeral port: not part of it.
+    // fd.name is a socket tuple with an ephemeral port: its server side is what is excepted.
     assert_eq!(
         k8s["exception"]["fields"],
-        json!(["container.image.repository", "proc.exepath"])
+        json!([
+            "container.image.repository",
+            "proc.exepath",
+            "fd.sip",
+            "fd.sport"
+        ])
     );
     assert_eq!(
         k8s["via"],
@@ -359,7 +364,7 @@ fn tune_proposes_narrow_exceptions_proven_by_replay() {
     let cond = &merged.macros["user_known_contact_k8s_api_server_activities"].condition;
     assert!(
         cond.starts_with(&original.macros["user_known_contact_k8s_api_server_activities"].condition)
-            && cond.contains("or (container.image.repository = \"quay.io/prometheus/prometheus\" and proc.exepath = \"/bin/prometheus\")"),
+            && cond.contains("or (container.image.repository = \"quay.io/prometheus/prometheus\" and proc.exepath = \"/bin/prometheus\" and fd.sip = \"10.96.0.1\" and fd.sport = \"443\")"),
         "{cond}"
     );
     let clear = merged.rule("Clear Log Activities").unwrap();
@@ -376,7 +381,9 @@ fn tune_proposes_narrow_exceptions_proven_by_replay() {
     assert_eq!(read.len(), 4);
     let mut suppressed = 0;
     for a in &alerts {
-        let f = falco::eval::fields_of(&a["output_fields"]);
+        // Falco evaluates exceptions on the event, where the socket's parts are fields.
+        let mut f = falco::eval::fields_of(&a["output_fields"]);
+        falco::tune::add_socket_fields(&mut f);
         let hit = read
             .iter()
             .any(|x| x.rule == a["rule"] && falco::eval::excepts(&x.exception, &f));
@@ -452,6 +459,7 @@ fn check_exceptions_reports_new_contexts_and_expiry() {
             ("container.image.tag", "v2.53.0"),
             ("proc.exepath", "/bin/prometheus"),
             ("k8s.ns.name", "monitoring"),
+            ("fd.name", "10.42.9.4:51234->10.96.0.1:443"),
         ],
         None,
     );
@@ -484,7 +492,7 @@ fn check_exceptions_reports_new_contexts_and_expiry() {
     );
     assert_eq!(o.status.code(), Some(3), "{}", stdout(&o));
     let out = stdout(&o);
-    assert!(out.contains("NEW node Contact K8S API Server From Container / ktrail_repository_exepath_1: worker-9 (1 alert(s)"), "{out}");
+    assert!(out.contains("NEW node Contact K8S API Server From Container / ktrail_repository_exepath_sip_sport_1: worker-9 (1 alert(s)"), "{out}");
     assert!(
         out.contains("EXPIRED ") && out.contains("expired 2026-01-01"),
         "{out}"

@@ -300,6 +300,8 @@ pub enum Finding {
 /// Checks each exception `render` wrote against `alerts` (stored ones, replayed): expired on
 /// `today` (`YYYY-MM-DD`), or hiding alerts from where it was not proposed.
 pub fn check(exceptions: &[ReadBack], alerts: &[crate::tune::Alert], today: &str) -> Vec<Finding> {
+    // Falco evaluates the exception on the event, where a socket's parts are fields too.
+    let alerts = &crate::tune::with_socket_fields(alerts);
     let mut findings = Vec::new();
     for x in exceptions {
         if x.expires.as_str() < today {
