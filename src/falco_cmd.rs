@@ -213,7 +213,13 @@ fn print_tuning(t: &Tuning) {
     println!();
     println!("SUGGESTIONS");
     for s in &t.suggestions {
-        let values: Vec<String> = s.exception.values[0].iter().map(|v| v.join(",")).collect();
+        // One tuple per pattern the exception covers.
+        let values: Vec<Vec<String>> = s
+            .exception
+            .values
+            .iter()
+            .map(|tuple| tuple.iter().map(|v| v.join(",")).collect())
+            .collect();
         let comps: Vec<&str> = s.exception.comps.iter().map(|c| c.as_str()).collect();
         println!(
             "  {} [{}]: {} {:?} {:?} {:?} suppresses {}{}",
@@ -231,6 +237,25 @@ fn print_tuning(t: &Tuning) {
     }
     for d in &t.dropped {
         println!("  dropped: {} ({} alerts): {}", d.rule, d.count, d.reason);
+    }
+    println!();
+    println!("COVERAGE");
+    for c in &t.coverage {
+        println!(
+            "  {:>5.1}% of {} alert(s): {}",
+            c.share * 100.0,
+            c.alerts,
+            c.rule
+        );
+        for u in &c.uncovered {
+            let key: Vec<String> = u.key.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!(
+                "         {} uncovered: {} [{}]",
+                u.alerts,
+                u.reason,
+                crate::commands::one_line(&key.join(" "))
+            );
+        }
     }
     println!();
     println!(

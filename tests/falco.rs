@@ -409,6 +409,17 @@ fn tune_proposes_narrow_exceptions_proven_by_replay() {
         "{text}"
     );
     assert!(text.contains("true positives: 2, suppressed: 0"), "{text}");
+    let coverage = text.split("COVERAGE\n").nth(1).expect("a coverage section");
+    assert!(
+        coverage
+            .lines()
+            .next()
+            .is_some_and(|l| l.contains("of 216 alert(s): Contact K8S API Server From Container")),
+        "{text}"
+    );
+    let api = &report["coverage"][0];
+    assert_eq!(api["rule"], "Contact K8S API Server From Container");
+    assert_eq!(api["suppressed"], 216);
 }
 
 #[test]

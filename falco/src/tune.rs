@@ -406,9 +406,73 @@ pub struct Dropped {
     pub reason: String,
 }
 
+/// How much of one rule's alerts the suggestions cover, and what they leave.
+#[derive(Clone, Debug, Serialize)]
+pub struct RuleCoverage {
+    pub rule: String,
+    pub alerts: usize,
+    pub suppressed: usize,
+    /// `suppressed` over `alerts` (0..1).
+    pub share: f64,
+    /// The largest groups with alerts no suggestion covers, largest first (at most 3).
+    pub uncovered: Vec<Uncovered>,
+}
+
+/// A group with alerts no suggestion covers, and why none does.
+#[derive(Clone, Debug, Serialize)]
+pub struct Uncovered {
+    pub key: BTreeMap<String, String>,
+    pub alerts: usize,
+    pub reason: String,
+}
+
+/// Per rule (noisiest first), the share of its alerts the replay suppressed and its largest
+/// uncovered groups with the reason.
+fn coverage(groups: &[Group], dropped: &[Dropped], hidden: &[bool]) -> Vec<RuleCoverage> {
+    let mut out: Vec<RuleCoverage> = Vec::new();
+    for g in groups {
+        if out.last().is_none_or(|c| c.rule != g.rule) {
+            out.push(RuleCoverage {
+                rule: g.rule.clone(),
+                alerts: 0,
+                suppressed: 0,
+                share: 0.0,
+                uncovered: Vec::new(),
+            });
+        }
+        let c = out.last_mut().expect("pushed");
+        let covered = g.members.iter().filter(|&&i| hidden[i]).count();
+        c.alerts += g.count;
+        c.suppressed += covered;
+        if covered < g.count {
+            let reason = match dropped.iter().find(|d| d.rule == g.rule && d.key == g.key) {
+                Some(d) => d.reason.clone(),
+                None if !g.recurring => format!(
+                    "does not recur: {} alert(s) in {} hour(s) on {} host(s)",
+                    g.count, g.hours, g.hosts
+                ),
+                None => "partly covered: the suggestion's values miss some of its alerts".into(),
+            };
+            c.uncovered.push(Uncovered {
+                key: g.key.clone(),
+                alerts: g.count - covered,
+                reason,
+            });
+        }
+    }
+    for c in &mut out {
+        c.share = c.suppressed as f64 / c.alerts.max(1) as f64;
+        c.uncovered.sort_by(|a, b| b.alerts.cmp(&a.alerts));
+        c.uncovered.truncate(3);
+    }
+    out
+}
+
 /// The whole answer.
 #[derive(Clone, Debug, Serialize)]
 pub struct Tuning {
+    /// Per rule: what the suggestions cover and the largest groups they leave.
+    pub coverage: Vec<RuleCoverage>,
     pub total_alerts: usize,
     pub groups: Vec<Group>,
     pub suggestions: Vec<Suggestion>,
@@ -526,13 +590,22 @@ pub fn tune(ruleset: &Ruleset, alerts: &[Alert], opts: &Options) -> Tuning {
                     .collect(),
             ),
         };
-        // Two groups can land on the same exception (normalisation kept them apart).
+        // Two groups can land on the same exception (normalisation kept them apart), or on
+        // the same fields with other values (a log directory that moved with an upgrade):
+        // one exception, the new values an added tuple.
         if let Some(s) = suggestions.iter_mut().find(|s| {
             s.rule == g.rule
                 && s.exception.fields == exception.fields
                 && s.exception.comps == exception.comps
-                && s.exception.values == exception.values
         }) {
+            for tuple in exception.values {
+                if !s.exception.values.contains(&tuple) {
+                    s.exception.values.push(tuple);
+                }
+            }
+            if s.narrowed.is_none() {
+                s.narrowed = narrowed;
+            }
             let e = &mut s.evidence;
             e.count += evidence.count;
             e.first_seen_ns = e.first_seen_ns.min(evidence.first_seen_ns);
@@ -560,20 +633,22 @@ pub fn tune(ruleset: &Ruleset, alerts: &[Alert], opts: &Options) -> Tuning {
     // Replay: every alert through every suggestion of its rule.
     let mut suppressed_total = 0;
     let mut tp_suppressed = 0;
-    for a in alerts {
-        let mut any = false;
+    let mut hidden = vec![false; alerts.len()];
+    for (i, a) in alerts.iter().enumerate() {
         for s in suggestions.iter_mut().filter(|s| s.rule == a.rule) {
             if excepts(&s.exception, &a.fields) {
                 s.suppressed += 1;
-                any = true;
+                hidden[i] = true;
             }
         }
-        if any {
+        if hidden[i] {
             suppressed_total += 1;
             tp_suppressed += usize::from(a.true_positive);
         }
     }
+    let coverage = coverage(&groups, &dropped, &hidden);
     Tuning {
+        coverage,
         total_alerts: alerts.len(),
         reduction: suppressed_total as f64 / alerts.len().max(1) as f64,
         true_positives: alerts.iter().filter(|a| a.true_positive).count(),
@@ -622,10 +697,22 @@ fn constant_values(fields: &[&str], members: &[&Alert]) -> Option<Columns> {
                 }
                 (Op::Eq, v.to_string())
             }
-            _ if PATH_FIELDS.contains(f) => {
-                let prefix = common_directory(&vals)?;
-                (Op::Startswith, prefix)
-            }
+            _ if PATH_FIELDS.contains(f) => match directories(&vals) {
+                Some(dirs) if dirs.len() == 1 => (Op::Startswith, dirs[0].clone()),
+                // A few directories (the log directory before and after an upgrade): each
+                // one, not their common parent.
+                Some(dirs) => {
+                    fs.push(f.to_string());
+                    comps.push(Op::Pmatch);
+                    values.push(
+                        dirs.iter()
+                            .map(|d| d.trim_end_matches('/').to_string())
+                            .collect(),
+                    );
+                    continue;
+                }
+                None => (Op::Startswith, common_directory(&vals)?),
+            },
             // The pods of one workload: `web-7d9f8b6c5-x7k2p`, `web-7d9f8b6c5-b5m2x` → `web-`.
             _ if *f == "k8s.pod.name" => {
                 let bases: BTreeSet<String> = vals.iter().map(|v| pod_base(v)).collect();
@@ -642,6 +729,29 @@ fn constant_values(fields: &[&str], members: &[&Alert]) -> Option<Columns> {
         values.push(vec![value]);
     }
     Some((fs, comps, values))
+}
+
+/// At most this many directories make a `pmatch` list; more take their common directory.
+const MAX_DIRECTORIES: usize = 3;
+
+/// The directories (ending in `/`, each at least two levels deep) that hold `paths`, those
+/// inside another one left out; `None` when there are more than [`MAX_DIRECTORIES`] or a
+/// path is not deep enough.
+fn directories(paths: &BTreeSet<&str>) -> Option<Vec<String>> {
+    let mut dirs: BTreeSet<&str> = BTreeSet::new();
+    for p in paths {
+        let dir = &p[..p.rfind('/')? + 1];
+        if !dir.starts_with('/') || dir.matches('/').count() < 3 {
+            return None;
+        }
+        dirs.insert(dir);
+    }
+    let outer: Vec<String> = dirs
+        .iter()
+        .filter(|d| !dirs.iter().any(|o| o != *d && d.starts_with(o)))
+        .map(|d| d.to_string())
+        .collect();
+    (outer.len() <= MAX_DIRECTORIES).then_some(outer)
 }
 
 /// The longest common directory (ending in `/`) of absolute paths, at least two levels
@@ -923,5 +1033,56 @@ mod tests {
             );
         }
         assert!(!g.varying.iter().any(|v| v == "fd.sip"), "{:?}", g.varying);
+    }
+
+    /// A log rotator whose directory changed with an upgrade: one exception naming both
+    /// directories, not a second exception or their common parent.
+    #[test]
+    fn a_directory_that_moved_with_an_upgrade_is_an_added_value() {
+        let alerts: Vec<Alert> = (0..24)
+            .map(|h| {
+                let mut a = alert("Shell", h, false);
+                let dir = if h < 12 {
+                    "/var/log/app-1.4"
+                } else {
+                    "/var/log/app-1.5"
+                };
+                a.fields
+                    .insert("fd.name".into(), format!("{dir}/app-{h:04}.log"));
+                a
+            })
+            .collect();
+        let t = tune(&ruleset(), &alerts, &opts());
+        assert_eq!(t.suggestions.len(), 1, "{:?}", t.suggestions);
+        let e = &t.suggestions[0].exception;
+        assert_eq!(
+            e.fields,
+            ["container.image.repository", "proc.exepath", "fd.name"]
+        );
+        assert_eq!(e.comps, [Op::Eq, Op::Eq, Op::Pmatch]);
+        assert_eq!(e.values[0][2], ["/var/log/app-1.4", "/var/log/app-1.5"]);
+        assert_eq!(t.suppressed_total, 24);
+        let c = &t.coverage[0];
+        assert_eq!((c.alerts, c.suppressed, c.share), (24, 24, 1.0));
+        assert!(c.uncovered.is_empty());
+    }
+
+    #[test]
+    fn coverage_names_what_is_left_and_why() {
+        let mut alerts: Vec<Alert> = (0..12).map(|h| alert("Shell", h, false)).collect();
+        let mut odd = alert("Shell", 3, false);
+        odd.fields
+            .insert("proc.exepath".into(), "/usr/bin/zsh".into());
+        alerts.push(odd);
+        let t = tune(&ruleset(), &alerts, &opts());
+        let c = &t.coverage[0];
+        assert_eq!((c.alerts, c.suppressed), (13, 12));
+        assert_eq!(c.uncovered.len(), 1);
+        assert_eq!(c.uncovered[0].alerts, 1);
+        assert!(
+            c.uncovered[0].reason.starts_with("does not recur"),
+            "{:?}",
+            c.uncovered
+        );
     }
 }
