@@ -1085,4 +1085,212 @@ mod tests {
             c.uncovered
         );
     }
+
+    fn noise(rule: &str, ts: i64, host: &str, fields: &[(&str, String)]) -> Alert {
+        Alert {
+            ts,
+            rule: rule.into(),
+            host: host.into(),
+            output: String::new(),
+            fields: fields
+                .iter()
+                .map(|(f, v)| (f.to_string(), v.clone()))
+                .collect(),
+            true_positive: false,
+        }
+    }
+
+    /// A week of an 8-node cluster's noise, four patterns, each suggested once, covered, and
+    /// the same exceptions read back from the overrides file as the JSON has.
+    #[test]
+    fn a_week_of_four_noise_patterns_gets_one_suggestion_each() {
+        const H: i64 = 3_600_000_000_000;
+        const MIN: i64 = 60_000_000_000;
+        let mut alerts = Vec::new();
+        for node in 0..8usize {
+            for hour in 0..7 * 24usize {
+                let t = hour as i64 * H;
+                let host = format!("node-{node}");
+                // A controller whose pods restart every two hours (new IP, name and id).
+                let life = node * 1000 + hour / 2;
+                alerts.push(noise(
+                    "Contact K8S API Server From Container",
+                    t + 7 * MIN,
+                    &host,
+                    &[
+                        (
+                            "fd.name",
+                            format!(
+                                "10.42.{node}.{}:{}->10.43.0.1:443",
+                                life % 250,
+                                40000 + hour
+                            ),
+                        ),
+                        (
+                            "container.image.repository",
+                            "ghcr.io/acme/controller".into(),
+                        ),
+                        ("container.id", format!("{:012x}", life * 7919)),
+                        ("proc.exepath", "/manager".into()),
+                        ("k8s.ns.name", "acme-system".into()),
+                        (
+                            "k8s.pod.name",
+                            format!(
+                                "controller-7d9f8b6c5-{}",
+                                ["bx2kq", "z4mnp", "t8wvc"][life % 3]
+                            ),
+                        ),
+                    ],
+                ));
+                // A node agent's packet socket, every hour on every node.
+                alerts.push(noise(
+                    "Packet socket created in container",
+                    t + 13 * MIN,
+                    &host,
+                    &[
+                        (
+                            "container.image.repository",
+                            "ghcr.io/acme/node-agent".into(),
+                        ),
+                        ("proc.exepath", "/usr/bin/node-agent".into()),
+                        ("proc.pid", format!("{}", 4000 + hour)),
+                        ("k8s.ns.name", "kube-system".into()),
+                        (
+                            "k8s.pod.name",
+                            format!(
+                                "node-agent-{}",
+                                [
+                                    "q2w4x", "p9rtz", "m5kxs", "c7vbn", "h2jkl", "d4fgh", "s8tzr",
+                                    "w2xcv"
+                                ][node]
+                            ),
+                        ),
+                    ],
+                ));
+            }
+        }
+        for hour in 0..7 * 24usize {
+            let t = hour as i64 * H;
+            // Postgres's archive_command: a shell every 10 minutes, a WAL segment in its line.
+            for k in 0..6usize {
+                let wal = format!(
+                    "00000001000000{:02X}000000{:02X}",
+                    hour / 40,
+                    (hour * 6 + k) % 256
+                );
+                alerts.push(noise(
+                    "Run shell untrusted",
+                    t + (k as i64) * 10 * MIN,
+                    "node-3",
+                    &[
+                        (
+                            "container.image.repository",
+                            "docker.io/library/postgres".into(),
+                        ),
+                        ("proc.exepath", "/usr/bin/dash".into()),
+                        ("proc.name", "sh".into()),
+                        ("proc.pname", "postgres".into()),
+                        (
+                            "proc.cmdline",
+                            format!(
+                                "sh -c test ! -f /archive/{wal} && cp pg_wal/{wal} /archive/{wal}"
+                            ),
+                        ),
+                        ("k8s.ns.name", "db".into()),
+                        ("k8s.pod.name", "postgres-0".into()),
+                    ],
+                ));
+            }
+            // logrotate truncating the app's logs; the directory changed with an upgrade.
+            let dir = if hour < 60 {
+                "/var/log/shop-1.4"
+            } else {
+                "/var/log/shop-1.5"
+            };
+            alerts.push(noise(
+                "Clear Log Activities",
+                t + 30 * MIN,
+                "node-5",
+                &[
+                    (
+                        "container.image.repository",
+                        "docker.io/acme/logrotate".into(),
+                    ),
+                    ("proc.exepath", "/usr/sbin/logrotate".into()),
+                    ("fd.name", format!("{dir}/access.log.{}", hour % 7 + 1)),
+                    ("k8s.ns.name", "shop".into()),
+                ],
+            ));
+        }
+        let noise_count = alerts.len();
+        // True positives: a curl to the API server and a shell in a web pod.
+        let mut curl = alerts[0].clone();
+        curl.fields.insert(
+            "container.image.repository".into(),
+            "docker.io/library/alpine".into(),
+        );
+        curl.fields
+            .insert("proc.exepath".into(), "/usr/bin/curl".into());
+        curl.true_positive = true;
+        let mut shell = alerts
+            .iter()
+            .find(|a| a.rule == "Run shell untrusted")
+            .unwrap()
+            .clone();
+        shell.fields.insert(
+            "container.image.repository".into(),
+            "docker.io/library/nginx".into(),
+        );
+        shell.fields.insert("proc.cmdline".into(), "sh -i".into());
+        shell.true_positive = true;
+        alerts.extend([curl, shell]);
+
+        let t = tune(&api_server_rule(), &alerts, &opts());
+        assert_eq!(t.true_positives_suppressed, 0);
+        let rules: BTreeSet<&str> = alerts.iter().map(|a| a.rule.as_str()).collect();
+        assert_eq!(t.suggestions.len(), rules.len(), "{:#?}", t.suggestions);
+        for rule in rules {
+            let of_rule = alerts
+                .iter()
+                .filter(|a| a.rule == rule && !a.true_positive)
+                .count();
+            let s = t.suggestions.iter().find(|s| s.rule == rule).unwrap();
+            assert!(
+                s.suppressed as f64 >= 0.95 * of_rule as f64,
+                "{rule}: {} of {of_rule}: {:?}",
+                s.suppressed,
+                s.exception
+            );
+            assert!(s.exception.fields.len() >= 2, "{rule}: {:?}", s.exception);
+        }
+        assert_eq!(t.suppressed_total, noise_count);
+        let logs = t
+            .suggestions
+            .iter()
+            .find(|s| s.rule == "Clear Log Activities")
+            .unwrap();
+        assert_eq!(
+            logs.exception.values[0][2],
+            ["/var/log/shop-1.4", "/var/log/shop-1.5"]
+        );
+
+        // The overrides file holds the same exceptions as the JSON, and replaying them gives
+        // the same counts.
+        let text = crate::overrides::render(&t, "2026-12-07");
+        let read = crate::overrides::read_back(&text).unwrap();
+        assert_eq!(read.len(), t.suggestions.len());
+        for (s, r) in t.suggestions.iter().zip(&read) {
+            let json = |e: &Exception| {
+                let mut v = serde_json::to_value(e).unwrap();
+                v.as_object_mut().unwrap().remove("name");
+                v
+            };
+            assert_eq!(json(&s.exception), json(&r.exception), "{}", s.rule);
+            let replayed = with_socket_fields(&alerts)
+                .iter()
+                .filter(|a| a.rule == r.rule && excepts(&r.exception, &a.fields))
+                .count();
+            assert_eq!(replayed, s.suppressed, "{}", s.rule);
+        }
+    }
 }
