@@ -279,8 +279,14 @@ fn check_exceptions(
     let exceptions = falco::overrides::read_back(&text)
         .map_err(|e| CliError::Other(format!("{}: {e}", rules.display())))?;
     let today = chrono::Utc::now().date_naive().to_string();
-    let alerts = stored_alerts(data, from, to)?;
-    let findings = falco::overrides::check(&exceptions, &alerts, &today);
+    let labels = falco_labels::load(data)?;
+    let (rt, _store, ctx) = store_session(data)?;
+    let (alerts, processes) = rt.block_on(async {
+        let alerts = recorded::stored_alerts(&ctx, from, to, &labels).await?;
+        let processes = recorded::stored_processes(&ctx, from, to).await?;
+        Ok::<_, falco::FalcoError>((alerts, processes))
+    })?;
+    let findings = falco::overrides::check(&exceptions, &alerts, &processes, &today);
     for f in &findings {
         match f {
             Finding::Expired {
@@ -296,8 +302,14 @@ fn check_exceptions(
                 exception,
                 value,
                 alerts,
+                processes,
             } => println!(
-                "NEW {what} {rule} / {exception}: {value} ({alerts} alert(s) the exception would hide)"
+                "NEW {what} {rule} / {exception}: {value} ({alerts} alert(s) the exception would hide{})",
+                if *processes > 0 {
+                    format!(", {processes} process execution(s) it matches")
+                } else {
+                    String::new()
+                }
             ),
         }
     }

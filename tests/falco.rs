@@ -474,8 +474,19 @@ fn check_exceptions_reports_new_contexts_and_expiry() {
         ],
         None,
     );
+    // And Tetragon saw the CI runner's bash in a namespace it was never excepted for: with the
+    // exception loaded, Falco would not alert on it, so only the process events tell.
+    let exec = json!({"process_exec": {"process": {
+        "exec_id": "d29ya2VyLTc6OTAwMDo3NzAx", "pid": 7701, "uid": 0, "cwd": "/",
+        "binary": "/bin/bash", "arguments": "-l", "flags": "execve clone",
+        "start_time": "2026-11-26T12:00:00.000000000Z",
+        "pod": {"namespace": "prod", "name": "runner-0", "container": {
+            "id": "containerd://77aa", "name": "runner",
+            "image": {"id": "ghcr.io/example/ci-runner@sha256:aa", "name": "ghcr.io/example/ci-runner:2024.11"}}}},
+        "parent": {"exec_id": "d29ya2VyLTc6MTAwOjc3MDA=", "pid": 7700, "binary": "/usr/bin/containerd-shim-runc-v2"}},
+        "node_name": "worker-7", "time": "2026-11-26T12:00:00.000000000Z"});
     let file = dir.path().join("late.jsonl");
-    std::fs::write(&file, format!("{late}\n")).unwrap();
+    std::fs::write(&file, format!("{late}\n{exec}\n")).unwrap();
     assert!(
         ktrail(&data, &["ingest", file.to_str().unwrap()])
             .status
@@ -506,6 +517,16 @@ fn check_exceptions_reports_new_contexts_and_expiry() {
     assert!(out.contains("NEW node Contact K8S API Server From Container / ktrail_repository_exepath_sip_sport_1: worker-9 (1 alert(s)"), "{out}");
     assert!(
         out.contains("EXPIRED ") && out.contains("expired 2026-01-01"),
+        "{out}"
+    );
+    let shell = out
+        .lines()
+        .find(|l| l.starts_with("NEW namespace Terminal shell in container / "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        shell.ends_with(
+            ": prod (0 alert(s) the exception would hide, 1 process execution(s) it matches)"
+        ),
         "{out}"
     );
 }

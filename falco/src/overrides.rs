@@ -294,12 +294,21 @@ pub enum Finding {
         exception: String,
         value: String,
         alerts: usize,
+        /// Stored process executions the exception's fields match there (Falco, with the
+        /// exception loaded, no longer alerts on them).
+        processes: usize,
     },
 }
 
-/// Checks each exception `render` wrote against `alerts` (stored ones, replayed): expired on
-/// `today` (`YYYY-MM-DD`), or hiding alerts from where it was not proposed.
-pub fn check(exceptions: &[ReadBack], alerts: &[crate::tune::Alert], today: &str) -> Vec<Finding> {
+/// Checks each exception `render` wrote against `alerts` (stored ones, replayed) and
+/// `processes` (stored executions; for exceptions on process and container fields only):
+/// expired on `today` (`YYYY-MM-DD`), or matching from where it was not proposed.
+pub fn check(
+    exceptions: &[ReadBack],
+    alerts: &[crate::tune::Alert],
+    processes: &[crate::recorded::Process],
+    today: &str,
+) -> Vec<Finding> {
     // Falco evaluates the exception on the event, where a socket's parts are fields too.
     let alerts = &crate::tune::with_socket_fields(alerts);
     let mut findings = Vec::new();
@@ -311,33 +320,49 @@ pub fn check(exceptions: &[ReadBack], alerts: &[crate::tune::Alert], today: &str
                 expires: x.expires.clone(),
             });
         }
-        let mut seen: std::collections::BTreeMap<(&'static str, String), usize> =
+        // (what, value) → (alerts, processes)
+        let mut seen: std::collections::BTreeMap<(&'static str, String), (usize, usize)> =
             Default::default();
-        for a in alerts.iter().filter(|a| a.rule == x.rule) {
-            if !crate::eval::excepts(&x.exception, &a.fields) {
-                continue;
-            }
-            let image = crate::tune::image_of(&a.fields);
+        let mut count = |fields: &crate::eval::Fields, host: &str, process: bool| {
+            let mut add = |what: &'static str, value: String| {
+                let n = seen.entry((what, value)).or_default();
+                *if process { &mut n.1 } else { &mut n.0 } += 1;
+            };
+            let image = crate::tune::image_of(fields);
             if !image.is_empty() && !x.images.is_empty() && !x.images.contains(&image) {
-                *seen.entry(("image", image)).or_default() += 1;
+                add("image", image);
             }
-            if let Some(ns) = a.fields.get("k8s.ns.name")
+            if let Some(ns) = fields.get("k8s.ns.name")
                 && !x.namespaces.is_empty()
                 && !x.namespaces.contains(ns)
             {
-                *seen.entry(("namespace", ns.clone())).or_default() += 1;
+                add("namespace", ns.clone());
             }
-            if !x.hosts.is_empty() && !x.hosts.contains(&a.host) {
-                *seen.entry(("node", a.host.clone())).or_default() += 1;
+            if !host.is_empty() && !x.hosts.is_empty() && !x.hosts.iter().any(|h| h == host) {
+                add("node", host.to_string());
+            }
+        };
+        for a in alerts.iter().filter(|a| a.rule == x.rule) {
+            if crate::eval::excepts(&x.exception, &a.fields) {
+                count(&a.fields, &a.host, false);
             }
         }
-        for ((what, value), alerts) in seen {
+        // Only where the execution carries every field the exception tests.
+        for p in processes {
+            if x.exception.fields.iter().all(|f| p.fields.contains_key(f))
+                && crate::eval::excepts(&x.exception, &p.fields)
+            {
+                count(&p.fields, &p.host, true);
+            }
+        }
+        for ((what, value), (alerts, processes)) in seen {
             findings.push(Finding::New {
                 what,
                 rule: x.rule.clone(),
                 exception: x.exception.name.clone(),
                 value,
                 alerts,
+                processes,
             });
         }
     }
