@@ -256,8 +256,10 @@ const VOLATILE_MAX_LIFETIME: f64 = 0.25;
 /// Per rule, the fields that behave as volatile in `alerts` (see the constants): a pod IP of
 /// a pod that restarts, the pod names of a ReplicaSet, a WAL segment in a command line.
 fn varying_fields(alerts: &[Alert]) -> BTreeMap<String, BTreeSet<String>> {
-    // rule → field → value → (first, last)
-    let mut seen: BTreeMap<&str, BTreeMap<&str, BTreeMap<&str, (i64, i64)>>> = BTreeMap::new();
+    // value → (first, last) seen
+    type Lifetimes<'a> = BTreeMap<&'a str, (i64, i64)>;
+    // rule → field → its values' lifetimes
+    let mut seen: BTreeMap<&str, BTreeMap<&str, Lifetimes>> = BTreeMap::new();
     for a in alerts {
         let fields = seen.entry(a.rule.as_str()).or_default();
         for (f, v) in &a.fields {
@@ -462,7 +464,7 @@ fn coverage(groups: &[Group], dropped: &[Dropped], hidden: &[bool]) -> Vec<RuleC
     }
     for c in &mut out {
         c.share = c.suppressed as f64 / c.alerts.max(1) as f64;
-        c.uncovered.sort_by(|a, b| b.alerts.cmp(&a.alerts));
+        c.uncovered.sort_by_key(|u| std::cmp::Reverse(u.alerts));
         c.uncovered.truncate(3);
     }
     out
