@@ -63,6 +63,16 @@ pub enum FalcoAction {
         #[arg(long, default_value = "")]
         note: String,
     },
+    /// The repeated-alert digest: per group of a rule's alerts that differ only in what
+    /// varies, its count, first and last time, hosts and a sample (the `falco_alert_groups`
+    /// table); the alerts themselves stay in `falco_alerts`.
+    Groups {
+        /// Only this rule's groups.
+        #[arg(long)]
+        rule: Option<String>,
+        #[arg(long, value_enum, default_value_t = TuneFormat::Text)]
+        format: TuneFormat,
+    },
     /// Checks an overrides file `tune` wrote: exceptions past their expiry, and excepted
     /// tuples now seen (in alerts or process events) with an image, namespace or node they
     /// were not seen with when proposed. Exit 3 when anything is reported.
@@ -90,6 +100,21 @@ fn parse_field(s: &str) -> Result<(String, String), String> {
 
 pub fn run(data: &PathBuf, action: FalcoAction) -> Result<ExitCode, CliError> {
     match action {
+        FalcoAction::Groups { rule, format } => {
+            let alerts = stored_alerts(data, None, None)?;
+            let groups: Vec<_> = falco::digest::digest(&alerts, &Options::default())
+                .into_iter()
+                .filter(|g| rule.as_ref().is_none_or(|r| *r == g.rule))
+                .collect();
+            match format {
+                TuneFormat::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&groups).expect("the digest serialises")
+                ),
+                TuneFormat::Text => print_groups(&groups),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         FalcoAction::Tune {
             rules,
             from,
@@ -266,6 +291,35 @@ fn print_tuning(t: &Tuning) {
         t.true_positives,
         t.true_positives_suppressed
     );
+}
+
+fn print_groups(groups: &[falco::digest::AlertGroup]) {
+    let time = |ns: i64| {
+        chrono::DateTime::from_timestamp_nanos(ns)
+            .format("%Y-%m-%d %H:%M")
+            .to_string()
+    };
+    println!(
+        "{:>7} {:>6}  {:<16}  {:<16}  {:>5}  rule",
+        "alerts", "share", "first", "last", "hosts"
+    );
+    for g in groups {
+        println!(
+            "{:>7} {:>5.1}%  {:<16}  {:<16}  {:>5}  {}{}",
+            g.count,
+            g.share_of_rule * 100.0,
+            time(g.first_ns),
+            time(g.last_ns),
+            g.hosts.len(),
+            g.rule,
+            if g.recurring { "" } else { " (not recurring)" }
+        );
+        let sample: String = g.sample.chars().take(160).collect();
+        println!("{:>7}  sample: {}", "", crate::commands::one_line(&sample));
+        if !g.varying.is_empty() {
+            println!("{:>7}  varying: {}", "", g.varying.join(", "));
+        }
+    }
 }
 
 fn check_exceptions(

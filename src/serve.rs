@@ -104,11 +104,11 @@ pub async fn run(store: Store, data: PathBuf, options: ServeOptions) -> Result<(
     // One session for the query listeners (Flight SQL, Postgres): each query derives its own
     // limited state from it.
     let remote = if options.grpc.is_some() || options.pg.is_some() {
-        Some(
-            query::session(&store, query::IndexUse::On)
-                .await
-                .map_err(|e| e.to_string())?,
-        )
+        let ctx = query::session(&store, query::IndexUse::On)
+            .await
+            .map_err(|e| e.to_string())?;
+        crate::session::register_analyses(&ctx).map_err(|e| e.to_string())?;
+        Some(ctx)
     } else {
         None
     };

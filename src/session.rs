@@ -79,6 +79,7 @@ pub async fn local_session(
         IndexUse::On
     };
     let ctx = query::session(store, index).await?;
+    register_analyses(&ctx)?;
     let ctx = query::limits::limited_context(&ctx, limits)?;
     if allow_damaged {
         ctx.state_ref()
@@ -88,6 +89,16 @@ pub async fn local_session(
             .set(query::ALLOW_DAMAGED, "true")?;
     }
     Ok(ctx)
+}
+
+/// Registers the tables the analyses compute over the store (`falco_alert_groups`) in a
+/// session `query::session` made.
+pub fn register_analyses(ctx: &SessionContext) -> Result<(), CliError> {
+    ctx.register_table(
+        falco::digest::TABLE,
+        std::sync::Arc::new(falco::digest::AlertGroupsTable),
+    )?;
+    Ok(())
 }
 
 /// A local query session over the store at `data` (what `policy` and `falco` query through) (keep the store alive while it is used).

@@ -530,3 +530,51 @@ fn check_exceptions_reports_new_contexts_and_expiry() {
         "{out}"
     );
 }
+
+#[test]
+fn groups_digest_repeated_alerts_as_a_command_and_a_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, alerts) = store_with_history(dir.path());
+    let o = ktrail(&data, &["falco", "groups", "--format", "json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let groups: Vec<Value> = serde_json::from_str(&stdout(&o)).unwrap();
+    let total: u64 = groups.iter().map(|g| g["count"].as_u64().unwrap()).sum();
+    assert_eq!(total as usize, alerts.len(), "every alert in one group");
+    let api = &groups[0];
+    assert_eq!(api["rule"], "Contact K8S API Server From Container");
+    assert_eq!(api["count"], 216);
+    assert_eq!(api["recurring"], true);
+    assert!(
+        api["sample"].as_str().unwrap().contains("->10.96.0.1:443"),
+        "{api}"
+    );
+
+    let o = ktrail(
+        &data,
+        &["falco", "groups", "--rule", "Terminal shell in container"],
+    );
+    let text = stdout(&o);
+    assert!(
+        text.lines()
+            .skip(1)
+            .filter(|l| !l.trim_start().starts_with("sample:")
+                && !l.trim_start().starts_with("varying:"))
+            .all(|l| l.ends_with("Terminal shell in container") || l.ends_with("(not recurring)")),
+        "{text}"
+    );
+
+    let rows = ktrail_sql_csv(
+        &data,
+        "SELECT rule, alerts, recurring FROM falco_alert_groups ORDER BY alerts DESC, rule LIMIT 1",
+    );
+    assert_eq!(
+        rows,
+        "rule,alerts,recurring\nContact K8S API Server From Container,216,true\n"
+    );
+}
+
+fn ktrail_sql_csv(data: &Path, sql: &str) -> String {
+    let o = ktrail(data, &["sql", "--format", "csv", sql]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    stdout(&o)
+}

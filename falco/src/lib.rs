@@ -2,11 +2,13 @@
 //! overrides in load order) and [`condition`] parses their conditions; [`eval`] evaluates
 //! comparisons and exceptions on an alert's fields as Falco does; [`tune`] finds recurring
 //! noise in stored alerts and proposes the narrowest exceptions, proven by replay;
-//! [`overrides`] writes them as a Falco rules file that loads after the originals.
+//! [`overrides`] writes them as a Falco rules file that loads after the originals;
+//! [`digest`] is the repeated-alert digest (the `falco_alert_groups` table).
 //!
 //! Pure: alerts come in as values (the binary queries the store), files go out as text.
 
 pub mod condition;
+pub mod digest;
 pub mod eval;
 pub mod overrides;
 pub mod recorded;

@@ -46,6 +46,17 @@ pub struct Options {
     pub expires: String,
 }
 
+impl Default for Options {
+    /// What `ktrail falco tune` uses unless told otherwise (no expiry date).
+    fn default() -> Self {
+        Self {
+            min_count: 10,
+            min_hours: 3,
+            expires: String::new(),
+        }
+    }
+}
+
 /// Fields whose values change with every event: never part of a group or an exception.
 const VOLATILE: [&str; 22] = [
     "proc.pid",
