@@ -279,6 +279,10 @@ fn tokenize(text: &str) -> Result<Vec<(usize, Tok)>, ParseError> {
     Ok(out)
 }
 
+/// How deep parentheses and `not`s may nest. Falco's own rules nest a few levels; the parser
+/// and every walk of the tree recurse per level, and a thread's stack (2 MiB) must hold them.
+pub const MAX_DEPTH: usize = 100;
+
 /// Parses a condition.
 pub fn parse(text: &str) -> Result<Expr, ParseError> {
     let toks = tokenize(text)?;
@@ -286,6 +290,7 @@ pub fn parse(text: &str) -> Result<Expr, ParseError> {
         toks,
         pos: 0,
         end: text.len(),
+        depth: 0,
     };
     let e = p.or()?;
     if let Some((offset, t)) = p.toks.get(p.pos) {
@@ -301,6 +306,8 @@ struct Parser {
     toks: Vec<(usize, Tok)>,
     pos: usize,
     end: usize,
+    /// Parentheses and `not`s open at `pos`.
+    depth: usize,
 }
 
 fn describe(t: &Tok) -> String {
@@ -360,25 +367,41 @@ impl Parser {
         })
     }
 
+    /// Runs `inner` one nesting level deeper, refusing past [`MAX_DEPTH`].
+    fn nested<T>(
+        &mut self,
+        inner: impl FnOnce(&mut Self) -> Result<T, ParseError>,
+    ) -> Result<T, ParseError> {
+        if self.depth == MAX_DEPTH {
+            return self.error(format!("nested deeper than {MAX_DEPTH} levels"));
+        }
+        self.depth += 1;
+        let out = inner(self);
+        self.depth -= 1;
+        out
+    }
+
     fn not(&mut self) -> Result<Expr, ParseError> {
         if self.keyword("not") {
-            self.pos += 1;
-            return Ok(Expr::Not(Box::new(self.not()?)));
+            return self.nested(|p| {
+                p.pos += 1;
+                Ok(Expr::Not(Box::new(p.not()?)))
+            });
         }
         self.check()
     }
 
     fn check(&mut self) -> Result<Expr, ParseError> {
         match self.peek().cloned() {
-            Some(Tok::LParen) => {
-                self.pos += 1;
-                let e = self.or()?;
-                if self.peek() != Some(&Tok::RParen) {
-                    return self.error("expected `)`");
+            Some(Tok::LParen) => self.nested(|p| {
+                p.pos += 1;
+                let e = p.or()?;
+                if p.peek() != Some(&Tok::RParen) {
+                    return p.error("expected `)`");
                 }
-                self.pos += 1;
+                p.pos += 1;
                 Ok(e)
-            }
+            }),
             Some(Tok::Word(w)) if !matches!(w.as_str(), "and" | "or" | "not") => {
                 self.pos += 1;
                 // An operator follows a field; anything else ends a macro reference.
@@ -555,5 +578,23 @@ mod tests {
         let e = parse("(proc.name = sh").unwrap_err();
         assert_eq!((e.offset, e.reason.as_str()), (15, "expected `)`"));
         assert!(parse("proc.name").unwrap_err().reason.contains("operator"));
+    }
+
+    /// Found by the `falco_condition` fuzz target: 3 000 nested parentheses overflowed the
+    /// stack (SIGSEGV). Past the limit it is an error at the offending offset.
+    #[test]
+    fn nesting_past_the_limit_is_an_error_not_a_stack_overflow() {
+        let deep = |n: usize| format!("{}proc.name = a{}", "(".repeat(n), ")".repeat(n));
+        assert!(parse(&deep(MAX_DEPTH)).is_ok());
+        let err = parse(&deep(3000)).unwrap_err();
+        assert_eq!(err.offset, MAX_DEPTH);
+        assert!(err.reason.contains("nested deeper than"), "{}", err.reason);
+        let nots = format!("{}proc.name = a", "not ".repeat(3000));
+        assert!(
+            parse(&nots)
+                .unwrap_err()
+                .reason
+                .contains("nested deeper than")
+        );
     }
 }
