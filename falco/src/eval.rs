@@ -11,9 +11,10 @@ use crate::rules::Exception;
 pub type Fields = BTreeMap<String, String>;
 
 /// A Falco alert's `output_fields` as text: numbers as written, `null` as Falco prints a
-/// missing value (`<NA>`).
+/// missing value (`<NA>`), and a socket tuple's parts ([`add_socket_fields`]): Falco
+/// evaluates an exception on the event, where those fields are defined.
 pub fn fields_of(output_fields: &serde_json::Value) -> Fields {
-    output_fields
+    let mut fields: Fields = output_fields
         .as_object()
         .into_iter()
         .flatten()
@@ -25,7 +26,35 @@ pub fn fields_of(output_fields: &serde_json::Value) -> Fields {
             };
             (k.clone(), v)
         })
-        .collect()
+        .collect();
+    add_socket_fields(&mut fields);
+    fields
+}
+
+/// The parts of a socket tuple `fd.name` (`cip:cport->sip:sport`, IPv4 or IPv6) as Falco's
+/// own fields, which an exception can name.
+pub(crate) fn socket_parts(name: &str) -> Option<[(&'static str, &str); 4]> {
+    let (client, server) = name.split_once("->")?;
+    let (cip, cport) = client.rsplit_once(':')?;
+    let (sip, sport) = server.rsplit_once(':')?;
+    let port = |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit());
+    (port(cport) && port(sport) && !cip.is_empty() && !sip.is_empty()).then_some([
+        ("fd.cip", cip),
+        ("fd.cport", cport),
+        ("fd.sip", sip),
+        ("fd.sport", sport),
+    ])
+}
+
+/// Adds the parts of `fields`' socket tuple (`fd.name`) as `fd.cip`, `fd.cport`, `fd.sip` and
+/// `fd.sport` where they are missing.
+pub fn add_socket_fields(fields: &mut Fields) {
+    if let Some(parts) = fields.get("fd.name").and_then(|n| socket_parts(n)) {
+        let parts = parts.map(|(f, v)| (f, v.to_string()));
+        for (f, v) in parts {
+            fields.entry(f.to_string()).or_insert(v);
+        }
+    }
 }
 
 /// Whether `value` (the alert's) compares `op` to the right-hand side `rhs`.

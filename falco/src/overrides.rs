@@ -309,8 +309,6 @@ pub fn check(
     processes: &[crate::recorded::Process],
     today: &str,
 ) -> Vec<Finding> {
-    // Falco evaluates the exception on the event, where a socket's parts are fields too.
-    let alerts = &crate::tune::with_socket_fields(alerts);
     let mut findings = Vec::new();
     for x in exceptions {
         if x.expires.as_str() < today {

@@ -30,6 +30,8 @@ pub struct Alert {
     pub rule: String,
     pub host: String,
     pub output: String,
+    /// What Falco evaluates an exception on: the output fields, with a socket tuple's parts
+    /// ([`crate::eval::fields_of`] adds them).
     pub fields: Fields,
     /// Labelled as a true positive: never to be suppressed.
     pub true_positive: bool,
@@ -219,45 +221,6 @@ pub struct Group {
     pub members: Vec<usize>,
 }
 
-/// The parts of a socket tuple `fd.name` (`cip:cport->sip:sport`, IPv4 or IPv6) as Falco's
-/// own fields, which an exception can name.
-fn socket_parts(name: &str) -> Option<[(&'static str, &str); 4]> {
-    let (client, server) = name.split_once("->")?;
-    let (cip, cport) = client.rsplit_once(':')?;
-    let (sip, sport) = server.rsplit_once(':')?;
-    let port = |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit());
-    (port(cport) && port(sport) && !cip.is_empty() && !sip.is_empty()).then_some([
-        ("fd.cip", cip),
-        ("fd.cport", cport),
-        ("fd.sip", sip),
-        ("fd.sport", sport),
-    ])
-}
-
-/// The alerts with the parts of their socket tuples added as fields where the output did not
-/// carry them: Falco evaluates an exception on the event, where they are always defined.
-pub fn with_socket_fields(alerts: &[Alert]) -> Vec<Alert> {
-    alerts
-        .iter()
-        .map(|a| {
-            let mut a = a.clone();
-            add_socket_fields(&mut a.fields);
-            a
-        })
-        .collect()
-}
-
-/// Adds the parts of `fields`' socket tuple (`fd.name`) as `fd.cip`, `fd.cport`, `fd.sip` and
-/// `fd.sport` where they are missing.
-pub fn add_socket_fields(fields: &mut Fields) {
-    if let Some(parts) = fields.get("fd.name").and_then(|n| socket_parts(n)) {
-        let parts = parts.map(|(f, v)| (f, v.to_string()));
-        for (f, v) in parts {
-            fields.entry(f.to_string()).or_insert(v);
-        }
-    }
-}
-
 /// A rule's values of a field are volatile when there are many of them and most live briefly:
 /// at least this many distinct values…
 const VOLATILE_MIN_VALUES: usize = 8;
@@ -307,11 +270,6 @@ fn varying_fields(alerts: &[Alert]) -> BTreeMap<String, BTreeSet<String>> {
 
 /// Groups the alerts per rule, noisiest rules first and noisiest groups first within each.
 pub fn groups(alerts: &[Alert], opts: &Options) -> Vec<Group> {
-    group_alerts(&with_socket_fields(alerts), opts)
-}
-
-/// [`groups`] of alerts that have their socket fields.
-fn group_alerts(alerts: &[Alert], opts: &Options) -> Vec<Group> {
     let varying = varying_fields(alerts);
     let none = BTreeSet::new();
     let mut by_key: BTreeMap<(String, BTreeMap<String, String>), Vec<usize>> = BTreeMap::new();
@@ -320,7 +278,7 @@ fn group_alerts(alerts: &[Alert], opts: &Options) -> Vec<Group> {
         let split_socket = a
             .fields
             .get("fd.name")
-            .and_then(|n| socket_parts(n))
+            .and_then(|n| crate::eval::socket_parts(n))
             .is_some();
         let key: BTreeMap<String, String> = a
             .fields
@@ -500,8 +458,7 @@ pub struct Tuning {
 
 /// Finds the noise, proposes exceptions, and replays every alert through them.
 pub fn tune(ruleset: &Ruleset, alerts: &[Alert], opts: &Options) -> Tuning {
-    let alerts = &with_socket_fields(alerts);
-    let groups = group_alerts(alerts, opts);
+    let groups = groups(alerts, opts);
     let mut suggestions: Vec<Suggestion> = Vec::new();
     let mut dropped = Vec::new();
     for g in groups.iter().filter(|g| g.recurring) {
@@ -986,6 +943,8 @@ mod tests {
                     .into_iter()
                     .map(|(f, v)| (f.to_string(), v))
                     .collect();
+                    let mut fields = fields;
+                    crate::eval::add_socket_fields(&mut fields);
                     alerts.push(Alert {
                         ts: hour as i64 * HOUR + k as i64 * 60_000_000_000,
                         rule: RULE.into(),
@@ -1100,15 +1059,17 @@ mod tests {
     }
 
     fn noise(rule: &str, ts: i64, host: &str, fields: &[(&str, String)]) -> Alert {
+        let mut fields: Fields = fields
+            .iter()
+            .map(|(f, v)| (f.to_string(), v.clone()))
+            .collect();
+        crate::eval::add_socket_fields(&mut fields);
         Alert {
             ts,
             rule: rule.into(),
             host: host.into(),
             output: String::new(),
-            fields: fields
-                .iter()
-                .map(|(f, v)| (f.to_string(), v.clone()))
-                .collect(),
+            fields,
             true_positive: false,
         }
     }
@@ -1299,7 +1260,7 @@ mod tests {
                 v
             };
             assert_eq!(json(&s.exception), json(&r.exception), "{}", s.rule);
-            let replayed = with_socket_fields(&alerts)
+            let replayed = alerts
                 .iter()
                 .filter(|a| a.rule == r.rule && excepts(&r.exception, &a.fields))
                 .count();
