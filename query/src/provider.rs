@@ -202,6 +202,7 @@ impl TableProvider for EventsTable {
         };
 
         let mut files = Vec::new();
+        let mut archived = std::collections::BTreeMap::new();
         for (segment, keep) in snapshot.segments.iter().zip(keep) {
             if !keep {
                 continue;
@@ -229,7 +230,10 @@ impl TableProvider for EventsTable {
                 }
                 Ok(()) => {}
             }
-            let path = segment.path.to_string_lossy().into_owned();
+            let path = match segment.archive() {
+                Some(archive) => archive.key(&segment.meta.path).to_string(),
+                None => segment.path.to_string_lossy().into_owned(),
+            };
             let mut file = PartitionedFile::new(path, segment.meta.bytes);
             if let Some(filter) = &filter {
                 let index = segment_index(segment)?;
@@ -246,15 +250,35 @@ impl TableProvider for EventsTable {
                 stats.row_groups_scanned += segment.meta.row_groups.len();
             }
             stats.segments_scanned += 1;
-            files.push(file);
+            match segment.archive() {
+                Some(archive) => {
+                    stats.archived_segments_scanned += 1;
+                    archived
+                        .entry(archive.url().to_string())
+                        .or_insert_with(|| (archive.clone(), Vec::new()))
+                        .1
+                        .push(file);
+                }
+                None => files.push(file),
+            }
         }
 
-        let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+        let mut sources = Vec::new();
         if !files.is_empty() {
             let url = ObjectStoreUrl::local_filesystem();
-            let runtime = state.runtime_env();
+            let store = state.runtime_env().object_store(&url)?;
+            sources.push((url, store, files));
+        }
+        for (archive, files) in archived.into_values() {
+            let url = ObjectStoreUrl::parse(archive.store_url())?;
+            // The plan's file opener looks the store up by URL; the reader below reads.
+            state.runtime_env().register_object_store(url.as_ref(), archive.object_store());
+            sources.push((url, archive.object_store(), files));
+        }
+        let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+        for (url, store, files) in sources {
             let reader = PageIndexedReaderFactory(CachedParquetFileReaderFactory::new(
-                runtime.object_store(&url)?,
+                store,
                 self.metadata.clone(),
             ));
             let mut source = ParquetSource::new(schema.clone())

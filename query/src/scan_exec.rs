@@ -34,6 +34,8 @@ pub struct ScanStats {
     /// Damaged segments the scan needed and left out (`ktrail.allow_damaged`), and their rows.
     pub damaged_segments_skipped: usize,
     pub damaged_rows_skipped: u64,
+    /// Scanned segments whose files are in an archive (read by ranged requests there).
+    pub archived_segments_scanned: usize,
 }
 
 /// Pass-through root of an `events` scan (see module docs).
@@ -82,6 +84,7 @@ impl ScanExec {
         );
         count("damaged_segments_skipped", stats.damaged_segments_skipped);
         count("damaged_rows_skipped", stats.damaged_rows_skipped as usize);
+        count("archived_segments_scanned", stats.archived_segments_scanned);
         count("row_groups_total", stats.row_groups_total);
         count(
             "row_groups_skipped",
@@ -144,6 +147,9 @@ impl DisplayAs for ScanExec {
                     if s.index { "on" } else { "off" },
                     s.memtable_rows
                 )?;
+                if s.archived_segments_scanned > 0 {
+                    write!(f, ", archived={}", s.archived_segments_scanned)?;
+                }
                 if s.damaged_segments_skipped > 0 {
                     write!(
                         f,

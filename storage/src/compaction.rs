@@ -44,8 +44,12 @@ pub fn plan(
     small_rows: u64,
 ) -> Vec<Vec<Arc<Segment>>> {
     let mut by_hour: HashMap<i64, Vec<Arc<Segment>>> = HashMap::new();
-    // A damaged segment stays as it is, for evidence and for a restore.
-    for s in segments.iter().filter(|s| s.damage().is_none()) {
+    // A damaged segment stays as it is, for evidence and for a restore; an archived one is
+    // not rewritten where it is.
+    for s in segments
+        .iter()
+        .filter(|s| s.damage().is_none() && s.archive().is_none())
+    {
         by_hour
             .entry(segment::hour_of(s.meta.min_ts))
             .or_default()
@@ -220,6 +224,7 @@ mod tests {
             null_columns: Vec::new(),
             level: 0,
             damaged: None,
+            archived: None,
         };
         Arc::new(Segment::new(std::path::Path::new("/nonexistent"), meta))
     }

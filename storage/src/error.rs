@@ -33,6 +33,14 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
+    /// The archive could not be reached, refused a request, or gave back other bytes than
+    /// were put there. Nothing local was deleted for it.
+    #[error("archive {url}: {key}: {reason}")]
+    Archive {
+        url: String,
+        key: String,
+        reason: String,
+    },
     /// Another process holds the store's directory lock.
     #[error("store {path} is in use by another ktrail process")]
     Locked { path: PathBuf },

@@ -10,6 +10,7 @@
 //! - The WAL is trimmed only after the manifest recording the flush is durable.
 
 mod append;
+pub mod archive;
 mod compaction;
 mod dedup;
 mod error;
@@ -31,14 +32,16 @@ use datafusion::arrow::array::RecordBatch;
 use parking_lot::{Condvar, Mutex, RwLock};
 
 pub use append::{AppendOutcome, AppendPipeline, PendingAppend};
+pub use archive::{Archive, ArchiveReport};
 pub use error::{Result, StorageError};
 pub use index::{INDEXED_COLUMNS, SegmentIndex};
-pub use manifest::{Damage, Manifest, SegmentMeta};
+pub use manifest::{Archived, Damage, Manifest, SegmentMeta};
 pub use recovery::{OpenReport, QUARANTINE_DIR, quarantine};
 pub use repair::{RepairReport, repair};
 pub use segment::{Segment, SegmentOptions};
 pub use wal::{ReplayReport, WalOptions};
 
+use archive::{Archives, IndexCache};
 use dedup::{Dedup, ids_and_times};
 use maintenance::{BackgroundThread, Compaction};
 use wal::Wal;
@@ -73,6 +76,9 @@ pub struct StoreOptions {
     /// segment is checked the first time a process reads it; the scrub finds damage in what
     /// nobody has read since.
     pub scrub_interval: Option<Duration>,
+    /// Most bytes of archived segments' indexes kept in the store directory
+    /// (`archive-cache/`); past it the least recently used go, and are fetched again.
+    pub archive_cache_bytes: u64,
 }
 
 impl Default for StoreOptions {
@@ -92,6 +98,7 @@ impl Default for StoreOptions {
             // 16 M ids: about 160 MiB, more than a day of a busy node's events.
             dedup_max_ids: 16 << 20,
             scrub_interval: Some(Duration::from_secs(24 * 3600)),
+            archive_cache_bytes: 1 << 30,
         }
     }
 }
@@ -147,6 +154,9 @@ struct Inner {
     options: StoreOptions,
     state: Arc<RwLock<State>>,
     dedup: Arc<Mutex<Dedup>>,
+    /// The archives archived segments live in, one client each.
+    archives: Archives,
+    index_cache: Arc<IndexCache>,
     /// Held from reserving a batch's ids to handing it to the WAL, so batches reach the WAL
     /// in the order their ids were reserved (see [`Store::submit`]).
     submit_order: Mutex<()>,
@@ -303,4 +313,4 @@ impl Inner {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

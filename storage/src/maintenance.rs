@@ -185,7 +185,9 @@ impl Inner {
         let found_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         for (segment, reason) in &found {
             let mut quarantined = Vec::new();
-            for from in [&segment.path, &segment.index_path] {
+            // An archived segment's files are not here to move; the finding is recorded.
+            let local = segment.archive().is_none();
+            for from in [&segment.path, &segment.index_path].into_iter().filter(|_| local) {
                 let to = recovery::quarantine_destination(&self.dir, from);
                 quarantined.push(
                     to.strip_prefix(&self.dir)
@@ -214,7 +216,7 @@ impl Inner {
                     && meta.damaged.is_some()
                     && s.meta.damaged.is_none()
                 {
-                    *s = Arc::new(Segment::new(&self.dir, meta.clone()));
+                    *s = Arc::new(self.handle(meta.clone())?);
                 }
             }
             st.manifest = manifest;
@@ -244,7 +246,12 @@ impl Inner {
     pub(crate) fn scrub(&self) -> Result<Vec<(u64, String)>> {
         let segments: Vec<Arc<Segment>> = self.state.read().segments.clone();
         let mut found = Vec::new();
-        for s in segments.iter().filter(|s| s.damage().is_none()) {
+        // Archived copies are checked by `verify`, which fetches them: the scrub watches the
+        // local disk.
+        for s in segments
+            .iter()
+            .filter(|s| s.damage().is_none() && s.archive().is_none())
+        {
             match s.verify() {
                 Ok(()) => {}
                 Err(_) if s.is_retired() => {}

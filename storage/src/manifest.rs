@@ -71,6 +71,19 @@ pub struct SegmentMeta {
     /// compacted or deleted, and its files are kept in `quarantine/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub damaged: Option<Damage>,
+    /// Set once the segment's files live in an archive and no longer in the store directory
+    /// (`path` and `index_path` are then their keys below the archive's prefix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archived: Option<Archived>,
+}
+
+/// Where and when a segment was archived.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Archived {
+    /// The archive's URL (`file:///…`, `s3://bucket/prefix`).
+    pub url: String,
+    /// When its copy there was read back and found equal (RFC 3339, UTC).
+    pub at: String,
 }
 
 /// What was found wrong with a listed segment, and where its files were put.

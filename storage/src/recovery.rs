@@ -11,14 +11,15 @@ use datafusion::arrow::array::RecordBatch;
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::append::memory_of;
+use crate::archive::{Archives, IndexCache};
 use crate::dedup::Dedup;
 use crate::error::IoContext;
 use crate::maintenance::BackgroundThread;
 use crate::segment::{self, Segment};
 use crate::wal::{self, Wal};
 use crate::{
-    Inner, Manifest, ReplayReport, Result, State, StorageError, Store, StoreOptions, fsutil,
-    manifest,
+    Inner, Manifest, ReplayReport, Result, SegmentMeta, State, StorageError, Store, StoreOptions,
+    fsutil, manifest,
 };
 
 /// What [`Store::open`] found.
@@ -74,11 +75,23 @@ impl Store {
         check_listed_files(&dir, &manifest)?;
         remove_orphans(&dir, &manifest, &mut report)?;
 
-        let segments: Vec<Arc<Segment>> = manifest
+        let archives = Archives::default();
+        let index_cache = Arc::new(IndexCache::new(&dir, options.archive_cache_bytes));
+        let segments = manifest
             .segments
             .iter()
-            .map(|m| Arc::new(Segment::new(&dir, m.clone())))
-            .collect();
+            .map(|m| {
+                Ok(Arc::new(match &m.archived {
+                    Some(a) => Segment::archived(
+                        &dir,
+                        m.clone(),
+                        archives.get(&a.url)?,
+                        index_cache.clone(),
+                    ),
+                    None => Segment::new(&dir, m.clone()),
+                }))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let last_seq = manifest.flushed_seq;
         let state = Arc::new(RwLock::new(State {
             manifest,
@@ -141,6 +154,8 @@ impl Store {
             options,
             state,
             dedup,
+            archives,
+            index_cache,
             submit_order: Mutex::new(()),
             maintenance: Mutex::new(()),
             wal,
@@ -160,7 +175,8 @@ impl Store {
 /// (checksums are checked by `verify`, which reads everything). A segment recorded as damaged
 /// is not looked for: its files are in `quarantine/`.
 fn check_listed_files(dir: &Path, manifest: &Manifest) -> Result<()> {
-    for s in manifest.segments.iter().filter(|s| s.damaged.is_none()) {
+    let local = |s: &&SegmentMeta| s.damaged.is_none() && s.archived.is_none();
+    for s in manifest.segments.iter().filter(local) {
         for (rel, size) in [(&s.path, s.bytes), (&s.index_path, s.index_bytes)] {
             let p = dir.join(rel);
             let len = fs::metadata(&p)
@@ -208,11 +224,26 @@ fn remove_orphans(dir: &Path, manifest: &Manifest, report: &mut OpenReport) -> R
     let listed: HashSet<PathBuf> = manifest
         .segments
         .iter()
+        .filter(|s| s.archived.is_none())
+        .flat_map(|s| [dir.join(&s.path), dir.join(&s.index_path)])
+        .collect();
+    // Local copies of archived segments: the archive's copy was read back and found equal
+    // before the manifest recorded it, so these are leftovers of a move a crash interrupted.
+    let moved: HashSet<PathBuf> = manifest
+        .segments
+        .iter()
+        .filter(|s| s.archived.is_some())
         .flat_map(|s| [dir.join(&s.path), dir.join(&s.index_path)])
         .collect();
     let mut changed = HashSet::new();
     for p in files_under_segments(dir)? {
         if listed.contains(&p) {
+            continue;
+        }
+        if moved.contains(&p) {
+            fs::remove_file(&p).at(&p)?;
+            changed.insert(p.parent().expect("under segments/").to_path_buf());
+            report.removed_orphans.push(p);
             continue;
         }
         let name = p

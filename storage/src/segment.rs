@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
@@ -20,6 +20,7 @@ use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties}
 use datafusion::parquet::schema::types::ColumnPath;
 use sha2::{Digest, Sha256};
 
+use crate::archive::{Archive, IndexCache};
 use crate::error::{IoContext, Result, StorageError};
 use crate::fsutil;
 use crate::index::{SegmentIndex, SegmentIndexBuilder};
@@ -380,6 +381,7 @@ impl SegmentWriter {
             null_columns,
             level: self.level,
             damaged: None,
+            archived: None,
         })
     }
 }
@@ -504,6 +506,7 @@ pub fn meta_from_files(
         null_columns,
         level: 0,
         damaged: None,
+        archived: None,
     })
 }
 
@@ -571,8 +574,17 @@ pub struct Segment {
     /// What a check in this process found wrong, until the manifest records it
     /// (`meta.damaged`).
     damage: OnceLock<String>,
-    obsolete: AtomicBool,
+    retired: AtomicU8,
+    /// Set for a segment whose files are in an archive: `path` and `index_path` are then
+    /// where they were in the store, and the index is read through the archive's cache.
+    archive: Option<(Arc<Archive>, Arc<IndexCache>)>,
 }
+
+/// [`Segment::retired`]: live; replaced (files and cache go with the last handle); moved to
+/// an archive (its local files go, the cache stays with the archived handle).
+const LIVE: u8 = 0;
+const REPLACED: u8 = 1;
+const MOVED: u8 = 2;
 
 impl Segment {
     /// A handle for a listed segment of the store in `dir`.
@@ -585,8 +597,30 @@ impl Segment {
             index: OnceLock::new(),
             verified: OnceLock::new(),
             damage: OnceLock::new(),
-            obsolete: AtomicBool::new(false),
+            retired: AtomicU8::new(LIVE),
+            archive: None,
         }
+    }
+
+    /// A handle for a listed segment whose files are in `archive`. Its files were read back
+    /// and checked there before the manifest recorded it, so a first read does not fetch
+    /// them all again; [`verify`](Self::verify) does.
+    pub fn archived(
+        dir: &Path,
+        meta: SegmentMeta,
+        archive: Arc<Archive>,
+        cache: Arc<IndexCache>,
+    ) -> Self {
+        let mut s = Self::new(dir, meta);
+        s.index_path = cache.path(s.meta.id);
+        s.archive = Some((archive, cache));
+        let _ = s.verified.set(());
+        s
+    }
+
+    /// The archive holding the segment's files, if it is archived.
+    pub fn archive(&self) -> Option<&Arc<Archive>> {
+        self.archive.as_ref().map(|(a, _)| a)
     }
 
     /// The segment's index, checked ([`verify_once`](Self::verify_once)) and read on first
@@ -596,7 +630,10 @@ impl Segment {
             return Ok(i.clone());
         }
         self.verify_once()?;
-        let bytes = fs::read(&self.index_path).at(&self.index_path)?;
+        let bytes = match &self.archive {
+            Some((archive, cache)) => cache.load(archive, &self.meta)?,
+            None => fs::read(&self.index_path).at(&self.index_path)?,
+        };
         let index = Arc::new(SegmentIndex::from_bytes(&self.index_path, &bytes)?);
         Ok(self.index.get_or_init(|| index).clone())
     }
@@ -611,6 +648,13 @@ impl Segment {
 
     /// Reads the whole segment (deduplication, tests).
     pub fn read_all(&self, projection: Option<&[&str]>) -> Result<Vec<RecordBatch>> {
+        if self.archive.is_some() {
+            return Err(StorageError::Archive {
+                url: self.archive().expect("archived").url().to_string(),
+                key: self.meta.path.clone(),
+                reason: "an archived segment is read by queries, not read whole".into(),
+            });
+        }
         let mut builder = self.reader(64 * 1024)?;
         if let Some(cols) = projection {
             let schema = builder.parquet_schema();
@@ -644,6 +688,9 @@ impl Segment {
         if let Some(reason) = self.damage() {
             return Err(self.damaged(reason));
         }
+        if let Some((archive, _)) = &self.archive {
+            return self.verify_archived(archive);
+        }
         for (path, expected) in [
             (&self.path, &self.meta.sha256),
             (&self.index_path, &self.meta.index_sha256),
@@ -667,6 +714,33 @@ impl Segment {
             }
         }
         let _ = self.verified.set(());
+        Ok(())
+    }
+
+    /// [`verify`](Self::verify) of the archive's copies: read back in full. An unreachable
+    /// archive is an error, not damage.
+    fn verify_archived(&self, archive: &Arc<Archive>) -> Result<()> {
+        for (rel, expected) in [
+            (&self.meta.path, &self.meta.sha256),
+            (&self.meta.index_path, &self.meta.index_sha256),
+        ] {
+            let key = archive.key(rel);
+            match archive.digest_of(rel)? {
+                None => {
+                    return Err(self.found_damage(format!(
+                        "{key} is missing from the archive {}",
+                        archive.url()
+                    )));
+                }
+                Some((actual, _)) if &actual != expected => {
+                    return Err(self.found_damage(format!(
+                        "{key} in the archive {}: SHA-256 {actual} differs from the manifest's {expected}",
+                        archive.url()
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
         Ok(())
     }
 
@@ -702,25 +776,35 @@ impl Segment {
         }
     }
 
-    /// True once compaction replaced the segment (its files go with the last handle).
+    /// True once compaction replaced the segment or it moved to an archive (its local files
+    /// go with the last handle).
     pub(crate) fn is_retired(&self) -> bool {
-        self.obsolete.load(Ordering::SeqCst)
+        self.retired.load(Ordering::SeqCst) != LIVE
     }
 
     /// Marks the files for deletion when the last handle goes.
     pub(crate) fn retire(&self) {
-        self.obsolete.store(true, Ordering::SeqCst);
+        self.retired.store(REPLACED, Ordering::SeqCst);
+    }
+
+    /// Marks the local files for deletion when the last handle goes: the segment lives on in
+    /// an archive, under a new handle that keeps its cache.
+    pub(crate) fn retire_moved(&self) {
+        self.retired.store(MOVED, Ordering::SeqCst);
     }
 }
 
 impl Drop for Segment {
     fn drop(&mut self) {
-        if self.obsolete.load(Ordering::SeqCst) {
+        let retired = self.retired.load(Ordering::SeqCst);
+        if retired != LIVE && self.archive.is_none() {
             for p in [&self.path, &self.index_path] {
                 if let Err(e) = fs::remove_file(p) {
                     tracing::warn!(path = %p.display(), error = %e, "could not delete retired segment file");
                 }
             }
+        }
+        if retired == REPLACED {
             match fs::remove_dir_all(&self.cache_dir) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     tracing::warn!(path = %self.cache_dir.display(), error = %e, "could not delete a retired segment's cache");
@@ -733,6 +817,10 @@ impl Drop for Segment {
 
 /// The row ids of a segment's `event_id` column (for deduplication).
 pub fn event_ids(segment: &Segment) -> Result<Vec<i64>> {
+    if let Some(archive) = segment.archive() {
+        segment.verify_once()?;
+        return archive.event_ids(&segment.meta);
+    }
     let mut ids = Vec::with_capacity(segment.meta.rows as usize);
     for b in segment.read_all(Some(&["event_id"]))? {
         let col = b
