@@ -108,6 +108,19 @@ pub enum Command {
     Repair,
     /// Flush the memtable and merge each hour's segments into as few as the target size allows.
     Compact,
+    /// Move sealed segments to an archive (`file:///dir`, `s3://bucket/prefix`): each is
+    /// uploaded, read back and checked before its local copy is deleted. Queries read archived
+    /// segments where they are. S3 settings come from the standard AWS environment variables
+    /// (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_ALLOW_HTTP=true` for a plain-HTTP endpoint).
+    Archive {
+        /// Where to; default `file://DATA/archive`.
+        #[arg(long, env = "KTRAIL_ARCHIVE", value_name = "URL")]
+        to: Option<String>,
+        /// Archive the hours that ended at least this long ago (`2d`, `36h`, `90m`, `0s`).
+        #[arg(long, default_value = "2d", value_parser = parse_age)]
+        older_than: std::time::Duration,
+    },
     /// The `known_networks` allow-list (destinations `egress` calls `allowlisted`). Local only:
     /// edits the data directory's `known_networks.json`, also while `serve` runs (`sql` and
     /// `shell` see the change at once; `serve`'s Postgres and Flight SQL sessions after a
@@ -266,4 +279,29 @@ pub struct ServeArgs {
     /// recorded and quarantined.
     #[arg(long, default_value_t = 24)]
     pub scrub_hours: u64,
+    /// Keep this much history on the local disk (`2d`, `36h`): every 10 minutes, the hours
+    /// that ended longer ago move to --archive-to, as `ktrail archive` moves them. Unset:
+    /// everything stays local.
+    #[arg(long, value_parser = parse_age, value_name = "DURATION")]
+    pub retain_local: Option<std::time::Duration>,
+    /// The archive for --retain-local; default `file://DATA/archive`.
+    #[arg(long, env = "KTRAIL_ARCHIVE", value_name = "URL")]
+    pub archive_to: Option<String>,
+}
+
+/// `2d`, `36h`, `90m`, `45s`: a whole number and one unit.
+pub fn parse_age(s: &str) -> Result<std::time::Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("`{s}`: a number and a unit (d, h, m, s), like 2d or 36h"))?;
+    let secs = match unit {
+        "d" => 86_400,
+        "h" => 3_600,
+        "m" => 60,
+        "s" => 1,
+        _ => return Err(format!("`{s}`: the unit is d, h, m or s")),
+    };
+    Ok(std::time::Duration::from_secs(n * secs))
 }

@@ -233,6 +233,8 @@ pub fn serve_cmd(data: &PathBuf, args: ServeArgs) -> Result<ExitCode, CliError> 
         max_body_bytes,
         max_inflight,
         scrub_hours,
+        retain_local,
+        archive_to,
     } = args;
     if let Some(c) = config {
         Err(CliError::Other(format!(
@@ -261,6 +263,10 @@ pub fn serve_cmd(data: &PathBuf, args: ServeArgs) -> Result<ExitCode, CliError> 
                     ..Default::default()
                 },
             )?;
+            if let Some(retain) = retain_local {
+                let archive = storage::Archive::open(&archive_url(data, archive_to.as_deref())?)?;
+                spawn_retention(store.clone(), archive, retain);
+            }
             serve(
                 store,
                 data,
@@ -322,9 +328,14 @@ pub fn verify_cmd(data: &PathBuf) -> Result<ExitCode, CliError> {
     let segments = store.snapshot().segments;
     let mut findings = 0;
     for s in &segments {
-        if let Err(e) = s.verify() {
-            println!("{}", one_line(&e.to_string()));
-            findings += 1;
+        match s.verify() {
+            Ok(()) => {}
+            Err(e @ storage::StorageError::Damaged { .. }) => {
+                println!("{}", one_line(&e.to_string()));
+                findings += 1;
+            }
+            // An archive that cannot be reached proves nothing either way.
+            Err(e) => return Err(e.into()),
         }
     }
     record_damage(&store)?;
@@ -396,4 +407,94 @@ pub fn compact_cmd(data: &PathBuf) -> Result<ExitCode, CliError> {
         query::prepare_derived(&ctx).await
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+pub fn archive_cmd(
+    data: &PathBuf,
+    to: Option<&str>,
+    older_than: std::time::Duration,
+) -> Result<ExitCode, CliError> {
+    let archive = storage::Archive::open(&archive_url(data, to)?)?;
+    let store = open_store(data, false)?;
+    // What is still in memory of an old hour goes into a segment first, so it moves too.
+    store.flush()?;
+    let cutoff = chrono::Utc::now() - older_than;
+    let before = cutoff.timestamp_nanos_opt().unwrap_or(i64::MAX);
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "Archiving {bar:40} {bytes}/{total_bytes} ({bytes_per_sec}, {elapsed})",
+        )
+        .expect("static template"),
+    );
+    let started = std::time::Instant::now();
+    let report = store.archive(&archive, before, &mut |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    });
+    bar.finish_and_clear();
+    let report = report?;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{} segment(s) archived to {}: {} events, {:.1} MB in {secs:.1} s ({:.1} MB/s); hours ended before {}",
+        report.archived.len(),
+        archive.url(),
+        report.rows(),
+        report.bytes() as f64 / 1e6,
+        report.bytes() as f64 / 1e6 / secs.max(1e-9),
+        cutoff.format("%Y-%m-%dT%H:%M:%SZ"),
+    );
+    for id in &report.damaged_kept {
+        println!("segment {id} is damaged: kept in quarantine/, not archived");
+    }
+    store.close()?;
+    Ok(if report.damaged_kept.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}
+
+/// The archive named, or the embedded default `file://DATA/archive`.
+fn archive_url(data: &std::path::Path, to: Option<&str>) -> Result<String, CliError> {
+    Ok(match to {
+        Some(u) => u.to_string(),
+        None => {
+            let dir = std::path::absolute(data.join("archive"))
+                .map_err(|e| CliError::Other(format!("{}: {e}", data.display())))?;
+            format!("file://{}", dir.display())
+        }
+    })
+}
+
+/// `serve --retain-local`: every 10 minutes the hours that ended more than `retain` ago move
+/// to the archive. A failed run leaves its segments local (`Store::archive`); the next retries.
+fn spawn_retention(
+    store: storage::Store,
+    archive: std::sync::Arc<storage::Archive>,
+    retain: std::time::Duration,
+) {
+    let run = move || loop {
+        let before = (chrono::Utc::now() - retain)
+            .timestamp_nanos_opt()
+            .unwrap_or(i64::MAX);
+        match store.archive(&archive, before, &mut |_, _| {}) {
+            Ok(r) if !r.archived.is_empty() => tracing::info!(
+                segments = r.archived.len(),
+                events = r.rows(),
+                bytes = r.bytes(),
+                archive = archive.url(),
+                "archived the hours past --retain-local"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "archiving failed; the segments stay local until the next run")
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_secs(600));
+    };
+    std::thread::Builder::new()
+        .name("ktrail-retention".into())
+        .spawn(run)
+        .expect("spawn the retention thread");
 }

@@ -76,6 +76,9 @@ fn main() -> ExitCode {
         Command::Verify => commands::verify_cmd(&cli.data),
         Command::Repair => commands::repair_cmd(&cli.data),
         Command::Compact => commands::compact_cmd(&cli.data),
+        Command::Archive { to, older_than } => {
+            commands::archive_cmd(&cli.data, to.as_deref(), older_than)
+        }
         Command::Networks { action } => commands::networks_cmd(&cli.data, action),
         Command::Policy { action } => policy_cmd::run(&cli.data, action),
         Command::Falco { action } => falco_cmd::run(&cli.data, action),

@@ -272,7 +272,9 @@ impl TableProvider for EventsTable {
         for (archive, files) in archived.into_values() {
             let url = ObjectStoreUrl::parse(archive.store_url())?;
             // The plan's file opener looks the store up by URL; the reader below reads.
-            state.runtime_env().register_object_store(url.as_ref(), archive.object_store());
+            state
+                .runtime_env()
+                .register_object_store(url.as_ref(), archive.object_store());
             sources.push((url, archive.object_store(), files));
         }
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();

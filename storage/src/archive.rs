@@ -81,8 +81,8 @@ impl Archive {
                         .to_file_path()
                         .map_err(|()| bad("a file:// archive needs an absolute path".into()))?;
                     fsutil::create_dir_durable(&root)?;
-                    let prefix = ObjectPath::from_absolute_path(&root)
-                        .map_err(|e| bad(e.to_string()))?;
+                    let prefix =
+                        ObjectPath::from_absolute_path(&root).map_err(|e| bad(e.to_string()))?;
                     (
                         Arc::new(LocalFileSystem::new()),
                         prefix,
@@ -100,12 +100,7 @@ impl Archive {
                         .build()
                         .map_err(|e| bad(e.to_string()))?;
                     let prefix = ObjectPath::from(parsed.path().trim_matches('/'));
-                    (
-                        Arc::new(store),
-                        prefix,
-                        format!("s3://{bucket}"),
-                        None,
-                    )
+                    (Arc::new(store), prefix, format!("s3://{bucket}"), None)
                 }
                 other => {
                     return Err(bad(format!(
@@ -176,9 +171,7 @@ impl Archive {
         writer.shutdown().await.map_err(|e| self.error(&key, e))?;
         if self.local_root.is_some() {
             let path = PathBuf::from(format!("/{key}"));
-            fs::File::open(&path)
-                .and_then(|f| f.sync_all())
-                .at(&path)?;
+            fs::File::open(&path).and_then(|f| f.sync_all()).at(&path)?;
             // Every directory from the file up to the archive's root: any may be new.
             let mut dir = path.parent();
             while let Some(d) = dir {
@@ -221,7 +214,10 @@ impl Archive {
             let key = self.key(rel);
             self.run(self.clone().upload(dir.join(rel), key.clone()))?;
             let Some((found, len)) = self.run(self.clone().digest(key.clone()))? else {
-                return Err(self.error(&key, "not found right after its upload; the local copy is kept"));
+                return Err(self.error(
+                    &key,
+                    "not found right after its upload; the local copy is kept",
+                ));
             };
             if &found != sha || len != bytes {
                 return Err(self.error(
@@ -270,7 +266,11 @@ impl Archive {
         let key = self.key(rel);
         let this = self.clone();
         self.run(async move {
-            let got = this.store.get(&key).await.map_err(|e| this.error(&key, e))?;
+            let got = this
+                .store
+                .get(&key)
+                .await
+                .map_err(|e| this.error(&key, e))?;
             got.bytes().await.map_err(|e| this.error(&key, e))
         })
     }
@@ -284,12 +284,12 @@ impl Archive {
     pub(crate) fn event_ids(self: &Arc<Self>, meta: &SegmentMeta) -> Result<Vec<i64>> {
         use datafusion::arrow::array::AsArray;
         use datafusion::arrow::datatypes::Int64Type;
-        use datafusion::parquet::arrow::ParquetRecordBatchStreamBuilder;
-        use datafusion::parquet::arrow::ProjectionMask;
         use datafusion::datasource::listing::PartitionedFile;
         use datafusion::datasource::physical_plan::parquet::{
             DefaultParquetFileReaderFactory, ParquetFileReaderFactory,
         };
+        use datafusion::parquet::arrow::ParquetRecordBatchStreamBuilder;
+        use datafusion::parquet::arrow::ProjectionMask;
         use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
         let key = self.key(&meta.path);
         let this = self.clone();
@@ -377,7 +377,8 @@ impl IndexCache {
             && hex::encode(Sha256::digest(&bytes)) == meta.index_sha256
         {
             // Its time of use orders the eviction.
-            let _ = fs::File::open(&path).and_then(|f| f.set_modified(std::time::SystemTime::now()));
+            let _ =
+                fs::File::open(&path).and_then(|f| f.set_modified(std::time::SystemTime::now()));
             return Ok(bytes);
         }
         let bytes = archive.get(&meta.index_path)?.to_vec();
@@ -605,7 +606,9 @@ mod tests {
         let mut out = BTreeSet::new();
         let mut todo = vec![dir.to_path_buf()];
         while let Some(d) = todo.pop() {
-            let Ok(entries) = fs::read_dir(&d) else { continue };
+            let Ok(entries) = fs::read_dir(&d) else {
+                continue;
+            };
             for e in entries {
                 let p = e.unwrap().path();
                 if p.is_dir() {
@@ -633,7 +636,9 @@ mod tests {
         let archive = Archive::open(&format!("file://{}", remote.path().display())).unwrap();
         let mut calls = Vec::new();
         let report = store
-            .archive(&archive, i64::MAX, &mut |done, total| calls.push((done, total)))
+            .archive(&archive, i64::MAX, &mut |done, total| {
+                calls.push((done, total))
+            })
             .unwrap();
         assert_eq!(report.archived.len(), before.segments.len());
         assert_eq!(report.rows(), 4000);
@@ -665,7 +670,9 @@ mod tests {
             assert!(s.index().unwrap().has_column("pod"));
         }
         assert_eq!(
-            fs::read_dir(dir.path().join(INDEX_CACHE_DIR)).unwrap().count(),
+            fs::read_dir(dir.path().join(INDEX_CACHE_DIR))
+                .unwrap()
+                .count(),
             manifest.segments.len()
         );
         // Deduplication reads the archived ids: events sent again are not stored again.
@@ -712,7 +719,13 @@ mod tests {
         archive.put_segment(dir.path(), &metas[0]).unwrap();
         drop(store);
         let (store, _) = Store::open(dir.path(), opts()).unwrap();
-        assert!(store.manifest().segments.iter().all(|s| s.archived.is_none()));
+        assert!(
+            store
+                .manifest()
+                .segments
+                .iter()
+                .all(|s| s.archived.is_none())
+        );
         let local: Vec<(String, Vec<u8>)> = metas
             .iter()
             .flat_map(|m| [&m.path, &m.index_path])

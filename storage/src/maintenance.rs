@@ -187,7 +187,10 @@ impl Inner {
             let mut quarantined = Vec::new();
             // An archived segment's files are not here to move; the finding is recorded.
             let local = segment.archive().is_none();
-            for from in [&segment.path, &segment.index_path].into_iter().filter(|_| local) {
+            for from in [&segment.path, &segment.index_path]
+                .into_iter()
+                .filter(|_| local)
+            {
                 let to = recovery::quarantine_destination(&self.dir, from);
                 quarantined.push(
                     to.strip_prefix(&self.dir)
