@@ -528,7 +528,7 @@ impl crate::Store {
         progress(done, total);
         for segment in todo {
             let meta = &segment.meta;
-            archive.put_segment(&inner.dir, &meta)?;
+            archive.put_segment(&inner.dir, meta)?;
             if inner.record_archived(meta, archive)? {
                 report
                     .archived
