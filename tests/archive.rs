@@ -1,6 +1,6 @@
 //! `ktrail archive` end to end: the demo store archived to a real S3 server (moto, on
 //! loopback) and to a `file://` directory answers every investigation as before; other tools
-//! (pyarrow over S3, DuckDB) read the layout with the same counts; an archive that goes away
+//! (pyarrow over S3, DuckDB, Spark) read the layout with the same counts; an archive that goes away
 //! mid-run loses nothing.
 
 mod common;
@@ -269,7 +269,7 @@ print("\n".join(f"{{k}},{{d}},{{n}}" for k, d, n in rows))
 }
 
 #[test]
-fn duckdb_reads_a_file_archive_with_ktrails_counts() {
+fn duckdb_and_spark_read_a_file_archive_with_ktrails_counts() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("store");
     let archive = dir.path().join("archive");
@@ -291,7 +291,25 @@ print("\n".join(f"{{k}},{{d}},{{n}}" for k, d, n in rows))
 "#,
         archive = archive.display()
     );
-    assert_eq!(python_out(&script, &[]), counts_csv(&data, &[], Some(&out)));
+    let expected = counts_csv(&data, &[], Some(&out));
+    assert_eq!(python_out(&script, &[]), expected);
+
+    // Spark, local mode: the Parquet files by name, the partitions from the directories.
+    // ktrail's timestamps are nanoseconds, which Spark reads as numbers when told to.
+    let script = format!(
+        r#"
+from pyspark.sql import SparkSession
+spark = (SparkSession.builder.master("local[1]")
+         .config("spark.ui.enabled", "false").config("spark.driver.bindAddress", "127.0.0.1")
+         .config("spark.sql.legacy.parquet.nanosAsLong", "true").getOrCreate())
+spark.sparkContext.setLogLevel("ERROR")
+df = spark.read.option("pathGlobFilter", "*.parquet").parquet("file://{archive}/segments")
+rows = sorted((r["kind"], str(r["dt"]), r["count"]) for r in df.groupBy("kind", "dt").count().collect())
+print("\n".join(f"{{k}},{{d}},{{n}}" for k, d, n in rows))
+"#,
+        archive = archive.display()
+    );
+    assert_eq!(python_out(&script, &[]), expected);
 }
 
 /// A loopback TCP relay to `to` that stops relaying, for good, after `limit` bytes went
