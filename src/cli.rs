@@ -282,7 +282,7 @@ pub struct ServeArgs {
     /// Keep this much history on the local disk (`2d`, `36h`): every 10 minutes, the hours
     /// that ended longer ago move to --archive-to, as `ktrail archive` moves them. Unset:
     /// everything stays local.
-    #[arg(long, value_parser = parse_age, value_name = "DURATION")]
+    #[arg(long, env = "KTRAIL_RETAIN_LOCAL", value_parser = parse_age, value_name = "DURATION")]
     pub retain_local: Option<std::time::Duration>,
     /// The archive for --retain-local; default `file://DATA/archive`.
     #[arg(long, env = "KTRAIL_ARCHIVE", value_name = "URL")]

@@ -5,11 +5,11 @@
 mod common;
 
 use std::ffi::OsString;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::Path;
 
-use common::{SAMPLES, Server, ktrail, sql, stderr};
+use common::{SAMPLES, Server, ktrail, raw_exchange, sql, stderr};
 
 const TOKEN: &str = "s3cret-token-for-tests";
 
@@ -345,26 +345,6 @@ fn grpc_ingest_stream_acks_when_durable() {
         ),
         "kind,n\nnetwork_connect,6\nprocess_exec,1\nprocess_exit,1\n"
     );
-}
-
-/// Sends `head` (request line and headers) and then `body`, and reads the answer for up to
-/// 10 s: (status, headers and body as text). A server may answer (401, 413) before reading
-/// the body: a reset while sending is not an error.
-fn raw_exchange(addr: SocketAddr, head: &str, body: &[u8]) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .unwrap();
-    s.write_all(head.as_bytes()).unwrap();
-    let _ = s.write_all(body);
-    let mut resp = Vec::new();
-    let _ = s.read_to_end(&mut resp);
-    let text = String::from_utf8_lossy(&resp).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no answer within 10 s: {text:?}"));
-    (status, text)
 }
 
 #[test]

@@ -2,8 +2,8 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
@@ -182,4 +182,24 @@ pub fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
         .expect("openssl is on the machine");
     assert!(o.status.success(), "{}", stderr(&o));
     (cert, key)
+}
+
+/// Sends `head` (request line and headers) and then `body`, and reads the answer for up to
+/// 10 s: (status, headers and body as text). A server may answer (401, 413) before reading
+/// the body: a reset while sending is not an error.
+pub fn raw_exchange(addr: SocketAddr, head: &str, body: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    let _ = s.write_all(body);
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no answer within 10 s: {text:?}"));
+    (status, text)
 }
