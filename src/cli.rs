@@ -105,7 +105,13 @@ pub enum Command {
     Verify,
     /// Rebuild a missing or unreadable MANIFEST from the segment files after checking each;
     /// what does not check out goes to DATA/quarantine/ (nothing is deleted).
-    Repair,
+    Repair {
+        /// An archive the store's segments were moved to (repeatable): with the manifest
+        /// lost, its segments are listed again from their entries there, once their copies
+        /// check out.
+        #[arg(long = "archive", value_name = "URL")]
+        archives: Vec<String>,
+    },
     /// Flush the memtable and merge each hour's segments into as few as the target size allows.
     Compact,
     /// Move sealed segments to an archive (`file:///dir`, `s3://bucket/prefix`): each is

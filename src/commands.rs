@@ -350,8 +350,15 @@ pub fn verify_cmd(data: &PathBuf) -> Result<ExitCode, CliError> {
     })
 }
 
-pub fn repair_cmd(data: &PathBuf) -> Result<ExitCode, CliError> {
-    let report = storage::repair(data, storage::StoreOptions::default())?;
+pub fn repair_cmd(data: &PathBuf, archives: &[String]) -> Result<ExitCode, CliError> {
+    let archives = archives
+        .iter()
+        .map(|url| storage::Archive::open(url))
+        .collect::<Result<Vec<_>, _>>()?;
+    let report = storage::repair(data, storage::StoreOptions::default(), &archives)?;
+    for (key, finding) in &report.archive_findings {
+        println!("archive entry {key} not listed: {}", one_line(finding));
+    }
     for id in &report.restored {
         println!("segment {id}: its files check out again; listed as whole");
     }
@@ -368,8 +375,12 @@ pub fn repair_cmd(data: &PathBuf) -> Result<ExitCode, CliError> {
             println!("quarantined {}: {}", path.display(), one_line(reason));
         }
         println!(
-            "manifest rebuilt: {} segment(s), {} event(s); WAL: {} record(s) read, {} event(s) no segment held written as new segments",
-            report.segments, report.rows, report.wal_records, report.wal_events_stored
+            "manifest rebuilt: {} segment(s) ({} of them archived), {} event(s); WAL: {} record(s) read, {} event(s) no segment held written as new segments",
+            report.segments,
+            report.archived,
+            report.rows,
+            report.wal_records,
+            report.wal_events_stored
         );
     }
     // The store opens again (exit 0), or the reason it does not is the error.

@@ -74,7 +74,7 @@ fn main() -> ExitCode {
             incident,
         } => commands::gen_cmd(seed, events, &out, incident.as_deref()),
         Command::Verify => commands::verify_cmd(&cli.data),
-        Command::Repair => commands::repair_cmd(&cli.data),
+        Command::Repair { archives } => commands::repair_cmd(&cli.data, &archives),
         Command::Compact => commands::compact_cmd(&cli.data),
         Command::Archive { to, older_than } => {
             commands::archive_cmd(&cli.data, to.as_deref(), older_than)

@@ -204,8 +204,36 @@ impl Archive {
     }
 
     /// Copies a segment's files to the archive and reads them back: `Ok` only when both are
-    /// there with the manifest's SHA-256 and size, and its manifest entry is beside them.
+    /// there with the manifest's SHA-256 and size. Its manifest entry goes first, and only
+    /// where the archive holds no other segment of that id (a store whose manifest was rebuilt
+    /// without its archive would hand out archived ids again): nothing archived is ever
+    /// overwritten by another segment.
     pub(crate) fn put_segment(self: &Arc<Self>, dir: &Path, meta: &SegmentMeta) -> Result<()> {
+        let entry = entry_key(meta.id);
+        let json = serde_json::to_vec_pretty(meta).expect("a manifest entry serialises");
+        let this = self.clone();
+        self.run(async move {
+            let key = this.key(&entry);
+            match this.store.get(&key).await {
+                Ok(found) => {
+                    let found = found.bytes().await.map_err(|e| this.error(&key, e))?;
+                    if found.as_ref() != json.as_slice() {
+                        return Err(this.error(
+                            &key,
+                            "the archive holds another segment of this id; nothing was uploaded, the local copy is kept",
+                        ));
+                    }
+                    Ok(())
+                }
+                Err(object_store::Error::NotFound { .. }) => this
+                    .store
+                    .put(&key, json.into())
+                    .await
+                    .map_err(|e| this.error(&key, e))
+                    .map(|_| ()),
+                Err(e) => Err(this.error(&key, e)),
+            }
+        })?;
         let files = [
             (&meta.path, &meta.sha256, meta.bytes),
             (&meta.index_path, &meta.index_sha256, meta.index_bytes),
@@ -229,16 +257,61 @@ impl Archive {
                 ));
             }
         }
-        let entry = self.key(&format!("manifest/{}.json", meta.id));
-        let json = serde_json::to_vec_pretty(meta).expect("a manifest entry serialises");
+        Ok(())
+    }
+
+    /// The manifest entries the archive holds (`manifest/<id>.json`), each with its copies
+    /// read back and checked: entries whose files are missing or differ are returned apart,
+    /// with the finding (an upload a crash interrupted leaves an entry without files).
+    pub fn entries(self: &Arc<Self>) -> Result<(Vec<SegmentMeta>, Vec<(String, String)>)> {
         let this = self.clone();
-        self.run(async move {
-            this.store
-                .put(&entry, json.into())
-                .await
-                .map_err(|e| this.error(&entry, e))
-                .map(|_| ())
-        })
+        let listed: Vec<(ObjectPath, bytes::Bytes)> = self.run(async move {
+            let prefix = this.key("manifest");
+            let mut out = Vec::new();
+            let mut list = this.store.list(Some(&prefix));
+            while let Some(object) = list.next().await {
+                let object = object.map_err(|e| this.error(&prefix, e))?;
+                let bytes = this
+                    .store
+                    .get(&object.location)
+                    .await
+                    .map_err(|e| this.error(&object.location, e))?
+                    .bytes()
+                    .await
+                    .map_err(|e| this.error(&object.location, e))?;
+                out.push((object.location, bytes));
+            }
+            Ok::<_, StorageError>(out)
+        })?;
+        let (mut whole, mut findings) = (Vec::new(), Vec::new());
+        for (key, bytes) in listed {
+            let meta: SegmentMeta = match serde_json::from_slice(&bytes) {
+                Ok(m) => m,
+                Err(e) => {
+                    findings.push((key.to_string(), format!("not a manifest entry: {e}")));
+                    continue;
+                }
+            };
+            let mut problem = None;
+            for (rel, sha) in [
+                (&meta.path, &meta.sha256),
+                (&meta.index_path, &meta.index_sha256),
+            ] {
+                match self.digest_of(rel)? {
+                    None => problem = Some(format!("{} is missing", self.key(rel))),
+                    Some((found, _)) if &found != sha => {
+                        problem = Some(format!("{}: SHA-256 {found}, not {sha}", self.key(rel)))
+                    }
+                    Some(_) => {}
+                }
+            }
+            match problem {
+                Some(p) => findings.push((key.to_string(), p)),
+                None => whole.push(meta),
+            }
+        }
+        whole.sort_by_key(|m| m.id);
+        Ok((whole, findings))
     }
 
     /// Deletes what [`Archive::put_segment`] wrote for a segment the store no longer lists
@@ -247,7 +320,7 @@ impl Archive {
         let keys = [
             self.key(&meta.path),
             self.key(&meta.index_path),
-            self.key(&format!("manifest/{}.json", meta.id)),
+            self.key(&entry_key(meta.id)),
         ];
         let this = self.clone();
         self.run(async move {
@@ -323,6 +396,11 @@ impl Archive {
             Ok(ids)
         })
     }
+}
+
+/// Where a segment's manifest entry lives below the archive's prefix.
+fn entry_key(id: u64) -> String {
+    format!("manifest/{id}.json")
 }
 
 /// The archives a store's segments live in, one client per URL.
@@ -773,6 +851,55 @@ mod tests {
         assert!(damaged[0].damaged.as_ref().unwrap().quarantined.is_empty());
         // The archive's copy is evidence: nothing there was moved or deleted.
         assert!(changed.exists());
+    }
+
+    #[test]
+    fn a_lost_manifest_is_rebuilt_with_the_archived_segments_and_no_id_is_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let remote = tempfile::tempdir().unwrap();
+        let store = store_of_two_hours(dir.path());
+        let archive = Archive::open(&format!("file://{}", remote.path().display())).unwrap();
+        store.archive(&archive, i64::MAX, &mut |_, _| {}).unwrap();
+        let archived = store.manifest().segments;
+        drop(store);
+        let manifest = dir.path().join(crate::manifest::MANIFEST_FILE);
+
+        // Rebuilt without the archive: its segments are not known, and their ids would be
+        // handed out again; the archive refuses another segment under an archived id.
+        fs::remove_file(&manifest).unwrap();
+        let report = crate::repair(dir.path(), opts(), &[]).unwrap();
+        assert_eq!(report.segments, 0);
+        let (store, _) = Store::open(dir.path(), opts()).unwrap();
+        let late: Vec<_> = (0..5).map(|i| event(i, "billing", "api-1")).collect();
+        store.append(batch_of(&late)).unwrap();
+        store.flush().unwrap();
+        let reused = store.manifest().segments[0].id;
+        assert!(archived.iter().any(|m| m.id == reused));
+        let err = store
+            .archive(&archive, i64::MAX, &mut |_, _| {})
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("holds another segment of this id"), "{err}");
+        assert_eq!(
+            files_under(remote.path()).len(),
+            3 * archived.len(),
+            "nothing overwritten"
+        );
+        drop(store);
+
+        // Rebuilt with it: every archived segment is listed again, after its copies checked.
+        fs::remove_file(&manifest).unwrap();
+        for f in files_under(&dir.path().join("segments")) {
+            fs::remove_file(dir.path().join("segments").join(f)).unwrap();
+        }
+        let report = crate::repair(dir.path(), opts(), std::slice::from_ref(&archive)).unwrap();
+        assert_eq!(report.archived, archived.len());
+        assert!(report.archive_findings.is_empty());
+        let (store, _) = Store::open(dir.path(), opts()).unwrap();
+        let listed = store.manifest();
+        assert!(listed.segments.iter().all(|s| s.archived.is_some()));
+        assert!(listed.next_segment_id > archived.iter().map(|m| m.id).max().unwrap());
+        assert_eq!(ids(&store), (0..4000).collect::<Vec<_>>());
     }
 
     #[test]

@@ -16,8 +16,9 @@ use datafusion::arrow::array::{AsArray, BooleanArray};
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::Int64Type;
 
+use crate::archive::{Archive, IndexCache};
 use crate::error::{IoContext, Result, StorageError};
-use crate::manifest::{MANIFEST_FILE, Manifest};
+use crate::manifest::{Archived, MANIFEST_FILE, Manifest};
 use crate::{StoreOptions, quarantine, segment, wal};
 
 /// What [`repair`] did.
@@ -39,6 +40,11 @@ pub struct RepairReport {
     pub restored: Vec<u64>,
     /// Segments still damaged, with the path a good copy of the Parquet file goes to.
     pub still_damaged: Vec<(u64, PathBuf)>,
+    /// Archived segments listed again from the archives' manifest entries, after their
+    /// copies there checked out.
+    pub archived: usize,
+    /// Archive entries not listed: the entry's key and why (files missing or different).
+    pub archive_findings: Vec<(String, String)>,
 }
 
 /// For each segment the readable `manifest` records as damaged: when good copies of its
@@ -67,8 +73,13 @@ fn restore_damaged(dir: &Path, mut manifest: Manifest, report: &mut RepairReport
 
 /// Rebuilds the manifest of the store in `dir` when it is missing or unreadable (see the
 /// module docs). A readable one is kept; only its damaged segments whose good copies were put
-/// back are listed as whole again. The store must not be open elsewhere.
-pub fn repair(dir: &Path, options: StoreOptions) -> Result<RepairReport> {
+/// back are listed as whole again. The segments of `archives` are listed again from their
+/// manifest entries there, once their copies check out. The store must not be open elsewhere.
+pub fn repair(
+    dir: &Path,
+    options: StoreOptions,
+    archives: &[Arc<Archive>],
+) -> Result<RepairReport> {
     let dir = dir.canonicalize().at(dir)?;
     let mut report = RepairReport::default();
     let _lock = crate::recovery::lock_dir(&dir)?;
@@ -114,6 +125,27 @@ pub fn repair(dir: &Path, options: StoreOptions) -> Result<RepairReport> {
             }
         }
     }
+    let recovered_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    for archive in archives {
+        let (entries, findings) = archive.entries()?;
+        report.archive_findings.extend(findings);
+        for mut meta in entries {
+            // A local copy that checked out is listed as local; the archive's is the same
+            // segment (an upload the lost manifest had not recorded yet).
+            if manifest.segments.iter().any(|m| m.id == meta.id) {
+                continue;
+            }
+            meta.archived = Some(Archived {
+                url: archive.url().to_string(),
+                at: recovered_at.clone(),
+            });
+            manifest.next_segment_id = manifest.next_segment_id.max(meta.id + 1);
+            report.rows += meta.rows;
+            report.archived += 1;
+            manifest.segments.push(meta);
+        }
+    }
+    manifest.segments.sort_by_key(|m| m.id);
 
     // The WAL's records from its first file on: which of their events are in a segment is
     // not known any more, so each is looked up among the checked segments' ids.
@@ -139,11 +171,20 @@ pub fn repair(dir: &Path, options: StoreOptions) -> Result<RepairReport> {
     drop(reader);
     report.wal_records = replay.replayed;
     let mut stored: HashSet<i64> = HashSet::new();
-    for meta in &manifest.segments {
-        stored.extend(segment::event_ids(&segment::Segment::new(
-            &dir,
-            meta.clone(),
-        ))?);
+    let cache = Arc::new(IndexCache::new(&dir, options.archive_cache_bytes));
+    // Only when the WAL has records to place: archived segments' ids are remote reads.
+    for meta in manifest.segments.iter().filter(|_| !batches.is_empty()) {
+        let handle = match &meta.archived {
+            Some(a) => {
+                let archive = archives
+                    .iter()
+                    .find(|x| x.url() == a.url)
+                    .expect("listed from one of them");
+                segment::Segment::archived(&dir, meta.clone(), archive.clone(), cache.clone())
+            }
+            None => segment::Segment::new(&dir, meta.clone()),
+        };
+        stored.extend(segment::event_ids(&handle)?);
     }
     let mut unstored = Vec::new();
     for batch in batches {

@@ -785,7 +785,7 @@ fn repair_takes_back_a_damaged_segment_once_a_good_copy_is_back() {
     };
     assert_eq!(store.scrub().unwrap().len(), 1);
     drop(store);
-    let report = repair(dir.path(), opts()).unwrap();
+    let report = repair(dir.path(), opts(), &[]).unwrap();
     assert!(report.restored.is_empty());
     assert_eq!(
         report.still_damaged,
@@ -805,7 +805,7 @@ fn repair_takes_back_a_damaged_segment_once_a_good_copy_is_back() {
         dir.path().join(&victim.index_path),
     )
     .unwrap();
-    let report = repair(dir.path(), opts()).unwrap();
+    let report = repair(dir.path(), opts(), &[]).unwrap();
     assert_eq!(report.restored, vec![victim.id]);
     let (store, _) = Store::open(dir.path(), opts()).unwrap();
     assert!(store.damaged().is_empty());

@@ -40,7 +40,7 @@ fn crash_child() {
     };
     if std::env::var(REPAIR_ENV).is_ok() {
         // Killed while it rebuilds the manifest.
-        storage::repair(std::path::Path::new(&dir), child_options()).unwrap();
+        storage::repair(std::path::Path::new(&dir), child_options(), &[]).unwrap();
         return;
     }
     let base: i64 = std::env::var(BASE_ENV).unwrap().parse().unwrap();
@@ -129,6 +129,7 @@ fn kill_a_repair(dir: &std::path::Path, exe: &std::path::Path, rng: &mut impl Rn
             background: false,
             ..Default::default()
         },
+        &[],
     )
     .expect("a repair killed half-way can be run again");
 }

@@ -293,7 +293,7 @@ fn repair_rebuilds_a_lost_manifest_from_checked_segments_and_quarantines_the_res
     let err = Store::open(data, options()).err().unwrap();
     assert!(matches!(err, StorageError::ManifestLost { .. }), "{err}");
 
-    let report = storage::repair(data, options()).unwrap();
+    let report = storage::repair(data, options(), &[]).unwrap();
     assert!(report.rebuilt);
     assert_eq!(report.segments, 3, "two checked, one of the WAL's events");
     assert_eq!(report.rows, 250);
@@ -320,7 +320,7 @@ fn repair_rebuilds_a_lost_manifest_from_checked_segments_and_quarantines_the_res
     store.verify().unwrap();
     drop(store);
     // A readable manifest is left alone.
-    let again = storage::repair(data, options()).unwrap();
+    let again = storage::repair(data, options(), &[]).unwrap();
     assert!(!again.rebuilt);
 }
 
