@@ -114,6 +114,13 @@ pub enum Command {
     },
     /// Flush the memtable and merge each hour's segments into as few as the target size allows.
     Compact,
+    /// Delete the hours that ended longer ago than --older-than, archived or local, recording
+    /// each segment deleted in the manifest (its events, time range, SHA-256, the policy and
+    /// when), and in the archive as `expired/<id>.json`.
+    Expire {
+        #[arg(long, value_parser = parse_age)]
+        older_than: std::time::Duration,
+    },
     /// Move sealed segments to an archive (`file:///dir`, `s3://bucket/prefix`): each is
     /// uploaded, read back and checked before its local copy is deleted. Queries read archived
     /// segments where they are. S3 settings come from the standard AWS environment variables
@@ -290,6 +297,11 @@ pub struct ServeArgs {
     /// everything stays local.
     #[arg(long, env = "KTRAIL_RETAIN_LOCAL", value_parser = parse_age, value_name = "DURATION")]
     pub retain_local: Option<std::time::Duration>,
+    /// Delete, every 10 minutes, the hours that ended longer ago than this (`365d`), from the
+    /// archive and the local disk alike; each segment deleted is recorded in the manifest
+    /// (what, when, by which policy). Unset: nothing is ever deleted.
+    #[arg(long, env = "KTRAIL_RETAIN_ARCHIVE", value_parser = parse_age, value_name = "DURATION")]
+    pub retain_archive: Option<std::time::Duration>,
     /// The archive for --retain-local; default `file://DATA/archive`.
     #[arg(long, env = "KTRAIL_ARCHIVE", value_name = "URL")]
     pub archive_to: Option<String>,
@@ -310,4 +322,16 @@ pub fn parse_age(s: &str) -> Result<std::time::Duration, String> {
         _ => return Err(format!("`{s}`: the unit is d, h, m or s")),
     };
     Ok(std::time::Duration::from_secs(n * secs))
+}
+
+/// A duration as `parse_age` reads it, in its largest whole unit (`365d`, `36h`).
+pub fn age_text(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => "0s".into(),
+        _ if s.is_multiple_of(86_400) => format!("{}d", s / 86_400),
+        _ if s.is_multiple_of(3_600) => format!("{}h", s / 3_600),
+        _ if s.is_multiple_of(60) => format!("{}m", s / 60),
+        _ => format!("{s}s"),
+    }
 }

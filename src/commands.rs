@@ -234,6 +234,7 @@ pub fn serve_cmd(data: &PathBuf, args: ServeArgs) -> Result<ExitCode, CliError> 
         max_inflight,
         scrub_hours,
         retain_local,
+        retain_archive,
         archive_to,
     } = args;
     if let Some(c) = config {
@@ -263,9 +264,9 @@ pub fn serve_cmd(data: &PathBuf, args: ServeArgs) -> Result<ExitCode, CliError> 
                     ..Default::default()
                 },
             )?;
-            if let Some(retain) = retain_local {
+            if retain_local.is_some() || retain_archive.is_some() {
                 let archive = storage::Archive::open(&archive_url(data, archive_to.as_deref())?)?;
-                spawn_retention(store.clone(), archive, retain);
+                spawn_retention(store.clone(), archive, retain_local, retain_archive);
             }
             serve(
                 store,
@@ -478,28 +479,47 @@ fn archive_url(data: &std::path::Path, to: Option<&str>) -> Result<String, CliEr
     })
 }
 
-/// `serve --retain-local`: every 10 minutes the hours that ended more than `retain` ago move
-/// to the archive. A failed run leaves its segments local (`Store::archive`); the next retries.
+/// `serve --retain-local/--retain-archive`: every 10 minutes the hours that ended more than
+/// `local` ago move to the archive, and those older than `archive` are deleted (recorded). A
+/// failed run leaves what it did not finish as it was; the next retries.
 fn spawn_retention(
     store: storage::Store,
     archive: std::sync::Arc<storage::Archive>,
-    retain: std::time::Duration,
+    local: Option<std::time::Duration>,
+    expire: Option<std::time::Duration>,
 ) {
-    let run = move || loop {
-        let before = (chrono::Utc::now() - retain)
+    let ago = |d: std::time::Duration| {
+        (chrono::Utc::now() - d)
             .timestamp_nanos_opt()
-            .unwrap_or(i64::MAX);
-        match store.archive(&archive, before, &mut |_, _| {}) {
-            Ok(r) if !r.archived.is_empty() => tracing::info!(
-                segments = r.archived.len(),
-                events = r.rows(),
-                bytes = r.bytes(),
-                archive = archive.url(),
-                "archived the hours past --retain-local"
-            ),
-            Ok(_) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "archiving failed; the segments stay local until the next run")
+            .unwrap_or(i64::MIN)
+    };
+    let run = move || loop {
+        if let Some(retain) = local {
+            match store.archive(&archive, ago(retain), &mut |_, _| {}) {
+                Ok(r) if !r.archived.is_empty() => tracing::info!(
+                    segments = r.archived.len(),
+                    events = r.rows(),
+                    bytes = r.bytes(),
+                    archive = archive.url(),
+                    "archived the hours past --retain-local"
+                ),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "archiving failed; the segments stay local until the next run")
+                }
+            }
+        }
+        if let Some(retain) = expire {
+            let policy = format!("retain_archive={}", crate::cli::age_text(retain));
+            match store.expire(ago(retain), &policy) {
+                Ok(gone) if !gone.is_empty() => tracing::info!(
+                    segments = gone.len(),
+                    events = gone.iter().map(|e| e.rows).sum::<u64>(),
+                    %policy,
+                    "expired the hours past --retain-archive (recorded in the manifest)"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "expiry failed; retried at the next run"),
             }
         }
         std::thread::sleep(std::time::Duration::from_secs(600));
@@ -508,4 +528,38 @@ fn spawn_retention(
         .name("ktrail-retention".into())
         .spawn(run)
         .expect("spawn the retention thread");
+}
+
+pub fn expire_cmd(data: &PathBuf, older_than: std::time::Duration) -> Result<ExitCode, CliError> {
+    let store = open_store(data, false)?;
+    store.flush()?;
+    let cutoff = chrono::Utc::now() - older_than;
+    let policy = format!(
+        "ktrail expire --older-than {}",
+        crate::cli::age_text(older_than)
+    );
+    let gone = store.expire(cutoff.timestamp_nanos_opt().unwrap_or(i64::MIN), &policy)?;
+    let time = |ns: i64| {
+        chrono::DateTime::from_timestamp_nanos(ns)
+            .format("%Y-%m-%dT%H:%M:%SZ")
+            .to_string()
+    };
+    for e in &gone {
+        println!(
+            "segment {} ({} events, {} to {}) expired from {}",
+            e.id,
+            e.rows,
+            time(e.min_ts),
+            time(e.max_ts),
+            e.archive.as_deref().unwrap_or("the local disk")
+        );
+    }
+    println!(
+        "{} segment(s) expired, {} events; hours ended before {}; recorded in the manifest as `{policy}`",
+        gone.len(),
+        gone.iter().map(|e| e.rows).sum::<u64>(),
+        cutoff.format("%Y-%m-%dT%H:%M:%SZ"),
+    );
+    store.close()?;
+    Ok(ExitCode::SUCCESS)
 }

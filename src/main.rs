@@ -76,6 +76,7 @@ fn main() -> ExitCode {
         Command::Verify => commands::verify_cmd(&cli.data),
         Command::Repair { archives } => commands::repair_cmd(&cli.data, &archives),
         Command::Compact => commands::compact_cmd(&cli.data),
+        Command::Expire { older_than } => commands::expire_cmd(&cli.data, older_than),
         Command::Archive { to, older_than } => {
             commands::archive_cmd(&cli.data, to.as_deref(), older_than)
         }

@@ -514,3 +514,48 @@ fn serve_moves_the_hours_past_retain_local_to_the_archive() {
     assert!(archived_count(&data) > 0);
     assert_eq!(counts_csv(&data, &[], None), counts);
 }
+
+#[test]
+fn expiry_deletes_archived_hours_and_records_each_in_the_manifest_and_the_archive() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    let archive = dir.path().join("archive");
+    ok(ktrail_env(&data, &[], &["demo", "--events", "5000"]));
+    let url = format!("file://{}", archive.display());
+    ok(ktrail_env(
+        &data,
+        &[],
+        &["archive", "--to", &url, "--older-than", "0s"],
+    ));
+    let archived = archived_count(&data);
+    let out = ok(ktrail_env(&data, &[], &["expire", "--older-than", "0s"]));
+    let m = manifest(&data);
+    let expired = m["expired"].as_array().unwrap();
+    assert!(expired.len() >= archived, "{out}");
+    assert!(
+        out.contains(&format!("{} segment(s) expired", expired.len())),
+        "{out}"
+    );
+    for e in expired {
+        assert_eq!(e["policy"], "ktrail expire --older-than 0s");
+        assert_eq!(e["files_deleted"], true);
+    }
+    // The archive says what it no longer holds; what is left answers alone.
+    assert!(files_ending(&archive.join("segments"), ".parquet").is_empty());
+    assert_eq!(
+        files_ending(&archive.join("expired"), ".json").len(),
+        archived
+    );
+    let left: u64 = m["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["rows"].as_u64().unwrap())
+        .sum();
+    let n = ok(ktrail_env(
+        &data,
+        &[],
+        &["sql", "--format", "csv", "SELECT count(*) FROM events"],
+    ));
+    assert_eq!(n.lines().nth(1), Some(left.to_string().as_str()));
+}

@@ -29,7 +29,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::error::{IoContext, Result, StorageError};
 use crate::fsutil;
-use crate::manifest::{Archived, SegmentMeta};
+use crate::manifest::{Archived, Expired, SegmentMeta};
 use crate::segment::Segment;
 
 /// Directory of the store that keeps archived segments' indexes read back (a cache: bounded,
@@ -324,6 +324,32 @@ impl Archive {
         ];
         let this = self.clone();
         self.run(async move {
+            for key in keys {
+                match this.store.delete(&key).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(this.error(&key, e)),
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Deletes an expired segment's objects, leaving `expired/<id>.json` (the manifest's
+    /// record of it) in place of its entry, so the archive says what it no longer holds.
+    pub(crate) fn delete_expired(self: &Arc<Self>, expired: &Expired) -> Result<()> {
+        let record = self.key(&format!("expired/{}.json", expired.id));
+        let json = serde_json::to_vec_pretty(expired).expect("an expiry record serialises");
+        let keys = [
+            self.key(&expired.path),
+            self.key(&expired.index_path),
+            self.key(&entry_key(expired.id)),
+        ];
+        let this = self.clone();
+        self.run(async move {
+            this.store
+                .put(&record, json.into())
+                .await
+                .map_err(|e| this.error(&record, e))?;
             for key in keys {
                 match this.store.delete(&key).await {
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
@@ -900,6 +926,59 @@ mod tests {
         assert!(listed.segments.iter().all(|s| s.archived.is_some()));
         assert!(listed.next_segment_id > archived.iter().map(|m| m.id).max().unwrap());
         assert_eq!(ids(&store), (0..4000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn expiry_deletes_old_hours_and_records_each_segment_it_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let remote = tempfile::tempdir().unwrap();
+        let store = store_of_two_hours(dir.path());
+        let archive = Archive::open(&format!("file://{}", remote.path().display())).unwrap();
+        let first_hour = crate::segment::hour_of(store.manifest().segments[0].min_ts);
+        let end_of_first = (first_hour + 1) * 3_600_000_000_000;
+        // The first hour archived, the second local: expiry takes the first from the archive.
+        store
+            .archive(&archive, end_of_first, &mut |_, _| {})
+            .unwrap();
+        let first: Vec<SegmentMeta> = store
+            .manifest()
+            .segments
+            .into_iter()
+            .filter(|s| s.archived.is_some())
+            .collect();
+        let expired = store.expire(end_of_first, "retain_archive=1d").unwrap();
+        assert_eq!(
+            expired.iter().map(|e| e.id).collect::<Vec<_>>(),
+            first.iter().map(|m| m.id).collect::<Vec<_>>()
+        );
+        let manifest = store.manifest();
+        assert!(
+            manifest
+                .expired
+                .iter()
+                .all(|e| e.files_deleted && e.policy == "retain_archive=1d")
+        );
+        assert_eq!(manifest.expired.iter().map(|e| e.rows).sum::<u64>(), 3600);
+        let remaining = files_under(remote.path());
+        for m in &first {
+            assert!(remaining.contains(&format!("expired/{}.json", m.id)));
+            assert!(
+                !remaining.contains(&m.path)
+                    && !remaining.contains(&format!("manifest/{}.json", m.id))
+            );
+        }
+        assert_eq!(ids(&store), (3600..4000).collect::<Vec<_>>());
+
+        // The second hour is local: its files go when the last handle does.
+        let second = store.manifest().segments;
+        let expired = store.expire(i64::MAX, "retain_local=0s").unwrap();
+        assert_eq!(expired.len(), second.len());
+        assert!(files_under(&dir.path().join("segments")).is_empty());
+        drop(store);
+        let (store, report) = Store::open(dir.path(), opts()).unwrap();
+        assert!(report.quarantined.is_empty());
+        assert_eq!(store.snapshot().rows(), 0);
+        assert_eq!(store.manifest().expired.len(), first.len() + second.len());
     }
 
     #[test]

@@ -20,6 +20,7 @@ mod maintenance;
 pub mod manifest;
 mod recovery;
 mod repair;
+mod retention;
 pub mod segment;
 pub mod wal;
 
@@ -35,7 +36,7 @@ pub use append::{AppendOutcome, AppendPipeline, PendingAppend};
 pub use archive::{Archive, ArchiveReport};
 pub use error::{Result, StorageError};
 pub use index::{INDEXED_COLUMNS, SegmentIndex};
-pub use manifest::{Archived, Damage, Manifest, SegmentMeta};
+pub use manifest::{Archived, Damage, Expired, Manifest, SegmentMeta};
 pub use recovery::{OpenReport, QUARANTINE_DIR, quarantine};
 pub use repair::{RepairReport, repair};
 pub use segment::{Segment, SegmentOptions};

@@ -32,6 +32,33 @@ pub struct Manifest {
     pub segments: Vec<SegmentMeta>,
     /// Fingerprints of inputs ingested completely (see `Store::record_fingerprint`).
     pub fingerprints: BTreeSet<String>,
+    /// Segments deleted by a retention policy, in the order they were: what a gap in the
+    /// history is, so none is silent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expired: Vec<Expired>,
+}
+
+/// A segment a retention policy deleted: its summary stays in the manifest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Expired {
+    pub id: u64,
+    /// Where its files were (relative to the store directory or the archive's prefix).
+    pub path: String,
+    pub index_path: String,
+    pub rows: u64,
+    pub min_ts: i64,
+    pub max_ts: i64,
+    pub sha256: String,
+    pub index_sha256: String,
+    /// Where its files were: the archive's URL, or `None` for the store directory.
+    pub archive: Option<String>,
+    /// The policy that deleted it (`retain_archive=365d`), and when (RFC 3339, UTC).
+    pub policy: String,
+    pub at: String,
+    /// False until nothing of it is left to delete by an expiry run: an archived segment's
+    /// objects were deleted (a run that failed between leaves it to the next); a local
+    /// segment's files go with its last reader, or at the next open.
+    pub files_deleted: bool,
 }
 
 /// One immutable Parquet segment and its sidecar index.

@@ -229,11 +229,18 @@ fn remove_orphans(dir: &Path, manifest: &Manifest, report: &mut OpenReport) -> R
         .collect();
     // Local copies of archived segments: the archive's copy was read back and found equal
     // before the manifest recorded it, so these are leftovers of a move a crash interrupted.
+    // Files of expired segments: the manifest records their expiry.
     let moved: HashSet<PathBuf> = manifest
         .segments
         .iter()
         .filter(|s| s.archived.is_some())
         .flat_map(|s| [dir.join(&s.path), dir.join(&s.index_path)])
+        .chain(
+            manifest
+                .expired
+                .iter()
+                .flat_map(|e| [dir.join(&e.path), dir.join(&e.index_path)]),
+        )
         .collect();
     let mut changed = HashSet::new();
     for p in files_under_segments(dir)? {
