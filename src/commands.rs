@@ -344,6 +344,14 @@ pub fn verify_cmd(data: &PathBuf) -> Result<ExitCode, CliError> {
         "{} segment(s) verified, {findings} damaged",
         segments.len() - findings
     );
+    let expired = store.manifest().expired;
+    if !expired.is_empty() {
+        println!(
+            "{} segment(s) ({} events) expired by retention policy, each recorded in the manifest",
+            expired.len(),
+            expired.iter().map(|e| e.rows).sum::<u64>()
+        );
+    }
     Ok(if findings > 0 {
         ExitCode::from(3)
     } else {
