@@ -89,6 +89,11 @@ fn ktrail_env(data: &Path, env: &[(&str, String)], args: &[&str]) -> Output {
         .expect("run ktrail")
 }
 
+/// `ktrail archive --to URL --older-than 0s`: every sealed hour.
+fn archive_all(data: &Path, env: &[(&str, String)], url: &str) -> Output {
+    ktrail_env(data, env, &["archive", "--to", url, "--older-than", "0s"])
+}
+
 fn ok(o: Output) -> String {
     assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
     stdout(&o)
@@ -193,17 +198,7 @@ fn a_demo_store_archived_to_s3_answers_every_investigation_as_before() {
     let local_segments = files_ending(&data.join("segments"), ".parquet").len();
     assert!(local_segments > 0);
 
-    let out = ok(ktrail_env(
-        &data,
-        &env,
-        &[
-            "archive",
-            "--to",
-            "s3://ktrail-archive/prod",
-            "--older-than",
-            "0s",
-        ],
-    ));
+    let out = ok(archive_all(&data, &env, "s3://ktrail-archive/prod"));
     let local = sealed_locally(&data);
     assert!(local.is_empty(), "sealed segments left local: {local:?}");
     let archived = archived_count(&data);
@@ -276,11 +271,7 @@ fn duckdb_and_spark_read_a_file_archive_with_ktrails_counts() {
     ok(ktrail_env(&data, &[], &["demo", "--events", "5000"]));
     let counts = counts_csv(&data, &[], None);
     let url = format!("file://{}", archive.display());
-    let out = ok(ktrail_env(
-        &data,
-        &[],
-        &["archive", "--to", &url, "--older-than", "0s"],
-    ));
+    let out = ok(archive_all(&data, &[], &url));
     assert_eq!(counts_csv(&data, &[], None), counts);
     let script = format!(
         r#"
@@ -383,17 +374,7 @@ fn an_archive_lost_mid_run_or_unreachable_deletes_nothing_it_did_not_archive() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let o = ktrail_env(
-        &data,
-        &aws_env(closed),
-        &[
-            "archive",
-            "--to",
-            "s3://ktrail-archive/x",
-            "--older-than",
-            "0s",
-        ],
-    );
+    let o = archive_all(&data, &aws_env(closed), "s3://ktrail-archive/x");
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
     assert!(
         stderr(&o).contains("archive s3://ktrail-archive/x"),
@@ -412,17 +393,7 @@ fn an_archive_lost_mid_run_or_unreachable_deletes_nothing_it_did_not_archive() {
     let s3 = S3Server::start("ktrail-archive");
     let relay = relay_cut_after(s3.addr, 400 << 10);
     let env = aws_env(relay);
-    let o = ktrail_env(
-        &data,
-        &env,
-        &[
-            "archive",
-            "--to",
-            "s3://ktrail-archive/x",
-            "--older-than",
-            "0s",
-        ],
-    );
+    let o = archive_all(&data, &env, "s3://ktrail-archive/x");
     assert_eq!(
         o.status.code(),
         Some(1),
@@ -455,17 +426,7 @@ fn an_archive_lost_mid_run_or_unreachable_deletes_nothing_it_did_not_archive() {
 
     // Through the server itself, the run finishes what it began.
     let env = aws_env(s3.addr);
-    ok(ktrail_env(
-        &data,
-        &env,
-        &[
-            "archive",
-            "--to",
-            "s3://ktrail-archive/x",
-            "--older-than",
-            "0s",
-        ],
-    ));
+    ok(archive_all(&data, &env, "s3://ktrail-archive/x"));
     let local = sealed_locally(&data);
     assert!(local.is_empty(), "sealed segments left local: {local:?}");
     let n = ok(ktrail_env(
@@ -522,11 +483,7 @@ fn expiry_deletes_archived_hours_and_records_each_in_the_manifest_and_the_archiv
     let archive = dir.path().join("archive");
     ok(ktrail_env(&data, &[], &["demo", "--events", "5000"]));
     let url = format!("file://{}", archive.display());
-    ok(ktrail_env(
-        &data,
-        &[],
-        &["archive", "--to", &url, "--older-than", "0s"],
-    ));
+    ok(archive_all(&data, &[], &url));
     let archived = archived_count(&data);
     let out = ok(ktrail_env(&data, &[], &["expire", "--older-than", "0s"]));
     let m = manifest(&data);
