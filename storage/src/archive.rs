@@ -263,7 +263,7 @@ impl Archive {
     /// The manifest entries the archive holds (`manifest/<id>.json`), each with its copies
     /// read back and checked: entries whose files are missing or differ are returned apart,
     /// with the finding (an upload a crash interrupted leaves an entry without files).
-    pub fn entries(self: &Arc<Self>) -> Result<(Vec<SegmentMeta>, Vec<(String, String)>)> {
+    pub fn entries(self: &Arc<Self>) -> Result<ArchiveEntries> {
         let this = self.clone();
         let listed: Vec<(ObjectPath, bytes::Bytes)> = self.run(async move {
             let prefix = this.key("manifest");
@@ -311,7 +311,7 @@ impl Archive {
             }
         }
         whole.sort_by_key(|m| m.id);
-        Ok((whole, findings))
+        Ok(ArchiveEntries { whole, findings })
     }
 
     /// Deletes what [`Archive::put_segment`] wrote for a segment the store no longer lists
@@ -422,6 +422,15 @@ impl Archive {
             Ok(ids)
         })
     }
+}
+
+/// What [`Archive::entries`] found.
+#[derive(Debug, Default)]
+pub struct ArchiveEntries {
+    /// Entries whose files are there with their SHA-256s, in id order.
+    pub whole: Vec<SegmentMeta>,
+    /// The key of each other entry, and what is wrong with it.
+    pub findings: Vec<(String, String)>,
 }
 
 /// Where a segment's manifest entry lives below the archive's prefix.

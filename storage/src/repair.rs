@@ -127,9 +127,9 @@ pub fn repair(
     }
     let recovered_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     for archive in archives {
-        let (entries, findings) = archive.entries()?;
-        report.archive_findings.extend(findings);
-        for mut meta in entries {
+        let entries = archive.entries()?;
+        report.archive_findings.extend(entries.findings);
+        for mut meta in entries.whole {
             // A local copy that checked out is listed as local; the archive's is the same
             // segment (an upload the lost manifest had not recorded yet).
             if manifest.segments.iter().any(|m| m.id == meta.id) {
