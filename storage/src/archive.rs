@@ -80,7 +80,6 @@ impl Archive {
                     let root = parsed
                         .to_file_path()
                         .map_err(|()| bad("a file:// archive needs an absolute path".into()))?;
-                    fsutil::create_dir_durable(&root)?;
                     let prefix =
                         ObjectPath::from_absolute_path(&root).map_err(|e| bad(e.to_string()))?;
                     (
@@ -151,6 +150,15 @@ impl Archive {
     {
         let task = self.runtime.spawn(f);
         futures::executor::block_on(task).expect("archive I/O task")
+    }
+
+    /// Makes a `file://` archive's directory, durably, before the first upload (opening an
+    /// archive to read creates nothing).
+    fn create_root(&self) -> Result<()> {
+        match &self.local_root {
+            Some(root) => fsutil::create_dir_durable(root),
+            None => Ok(()),
+        }
     }
 
     fn error(&self, key: &ObjectPath, reason: impl std::fmt::Display) -> StorageError {
@@ -635,6 +643,9 @@ impl crate::Store {
                 continue;
             }
             todo.push(s);
+        }
+        if !todo.is_empty() {
+            archive.create_root()?;
         }
         let total: u64 = todo.iter().map(|s| s.meta.bytes + s.meta.index_bytes).sum();
         let mut done = 0;

@@ -230,7 +230,7 @@ fn remove_orphans(dir: &Path, manifest: &Manifest, report: &mut OpenReport) -> R
     // Local copies of archived segments: the archive's copy was read back and found equal
     // before the manifest recorded it, so these are leftovers of a move a crash interrupted.
     // Files of expired segments: the manifest records their expiry.
-    let moved: HashSet<PathBuf> = manifest
+    let accounted: HashSet<PathBuf> = manifest
         .segments
         .iter()
         .filter(|s| s.archived.is_some())
@@ -247,7 +247,7 @@ fn remove_orphans(dir: &Path, manifest: &Manifest, report: &mut OpenReport) -> R
         if listed.contains(&p) {
             continue;
         }
-        if moved.contains(&p) {
+        if accounted.contains(&p) {
             fs::remove_file(&p).at(&p)?;
             changed.insert(p.parent().expect("under segments/").to_path_buf());
             report.removed_orphans.push(p);
