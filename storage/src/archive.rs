@@ -193,6 +193,17 @@ impl Archive {
         Ok(())
     }
 
+    /// Deletes `keys`; one already gone is not an error (a run that failed between retries).
+    async fn delete_all(&self, keys: impl IntoIterator<Item = ObjectPath>) -> Result<()> {
+        for key in keys {
+            match self.store.delete(&key).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.error(&key, e)),
+            }
+        }
+        Ok(())
+    }
+
     /// SHA-256 (hex) and length of the object at `key`, read back in full; `None` when the
     /// archive has no such object.
     async fn digest(self: Arc<Self>, key: ObjectPath) -> Result<Option<(String, u64)>> {
@@ -331,15 +342,7 @@ impl Archive {
             self.key(&entry_key(meta.id)),
         ];
         let this = self.clone();
-        self.run(async move {
-            for key in keys {
-                match this.store.delete(&key).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                    Err(e) => return Err(this.error(&key, e)),
-                }
-            }
-            Ok(())
-        })
+        self.run(async move { this.delete_all(keys).await })
     }
 
     /// Deletes an expired segment's objects, leaving `expired/<id>.json` (the manifest's
@@ -358,13 +361,7 @@ impl Archive {
                 .put(&record, json.into())
                 .await
                 .map_err(|e| this.error(&record, e))?;
-            for key in keys {
-                match this.store.delete(&key).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                    Err(e) => return Err(this.error(&key, e)),
-                }
-            }
-            Ok(())
+            this.delete_all(keys).await
         })
     }
 
