@@ -20,6 +20,16 @@ pub struct Cli {
         default_value = "./ktrail-data"
     )]
     pub data: PathBuf,
+    /// Ed25519 key (from `ktrail keygen`) that signs digests of the store's hash chain: when a
+    /// command that wrote closes the store, and hourly in `serve`. `verify` and `evidence
+    /// verify` take the private key or its FILE.pub.
+    #[arg(long, global = true, env = "KTRAIL_SIGNING_KEY", value_name = "FILE")]
+    pub signing_key: Option<PathBuf>,
+    /// A second place each digest is copied to (a directory or `file://`/`s3://` URL only an
+    /// auditor can write): `verify` checks the chain's head against it, which defeats removing
+    /// the newest history together with its digests.
+    #[arg(long, global = true, env = "KTRAIL_WITNESS", value_name = "PATH|URL")]
+    pub witness: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -100,9 +110,15 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         incident: Option<PathBuf>,
     },
-    /// Recompute every segment's SHA-256 and compare it with the manifest: one line per
-    /// damaged file, exit 3 on any.
+    /// Check every segment (local and archived) against the manifest, the manifest against
+    /// the hash chain, and the chain against its signed digests (and the --witness's copies):
+    /// one line per finding, exit 3 on any.
     Verify,
+    /// Write a new Ed25519 signing key to FILE (owner-only) and its public key to FILE.pub.
+    Keygen {
+        #[arg(short, long = "out", value_name = "FILE")]
+        out: PathBuf,
+    },
     /// Rebuild a missing or unreadable MANIFEST from the segment files after checking each;
     /// what does not check out goes to DATA/quarantine/ (nothing is deleted).
     Repair {
@@ -305,6 +321,10 @@ pub struct ServeArgs {
     /// The archive for --retain-local; default `file://DATA/archive`.
     #[arg(long, env = "KTRAIL_ARCHIVE", value_name = "URL")]
     pub archive_to: Option<String>,
+    /// How often the chain's head is signed while serving (with --signing-key; and on
+    /// shutdown). Digests are copied to the archive too, when retention has one.
+    #[arg(long, default_value = "1h", value_parser = parse_age, value_name = "DURATION")]
+    pub digest_interval: std::time::Duration,
 }
 
 /// `2d`, `36h`, `90m`, `45s`: a whole number and one unit.

@@ -236,6 +236,7 @@ pub fn serve_cmd(data: &PathBuf, args: ServeArgs) -> Result<ExitCode, CliError> 
         retain_local,
         retain_archive,
         archive_to,
+        digest_interval,
     } = args;
     if let Some(c) = config {
         Err(CliError::Other(format!(
@@ -256,16 +257,30 @@ pub fn serve_cmd(data: &PathBuf, args: ServeArgs) -> Result<ExitCode, CliError> 
             if let Some(pg) = &mut pg {
                 pg.max_connections = max_connections.max(1);
             }
+            let archive = (retain_local.is_some() || retain_archive.is_some())
+                .then(|| -> Result<_, CliError> {
+                    Ok(storage::Archive::open(&archive_url(
+                        data,
+                        archive_to.as_deref(),
+                    )?)?)
+                })
+                .transpose()?;
+            // Digests on the schedule asked for, copied to the archive too.
+            let digests = crate::session::signing().map(|mut d| {
+                d.interval = digest_interval.max(std::time::Duration::from_secs(1));
+                d.copies.extend(archive.clone());
+                d
+            });
             let store = open_store_with(
                 data,
                 storage::StoreOptions {
                     scrub_interval: (scrub_hours > 0)
                         .then(|| std::time::Duration::from_secs(scrub_hours * 3600)),
+                    digests,
                     ..Default::default()
                 },
             )?;
-            if retain_local.is_some() || retain_archive.is_some() {
-                let archive = storage::Archive::open(&archive_url(data, archive_to.as_deref())?)?;
+            if let Some(archive) = archive {
                 spawn_retention(store.clone(), archive, retain_local, retain_archive);
             }
             serve(
@@ -324,7 +339,15 @@ pub fn networks_cmd(data: &std::path::Path, action: NetworksAction) -> Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn verify_cmd(data: &PathBuf) -> Result<ExitCode, CliError> {
+pub fn verify_cmd(
+    data: &PathBuf,
+    key: Option<&std::path::Path>,
+    witness: Option<&str>,
+) -> Result<ExitCode, CliError> {
+    let key = key.map(storage::digest::load_public_key).transpose()?;
+    let witness = witness
+        .map(|w| crate::session::location_url(w).and_then(|u| Ok(storage::Archive::open(&u)?)))
+        .transpose()?;
     let store = open_store(data, false)?;
     let segments = store.snapshot().segments;
     let mut findings = 0;
@@ -344,7 +367,8 @@ pub fn verify_cmd(data: &PathBuf) -> Result<ExitCode, CliError> {
         "{} segment(s) verified, {findings} damaged",
         segments.len() - findings
     );
-    let expired = store.manifest().expired;
+    let manifest = store.manifest();
+    let expired = &manifest.expired;
     if !expired.is_empty() {
         println!(
             "{} segment(s) ({} events) expired by retention policy, each recorded in the manifest",
@@ -352,11 +376,50 @@ pub fn verify_cmd(data: &PathBuf) -> Result<ExitCode, CliError> {
             expired.iter().map(|e| e.rows).sum::<u64>()
         );
     }
+    let history = storage::check_history(store.dir(), &manifest, key.as_ref(), witness.as_ref())?;
+    for f in &history.findings {
+        println!("{}", one_line(f));
+    }
+    println!(
+        "hash chain: {} entries; digests: {} of {} valid{}",
+        history.chain_entries,
+        history.digests_valid,
+        history.digests_found,
+        history
+            .signed_entry
+            .map(|e| format!(", the newest signs entry {e}"))
+            .unwrap_or_default()
+    );
+    if let (Some(w), Some(n)) = (&witness, history.witness_digests) {
+        println!(
+            "witness {}: {n} valid digest(s){}",
+            w.url(),
+            history
+                .witness_entry
+                .map(|e| format!(", the newest signs entry {e}"))
+                .unwrap_or_default()
+        );
+    }
+    for note in &history.notes {
+        eprintln!("note: {note}");
+    }
+    findings += history.findings.len();
     Ok(if findings > 0 {
         ExitCode::from(3)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+pub fn keygen_cmd(out: &std::path::Path) -> Result<ExitCode, CliError> {
+    let key = storage::digest::keygen(out)?;
+    println!(
+        "wrote the signing key {} and its public key {} (Ed25519 {})",
+        out.display(),
+        storage::digest::public_key_path(out).display(),
+        hex::encode(key.as_bytes())
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn repair_cmd(data: &PathBuf, archives: &[String]) -> Result<ExitCode, CliError> {

@@ -36,6 +36,15 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // Commands that write sign the chain's head on close; the checking commands read the key
+    // themselves (a public key file is enough for them).
+    let signs = !matches!(cli.command, Command::Verify | Command::Keygen { .. });
+    if signs
+        && let Err(e) = session::set_signing(cli.signing_key.as_deref(), cli.witness.as_deref())
+    {
+        eprintln!("error: {}", commands::one_line(&e.to_string()));
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Ingest {
             format,
@@ -73,7 +82,12 @@ fn main() -> ExitCode {
             out,
             incident,
         } => commands::gen_cmd(seed, events, &out, incident.as_deref()),
-        Command::Verify => commands::verify_cmd(&cli.data),
+        Command::Verify => commands::verify_cmd(
+            &cli.data,
+            cli.signing_key.as_deref(),
+            cli.witness.as_deref(),
+        ),
+        Command::Keygen { out } => commands::keygen_cmd(&out),
         Command::Repair { archives } => commands::repair_cmd(&cli.data, &archives),
         Command::Compact => commands::compact_cmd(&cli.data),
         Command::Expire { older_than } => commands::expire_cmd(&cli.data, older_than),

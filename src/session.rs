@@ -1,6 +1,6 @@
 //! Opening the store and a query session over it, for the commands that read.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use datafusion::prelude::SessionContext;
 use query::IndexUse;
@@ -15,6 +15,48 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
+/// How every store this process opens signs its digests (`--signing-key`, `--witness`).
+static SIGNING: std::sync::OnceLock<storage::digest::DigestOptions> = std::sync::OnceLock::new();
+
+/// Loads the signing key and opens the witness, for [`open_store_with`].
+pub fn set_signing(key: Option<&Path>, witness: Option<&str>) -> Result<(), CliError> {
+    let Some(key) = key else {
+        return Ok(());
+    };
+    let copies = match witness {
+        Some(w) => vec![storage::Archive::open(&location_url(w)?)?],
+        None => Vec::new(),
+    };
+    let options = storage::digest::DigestOptions {
+        key: std::sync::Arc::new(storage::digest::load_signing_key(key)?),
+        interval: std::time::Duration::from_secs(3600),
+        copies,
+    };
+    let _ = SIGNING.set(options);
+    Ok(())
+}
+
+/// The digest options [`set_signing`] set, if any.
+pub fn signing() -> Option<storage::digest::DigestOptions> {
+    SIGNING.get().cloned()
+}
+
+/// A location given as a URL or as a local path (made a `file://` URL).
+pub fn location_url(location: &str) -> Result<String, CliError> {
+    if location.contains("://") {
+        return Ok(location.to_string());
+    }
+    let path = Path::new(location);
+    let path = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| CliError::Other(format!("no current directory: {e}")))?
+            .join(path)
+    };
+    Ok(format!("file://{}", path.display()))
+}
+
 pub fn open_store(data: &PathBuf, background: bool) -> Result<Store, CliError> {
     open_store_with(
         data,
@@ -26,7 +68,10 @@ pub fn open_store(data: &PathBuf, background: bool) -> Result<Store, CliError> {
 }
 
 /// [`open_store`] with `options`; what the open found is printed on stderr.
-pub fn open_store_with(data: &PathBuf, options: StoreOptions) -> Result<Store, CliError> {
+pub fn open_store_with(data: &PathBuf, mut options: StoreOptions) -> Result<Store, CliError> {
+    if options.digests.is_none() {
+        options.digests = signing();
+    }
     let (store, report) = Store::open(data, options)?;
     if let Some((path, offset, dropped)) = &report.wal.torn_tail {
         eprintln!(

@@ -177,6 +177,12 @@ impl Archive {
             .await
             .map_err(|e| self.error(&key, e))?;
         writer.shutdown().await.map_err(|e| self.error(&key, e))?;
+        self.sync_local(&key)
+    }
+
+    /// Makes the object at `key` durable where the archive is local (object_store's local
+    /// store never fsyncs).
+    fn sync_local(&self, key: &ObjectPath) -> Result<()> {
         if self.local_root.is_some() {
             let path = PathBuf::from(format!("/{key}"));
             fs::File::open(&path).and_then(|f| f.sync_all()).at(&path)?;
@@ -191,6 +197,55 @@ impl Archive {
             }
         }
         Ok(())
+    }
+
+    /// Writes `bytes` as the object at `rel` (a path below the prefix), durably.
+    pub fn put(self: &Arc<Self>, rel: &str, bytes: Vec<u8>) -> Result<()> {
+        self.create_root()?;
+        let key = self.key(rel);
+        let this = self.clone();
+        self.run(async move {
+            this.store
+                .put(&key, bytes.into())
+                .await
+                .map_err(|e| this.error(&key, e))?;
+            this.sync_local(&key)
+        })
+    }
+
+    /// Every object below `rel_dir`, with its bytes, in key order: names relative to
+    /// `rel_dir`.
+    pub fn get_all(self: &Arc<Self>, rel_dir: &str) -> Result<Vec<(String, bytes::Bytes)>> {
+        let this = self.clone();
+        let prefix = self.key(rel_dir);
+        self.run(async move {
+            let mut keys = Vec::new();
+            let mut list = this.store.list(Some(&prefix));
+            while let Some(meta) = list.next().await {
+                keys.push(meta.map_err(|e| this.error(&prefix, e))?.location);
+            }
+            keys.sort();
+            let mut out = Vec::with_capacity(keys.len());
+            for key in keys {
+                let got = this
+                    .store
+                    .get(&key)
+                    .await
+                    .map_err(|e| this.error(&key, e))?;
+                let bytes = got.bytes().await.map_err(|e| this.error(&key, e))?;
+                let name = key
+                    .prefix_match(&prefix)
+                    .map(|parts| {
+                        parts
+                            .map(|p| p.as_ref().to_string())
+                            .collect::<Vec<_>>()
+                            .join("/")
+                    })
+                    .unwrap_or_else(|| key.to_string());
+                out.push((name, bytes));
+            }
+            Ok(out)
+        })
     }
 
     /// Deletes `keys`; one already gone is not an error (a run that failed between retries).

@@ -223,6 +223,7 @@ mod tests {
             pods: None,
             null_columns: Vec::new(),
             level: 0,
+            merkle_root: None,
             damaged: None,
             archived: None,
         };

@@ -41,6 +41,9 @@ pub enum StorageError {
         key: String,
         reason: String,
     },
+    /// A signing key file could not be made or read as one.
+    #[error("key {path}: {reason}")]
+    Key { path: PathBuf, reason: String },
     /// Another process holds the store's directory lock.
     #[error("store {path} is in use by another ktrail process")]
     Locked { path: PathBuf },

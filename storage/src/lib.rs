@@ -11,13 +11,17 @@
 
 mod append;
 pub mod archive;
+mod audit;
+pub mod chain;
 mod compaction;
 mod dedup;
+pub mod digest;
 mod error;
 pub mod fsutil;
 pub mod index;
 mod maintenance;
 pub mod manifest;
+pub mod merkle;
 mod recovery;
 mod repair;
 mod retention;
@@ -34,6 +38,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 
 pub use append::{AppendOutcome, AppendPipeline, PendingAppend};
 pub use archive::{Archive, ArchiveReport};
+pub use audit::{HistoryReport, check_history};
 pub use error::{Result, StorageError};
 pub use index::{INDEXED_COLUMNS, SegmentIndex};
 pub use manifest::{Archived, Damage, Expired, Manifest, SegmentMeta};
@@ -80,6 +85,8 @@ pub struct StoreOptions {
     /// Most bytes of archived segments' indexes kept in the store directory
     /// (`archive-cache/`); past it the least recently used go, and are fetched again.
     pub archive_cache_bytes: u64,
+    /// Sign the chain's head on a schedule and on close (`None`: no digests).
+    pub digests: Option<digest::DigestOptions>,
 }
 
 impl Default for StoreOptions {
@@ -100,6 +107,7 @@ impl Default for StoreOptions {
             dedup_max_ids: 16 << 20,
             scrub_interval: Some(Duration::from_secs(24 * 3600)),
             archive_cache_bytes: 1 << 30,
+            digests: None,
         }
     }
 }
@@ -294,16 +302,33 @@ impl Store {
         Ok(())
     }
 
-    /// Stops the background thread, flushes the memtable and compacts what became small.
+    /// Signs the chain's head with the configured key, unless the newest digest covers it;
+    /// returns the new digest's file name.
+    pub fn write_digest(&self) -> Result<Option<String>> {
+        self.inner.write_digest()
+    }
+
+    /// Stops the background thread, flushes the memtable, compacts what became small and
+    /// signs the chain's head.
     pub fn close(self) -> Result<()> {
         drop(self.background);
         self.inner.quarantine_damaged_now()?;
         self.inner.flush()?;
-        self.inner.compact(Compaction::Tiered).map(|_| ())
+        self.inner.compact(Compaction::Tiered)?;
+        self.inner.write_digest().map(|_| ())
     }
 }
 
 impl Inner {
+    pub(crate) fn write_digest(&self) -> Result<Option<String>> {
+        let Some(options) = &self.options.digests else {
+            return Ok(None);
+        };
+        let _m = self.maintenance.lock();
+        let manifest = self.state.read().manifest.clone();
+        digest::write(&self.dir, &manifest, options)
+    }
+
     /// How full the memtable is: 1.0 at its row or byte limit, whichever comes first.
     fn memtable_fill(&self) -> f64 {
         let st = self.state.read();

@@ -40,6 +40,16 @@ impl BackgroundThread {
                     .expect("spawn scrub thread"),
             );
         }
+        if let Some(digests) = &inner.options.digests {
+            let every = digests.interval;
+            let signing = inner.clone();
+            handles.push(
+                std::thread::Builder::new()
+                    .name("ktrail-digest".into())
+                    .spawn(move || signing.digest_loop(every))
+                    .expect("spawn digest thread"),
+            );
+        }
         Self {
             inner,
             handles: Mutex::new(handles),
@@ -91,7 +101,7 @@ impl Inner {
                 new_segments.push(Arc::new(Segment::new(&self.dir, meta)));
             }
             manifest.flushed_seq = upto_seq;
-            save_manifest(&self.dir, &manifest)
+            save_manifest(&self.dir, &mut manifest)
         })();
         let saved_anyway = match published {
             Ok(()) => None,
@@ -343,7 +353,7 @@ impl Inner {
         let old: HashSet<u64> = group.iter().map(|s| s.meta.id).collect();
         manifest.segments.retain(|s| !old.contains(&s.id));
         manifest.segments.push(merged.clone());
-        let saved_anyway = match save_manifest(&self.dir, &manifest) {
+        let saved_anyway = match save_manifest(&self.dir, &mut manifest) {
             Ok(()) => None,
             Err(SaveFailure::NotSaved(e)) => {
                 segment::discard_unpublished(&self.dir, merged.id, segment::hour_of(merged.min_ts));
@@ -376,6 +386,16 @@ impl Inner {
                 Ok(found) if found.is_empty() => tracing::info!("scrub: every segment checks out"),
                 Ok(found) => tracing::error!(damaged = found.len(), "scrub found damaged segments"),
                 Err(e) => tracing::error!(error = %e, "scrub failed"),
+            }
+        }
+    }
+
+    fn digest_loop(&self, every: Duration) {
+        while self.wait(every) {
+            match self.write_digest() {
+                Ok(Some(name)) => tracing::info!(digest = %name, "signed the chain's head"),
+                Ok(None) => {}
+                Err(e) => tracing::error!(error = %e, "signing a digest failed"),
             }
         }
     }
@@ -434,7 +454,7 @@ pub(crate) enum SaveFailure {
 
 pub(crate) fn save_manifest(
     dir: &Path,
-    manifest: &Manifest,
+    manifest: &mut Manifest,
 ) -> std::result::Result<(), SaveFailure> {
     manifest.save(dir).map_err(|e| match Manifest::load(dir) {
         Ok(Some(on_disk)) if on_disk == *manifest => SaveFailure::OnDisk(e),

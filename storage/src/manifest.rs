@@ -11,6 +11,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::chain::{self, ChainHead};
 use crate::error::{IoContext, Result, StorageError};
 use crate::fsutil;
 
@@ -36,6 +37,9 @@ pub struct Manifest {
     /// history is, so none is silent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub expired: Vec<Expired>,
+    /// The last entry of the hash chain over the segments' history ([`crate::chain`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<ChainHead>,
 }
 
 /// A segment a retention policy deleted: its summary stays in the manifest.
@@ -93,6 +97,10 @@ pub struct SegmentMeta {
     pub null_columns: Vec<String>,
     /// 0 for a flushed memtable, n+1 for a compaction of level-n segments.
     pub level: u32,
+    /// Root of the Merkle tree over the segment's rows in file order, hex (see [`crate::merkle`]);
+    /// `None` for segments written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merkle_root: Option<String>,
     /// Set once the segment's files were found not to be what the manifest says: the segment
     /// stays listed (its rows, time range and pods say what is missing), is never read,
     /// compacted or deleted, and its files are kept in `quarantine/`.
@@ -181,8 +189,15 @@ impl Manifest {
         Ok(m)
     }
 
-    /// Replaces the manifest of `dir` atomically and durably.
-    pub fn save(&self, dir: &Path) -> Result<()> {
+    /// Replaces the manifest of `dir` atomically and durably, after appending the chain entry
+    /// of the change from the manifest it replaces (which sets [`Manifest::chain`]).
+    pub fn save(&mut self, dir: &Path) -> Result<()> {
+        chain::record(dir, self)?;
+        fsutil::write_atomic(&dir.join(MANIFEST_FILE), &self.to_bytes())
+    }
+
+    /// The manifest file's bytes (header line, then JSON).
+    pub fn to_bytes(&self) -> Vec<u8> {
         let body = serde_json::to_vec_pretty(self).expect("manifest serialises");
         let mut out = format!(
             "KTMANIFEST {MANIFEST_FORMAT} {:08x}\n",
@@ -190,7 +205,7 @@ impl Manifest {
         )
         .into_bytes();
         out.extend_from_slice(&body);
-        fsutil::write_atomic(&dir.join(MANIFEST_FILE), &out)
+        out
     }
 
     /// Rows in all listed segments.
@@ -215,6 +230,7 @@ mod tests {
         };
         m.fingerprints.insert("abc".into());
         m.save(dir.path()).unwrap();
+        assert_eq!(m.chain.as_ref().map(|h| h.seq), Some(1));
         assert_eq!(Manifest::load(dir.path()).unwrap().unwrap(), m);
 
         let path = dir.path().join(MANIFEST_FILE);

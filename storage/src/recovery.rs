@@ -57,7 +57,7 @@ impl Store {
                         reason: format!("missing, but {} exists", found.display()),
                     });
                 }
-                let m = Manifest {
+                let mut m = Manifest {
                     schema_version: model::SCHEMA_VERSION,
                     next_segment_id: 1,
                     ..Default::default()

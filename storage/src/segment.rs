@@ -25,6 +25,7 @@ use crate::error::{IoContext, Result, StorageError};
 use crate::fsutil;
 use crate::index::{SegmentIndex, SegmentIndexBuilder};
 use crate::manifest::SegmentMeta;
+use crate::merkle::RootBuilder;
 
 /// Sort order of every segment: rows of one pod's container are contiguous and in time order,
 /// so pod lookups touch few pages and the index holds few runs.
@@ -279,6 +280,7 @@ pub struct SegmentWriter {
     max_ts: i64,
     /// Per `events` column: whether some row so far has a value.
     has_value: Vec<bool>,
+    merkle: RootBuilder,
 }
 
 impl SegmentWriter {
@@ -321,6 +323,7 @@ impl SegmentWriter {
             min_ts: i64::MAX,
             max_ts: i64::MIN,
             has_value: vec![false; model::events_schema().fields().len()],
+            merkle: RootBuilder::new(),
         })
     }
 
@@ -328,6 +331,7 @@ impl SegmentWriter {
     pub fn write(&mut self, chunk: &RecordBatch) -> Result<()> {
         self.writer.write(chunk)?;
         self.index.push(chunk);
+        self.merkle.push_rows(chunk)?;
         let ts = chunk.column(0).as_primitive::<TimestampNanosecondType>();
         for t in ts.values() {
             self.min_ts = self.min_ts.min(*t);
@@ -380,6 +384,7 @@ impl SegmentWriter {
             pods,
             null_columns,
             level: self.level,
+            merkle_root: Some(hex::encode(self.merkle.root())),
             damaged: None,
             archived: None,
         })
@@ -451,6 +456,7 @@ pub fn meta_from_files(
     let (mut min_ts, mut max_ts) = (i64::MAX, i64::MIN);
     let key = SortKey::new()?;
     let mut last_row: Option<Vec<u8>> = None;
+    let mut merkle = RootBuilder::new();
     for batch in builder.build().map_err(|e| in_file(e.into()))? {
         let batch = batch.map_err(|e| in_file(e.into()))?;
         let batch = RecordBatch::try_new(model::events_schema(), batch.columns().to_vec())
@@ -463,6 +469,7 @@ pub fn meta_from_files(
             last_row = Some(row.as_ref().to_vec());
         }
         rebuilt.push(&batch);
+        merkle.push_rows(&batch)?;
         for t in batch
             .column(0)
             .as_primitive::<TimestampNanosecondType>()
@@ -505,6 +512,7 @@ pub fn meta_from_files(
         pods,
         null_columns,
         level: 0,
+        merkle_root: Some(hex::encode(merkle.root())),
         damaged: None,
         archived: None,
     })
