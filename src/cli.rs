@@ -163,6 +163,11 @@ pub enum Command {
         #[command(subcommand)]
         action: crate::falco_cmd::FalcoAction,
     },
+    /// Evidence bundles: selected events with proofs a third party checks offline.
+    Evidence {
+        #[command(subcommand)]
+        action: crate::evidence_cmd::EvidenceAction,
+    },
     /// Policy Advisor: least-privilege pod policies from workload manifests.
     Policy {
         #[command(subcommand)]

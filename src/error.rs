@@ -17,6 +17,8 @@ pub enum CliError {
     Policy(#[from] policy::PolicyError),
     #[error(transparent)]
     Falco(#[from] falco::FalcoError),
+    #[error(transparent)]
+    Evidence(#[from] evidence::EvidenceError),
     #[error("{0}")]
     Other(String),
 }

@@ -6,6 +6,7 @@ mod cli;
 mod commands;
 mod demo;
 mod error;
+mod evidence_cmd;
 mod falco_cmd;
 mod flight;
 mod grpc;
@@ -38,7 +39,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Commands that write sign the chain's head on close; the checking commands read the key
     // themselves (a public key file is enough for them).
-    let signs = !matches!(cli.command, Command::Verify | Command::Keygen { .. });
+    let signs = !matches!(
+        cli.command,
+        Command::Verify
+            | Command::Keygen { .. }
+            | Command::Evidence {
+                action: evidence_cmd::EvidenceAction::Verify { .. }
+            }
+    );
     if signs
         && let Err(e) = session::set_signing(cli.signing_key.as_deref(), cli.witness.as_deref())
     {
@@ -97,6 +105,9 @@ fn main() -> ExitCode {
         Command::Networks { action } => commands::networks_cmd(&cli.data, action),
         Command::Policy { action } => policy_cmd::run(&cli.data, action),
         Command::Falco { action } => falco_cmd::run(&cli.data, action),
+        Command::Evidence { action } => {
+            evidence_cmd::run(&cli.data, cli.signing_key.as_deref(), action)
+        }
     };
     match result {
         Ok(code) => code,

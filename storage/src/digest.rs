@@ -107,6 +107,11 @@ pub fn load_public_key(path: &Path) -> Result<VerifyingKey> {
     })
 }
 
+/// A public key from its PEM text (SubjectPublicKeyInfo), as [`public_key_pem`] writes it.
+pub fn public_key_from_pem(text: &str) -> std::result::Result<VerifyingKey, String> {
+    VerifyingKey::from_public_key_pem(text).map_err(|e| format!("not an Ed25519 public key: {e}"))
+}
+
 /// The public key as PEM (what bundles carry).
 pub fn public_key_pem(key: &VerifyingKey) -> String {
     key.to_public_key_pem(LineEnding::LF)

@@ -679,6 +679,38 @@ impl Segment {
             .collect()
     }
 
+    /// Every row of the segment in file order, local or archived (an archived file is fetched
+    /// whole and checked against the manifest's SHA-256 first), as `events` batches.
+    pub fn rows_in_order(&self) -> Result<Vec<RecordBatch>> {
+        let batches: Vec<RecordBatch> = match self.archive() {
+            None => self.read_all(None)?,
+            Some(archive) => {
+                let bytes = archive.get(&self.meta.path)?;
+                let actual = hex::encode(Sha256::digest(&bytes));
+                if actual != self.meta.sha256 {
+                    return Err(self.found_damage(format!(
+                        "{} in the archive {}: SHA-256 {actual} differs from the manifest's {}",
+                        archive.key(&self.meta.path),
+                        archive.url(),
+                        self.meta.sha256
+                    )));
+                }
+                ParquetRecordBatchReaderBuilder::try_new(bytes)?
+                    .with_batch_size(64 * 1024)
+                    .build()?
+                    .map(|b| b.map_err(StorageError::from))
+                    .collect::<Result<_>>()?
+            }
+        };
+        batches
+            .into_iter()
+            .map(|b| {
+                RecordBatch::try_new(model::events_schema(), b.columns().to_vec())
+                    .map_err(StorageError::from)
+            })
+            .collect()
+    }
+
     /// What is wrong with the segment, if a check found anything: recorded in the manifest,
     /// or found in this process and not recorded yet.
     pub fn damage(&self) -> Option<&str> {
