@@ -401,7 +401,9 @@ pub(crate) fn record(dir: &Path, next: &mut Manifest) -> Result<()> {
     let mut bytes = line.into_bytes();
     let hash = entry_hash(&bytes);
     bytes.push(b'\n');
-    file.write_all(&bytes).at(&path)?;
+    fsutil::fault_point("chain.write")
+        .and_then(|()| file.write_all(&bytes))
+        .at(&path)?;
     fsutil::fault_point("chain.fsync")
         .and_then(|()| file.sync_all())
         .at(&path)?;

@@ -25,6 +25,8 @@ pub const FAULT_POINTS: &[&str] = &[
     "segment.fsync",
     "publish.rename",
     "dir.fsync",
+    "chain.write",
+    "chain.fsync",
 ];
 
 /// What an injected fault looks like to the caller.

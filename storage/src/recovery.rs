@@ -46,7 +46,7 @@ impl Store {
         let dir = dir.canonicalize().at(&dir)?;
         let lock = lock_dir(&dir)?;
 
-        let manifest = match Manifest::load(&dir) {
+        let mut manifest = match Manifest::load(&dir) {
             Ok(Some(m)) => m,
             Ok(None) => {
                 // A new store saves its manifest before anything else, so a segment file
@@ -70,6 +70,10 @@ impl Store {
             }
             Err(e) => return Err(e),
         };
+        if manifest.chain.is_none() {
+            // A store from before the hash chain: its first entry lists what it holds now.
+            manifest.save(&dir)?;
+        }
         let mut report = OpenReport::default();
         finish_quarantines(&dir, &manifest)?;
         check_listed_files(&dir, &manifest)?;

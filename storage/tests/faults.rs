@@ -389,6 +389,14 @@ fn survive_fault(point: &'static str, fault: Fault, skip: u32, restart: bool) ->
         "{what}: every acknowledged event, once"
     );
     store.verify().unwrap_or_else(|e| panic!("{what}: {e}"));
+    // The hash chain tells the same history as the manifest: a failed step left no entry
+    // that a later one did not replace.
+    let history = storage::check_history(dir.path(), &store.manifest(), None, None).unwrap();
+    assert!(
+        history.findings.is_empty(),
+        "{what}: {:?}",
+        history.findings
+    );
     reached
 }
 
