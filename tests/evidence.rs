@@ -213,24 +213,24 @@ fn every_edit_of_a_bundle_is_named() {
     assert!(out.contains("has proofs for"), "{out}");
 }
 
+/// `ktrail --signing-key KEY evidence export SELECTION... -o OUT` on the scenario's store.
+fn export(e: &Exported, selection: &[&str], out: &Path) -> std::process::Output {
+    let mut args = vec![
+        "--signing-key",
+        e.key.to_str().unwrap(),
+        "evidence",
+        "export",
+    ];
+    args.extend_from_slice(selection);
+    args.extend(["-o", out.to_str().unwrap()]);
+    ktrail(&e.data, &args)
+}
+
 #[test]
 fn pod_and_sql_selections_export_and_a_bad_selection_is_one_error() {
     let e = exported();
-    let key = e.key.to_str().unwrap();
     let out = e.root.join("pod.tar");
-    let o = ktrail(
-        &e.data,
-        &[
-            "--signing-key",
-            key,
-            "evidence",
-            "export",
-            "--pod",
-            "billing/invoice-api-7d9f8b6c5-abc12",
-            "-o",
-            out.to_str().unwrap(),
-        ],
-    );
+    let o = export(&e, &["--pod", "billing/invoice-api-7d9f8b6c5-abc12"], &out);
     assert!(o.status.success(), "{}", stderr(&o));
     let n = common::sql_json(
         &e.data,
@@ -246,36 +246,14 @@ fn pod_and_sql_selections_export_and_a_bad_selection_is_one_error() {
     );
     let (code, text) = verify(&e, &out, None);
     assert_eq!(code, 0, "{text}");
+
     let out = e.root.join("sql.tar");
-    let o = ktrail(
-        &e.data,
-        &[
-            "--signing-key",
-            key,
-            "evidence",
-            "export",
-            "--sql",
-            "SELECT event_id FROM events WHERE kind = 'k8s_audit'",
-            "-o",
-            out.to_str().unwrap(),
-        ],
-    );
+    let sql = "SELECT event_id FROM events WHERE kind = 'k8s_audit'";
+    let o = export(&e, &["--sql", sql], &out);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(verify(&e, &out, None).0, 0);
 
-    let o = ktrail(
-        &e.data,
-        &[
-            "--signing-key",
-            key,
-            "evidence",
-            "export",
-            "--sql",
-            "SELECT pod FROM events",
-            "-o",
-            out.to_str().unwrap(),
-        ],
-    );
+    let o = export(&e, &["--sql", "SELECT pod FROM events"], &out);
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
     assert!(
         stderr(&o).contains("selection:") && stderr(&o).contains("event_id"),
@@ -293,19 +271,7 @@ fn a_store_whose_history_does_not_verify_exports_nothing() {
     m.segments.iter_mut().find(|s| s.id == seg.id).unwrap().rows += 1;
     std::fs::write(e.data.join("MANIFEST"), m.to_bytes()).unwrap();
     let out = e.root.join("refused.tar");
-    let o = ktrail(
-        &e.data,
-        &[
-            "--signing-key",
-            e.key.to_str().unwrap(),
-            "evidence",
-            "export",
-            "--pod",
-            "billing/x",
-            "-o",
-            out.to_str().unwrap(),
-        ],
-    );
+    let o = export(&e, &["--pod", "billing/x"], &out);
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
     assert!(
         stderr(&o).contains("the store's history does not verify"),

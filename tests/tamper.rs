@@ -418,3 +418,69 @@ fn a_digest_removed_or_edited_or_signed_by_another_key_is_found() {
         stdout(&o)
     );
 }
+
+#[test]
+fn serve_signs_on_its_schedule_and_on_shutdown_with_copies_at_the_witness() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("signing.pem");
+    assert!(
+        ktrail(tmp.path(), &["keygen", "-o", key.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let data = tmp.path().join("data");
+    let witness = tmp.path().join("witness");
+    let args: Vec<std::ffi::OsString> = vec![
+        "--signing-key".into(),
+        key.clone().into(),
+        "--witness".into(),
+        witness.clone().into(),
+        "serve".into(),
+        "--http".into(),
+        "127.0.0.1:0".into(),
+        "--digest-interval".into(),
+        "1s".into(),
+    ];
+    let server = common::Server::start(&data, &args, "http");
+    let digests =
+        |dir: &Path| -> usize { fs::read_dir(dir.join("digests")).map_or(0, |d| d.count()) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while digests(&data) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no digest within 30 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let audit =
+        fs::read_to_string(Path::new(common::SAMPLES).join("k8s-audit/exec_pod.json")).unwrap();
+    let head = format!(
+        "POST /v1/ingest/k8s-audit HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        audit.len()
+    );
+    let (status, text) = common::raw_exchange(server.addr, &head, audit.as_bytes());
+    assert_eq!(status, 200, "{text}");
+    server.stop();
+    // The shutdown's flush is a chain entry, signed on close; the witness has every digest.
+    let m = manifest(&data);
+    assert_eq!(m.rows(), 1);
+    assert!(digests(&data) >= 2);
+    assert_eq!(digests(&witness), digests(&data));
+    let o = ktrail(
+        &data,
+        &[
+            "--signing-key",
+            &format!("{}.pub", key.display()),
+            "--witness",
+            witness.to_str().unwrap(),
+            "verify",
+        ],
+    );
+    assert!(o.status.success(), "{}", stdout(&o));
+    let head_seq = m.chain.unwrap().seq;
+    assert!(
+        stdout(&o).contains(&format!("the newest signs entry {head_seq}")),
+        "{}",
+        stdout(&o)
+    );
+}

@@ -63,6 +63,9 @@ pub struct ChainEntry {
     /// Segments found damaged (they stay listed, never read).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub damaged: Vec<u64>,
+    /// Damaged segments taken back by a repair (their files check out again).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restored: Vec<u64>,
 }
 
 /// What the chain commits to of a segment.
@@ -90,6 +93,23 @@ pub struct ChainArchived {
 pub struct ChainExpired {
     pub id: u64,
     pub policy: String,
+}
+
+impl ChainEntry {
+    /// An entry that changes nothing, numbered and linked by [`record`].
+    fn empty() -> Self {
+        Self {
+            seq: 0,
+            prev: String::new(),
+            at: String::new(),
+            added: Vec::new(),
+            removed: Vec::new(),
+            archived: Vec::new(),
+            expired: Vec::new(),
+            damaged: Vec::new(),
+            restored: Vec::new(),
+        }
+    }
 }
 
 impl ChainSegment {
@@ -253,6 +273,14 @@ impl ChainState {
                 )),
             }
         }
+        for id in &entry.restored {
+            match self.live.get_mut(id) {
+                Some(l) => l.damaged = false,
+                None => findings.push(format!(
+                    "chain entry {seq}: takes back segment {id}, which is not listed"
+                )),
+            }
+        }
         for e in &entry.expired {
             self.live.remove(&e.id);
             self.expired.insert(e.id, (e.policy.clone(), seq));
@@ -262,16 +290,7 @@ impl ChainState {
 
     /// The entry taking this state to `next`, `None` when no segment changed.
     fn diff(&self, next: &Manifest) -> Option<ChainEntry> {
-        let mut entry = ChainEntry {
-            seq: 0,
-            prev: String::new(),
-            at: String::new(),
-            added: Vec::new(),
-            removed: Vec::new(),
-            archived: Vec::new(),
-            expired: Vec::new(),
-            damaged: Vec::new(),
-        };
+        let mut entry = ChainEntry::empty();
         for s in &next.segments {
             match self.live.get(&s.id) {
                 Some(l) if l.segment == ChainSegment::of(s) => {
@@ -285,6 +304,9 @@ impl ChainState {
                     }
                     if s.damaged.is_some() && !l.damaged {
                         entry.damaged.push(s.id);
+                    }
+                    if s.damaged.is_none() && l.damaged {
+                        entry.restored.push(s.id);
                     }
                 }
                 other => {
@@ -324,7 +346,8 @@ impl ChainState {
             && entry.removed.is_empty()
             && entry.archived.is_empty()
             && entry.expired.is_empty()
-            && entry.damaged.is_empty());
+            && entry.damaged.is_empty()
+            && entry.restored.is_empty());
         changed.then_some(entry)
     }
 }
@@ -360,16 +383,7 @@ pub(crate) fn record(dir: &Path, next: &mut Manifest) -> Result<()> {
         }
         (Some(e), _) => e,
         // The first entry of a new chain, even with nothing in it.
-        (None, None) => ChainEntry {
-            seq: 0,
-            prev: String::new(),
-            at: String::new(),
-            added: Vec::new(),
-            removed: Vec::new(),
-            archived: Vec::new(),
-            expired: Vec::new(),
-            damaged: Vec::new(),
-        },
+        (None, None) => ChainEntry::empty(),
     };
     let entry = ChainEntry {
         seq: head.as_ref().map_or(1, |h| h.seq + 1),
