@@ -498,7 +498,19 @@ pub fn archive_cmd(
     older_than: std::time::Duration,
 ) -> Result<ExitCode, CliError> {
     let archive = storage::Archive::open(&archive_url(data, to)?)?;
-    let store = open_store(data, false)?;
+    // The digest signed on close goes to the archive too.
+    let digests = crate::session::signing().map(|mut d| {
+        d.copies.push(archive.clone());
+        d
+    });
+    let store = open_store_with(
+        data,
+        storage::StoreOptions {
+            background: false,
+            digests,
+            ..Default::default()
+        },
+    )?;
     // What is still in memory of an old hour goes into a segment first, so it moves too.
     store.flush()?;
     let cutoff = chrono::Utc::now() - older_than;
