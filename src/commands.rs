@@ -344,6 +344,11 @@ pub fn verify_cmd(
     key: Option<&std::path::Path>,
     witness: Option<&str>,
 ) -> Result<ExitCode, CliError> {
+    if witness.is_some() && key.is_none() {
+        return Err(CliError::Other(
+            "--witness is checked against signed digests: give --signing-key KEY.pub too".into(),
+        ));
+    }
     let key = key.map(storage::digest::load_public_key).transpose()?;
     let witness = witness
         .map(|w| crate::session::location_url(w).and_then(|u| Ok(storage::Archive::open(&u)?)))

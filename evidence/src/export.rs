@@ -126,7 +126,12 @@ pub async fn export(
         .fold((i64::MAX, i64::MIN), |(lo, hi), &t| (lo.min(t), hi.max(t)));
 
     // Which entry added each listed segment.
-    let lines = chain::read_lines(store.dir())?;
+    // The committed entries only (a crash may leave one past the head).
+    let committed = manifest.chain.as_ref().map_or(0, |h| h.len);
+    let lines: Vec<_> = chain::read_lines(store.dir())?
+        .into_iter()
+        .filter(|l| l.offset < committed)
+        .collect();
     let mut state = ChainState::default();
     for line in &lines {
         if let Ok(entry) = &line.entry {

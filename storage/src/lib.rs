@@ -171,6 +171,9 @@ struct Inner {
     submit_order: Mutex<()>,
     /// Serialises flushes and compactions (the manifest has one writer).
     maintenance: Mutex<()>,
+    /// Serialises digest writers (each names the one before), apart from `maintenance`: a
+    /// digest's copy to a remote witness must not hold up flushes.
+    signing: Mutex<()>,
     wal: Wal<RecordBatch>,
     wake: Condvar,
     wake_lock: Mutex<bool>,
@@ -324,7 +327,7 @@ impl Inner {
         let Some(options) = &self.options.digests else {
             return Ok(None);
         };
-        let _m = self.maintenance.lock();
+        let _s = self.signing.lock();
         let manifest = self.state.read().manifest.clone();
         digest::write(&self.dir, &manifest, options)
     }

@@ -161,6 +161,7 @@ impl Store {
             archives,
             index_cache,
             submit_order: Mutex::new(()),
+            signing: Mutex::new(()),
             maintenance: Mutex::new(()),
             wal,
             wake: Condvar::new(),
