@@ -81,6 +81,7 @@ with tempfile.TemporaryDirectory() as tmp:
     data = tmp / "data"
     subprocess.run([ktrail, "ingest", "--data", data, gen], check=True, capture_output=True)
     add("manifest", (data / "MANIFEST").read_bytes())
+    add("chain_file", (data / "CHAIN").read_bytes())
     for f in sorted((data / "segments").rglob("*")):
         if f.is_file() and not f.name.endswith(".parquet"):
             add("segment_index", f.read_bytes())

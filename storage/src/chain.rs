@@ -152,6 +152,11 @@ pub fn read_lines(dir: &Path) -> Result<Vec<ChainLine>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).at(&path),
     };
+    Ok(parse_lines(&bytes))
+}
+
+/// The lines of a `CHAIN` file's bytes; a line that is not an entry is kept, with the reason.
+pub fn parse_lines(bytes: &[u8]) -> Vec<ChainLine> {
     let mut lines = Vec::new();
     let mut offset = 0u64;
     for raw in bytes.split_inclusive(|&b| b == b'\n') {
@@ -175,7 +180,7 @@ pub fn read_lines(dir: &Path) -> Result<Vec<ChainLine>> {
         });
         offset += raw.len() as u64;
     }
-    Ok(lines)
+    lines
 }
 
 /// The segments a sequence of entries leaves, by id.
@@ -224,6 +229,7 @@ impl ChainState {
     pub fn apply(&mut self, entry: &ChainEntry) -> Vec<String> {
         let mut findings = Vec::new();
         let seq = entry.seq;
+        // Saturating: the counts come from a file anyone may have edited.
         let removed_rows: u64 = entry
             .removed
             .iter()
@@ -236,8 +242,12 @@ impl ChainState {
                     0
                 }
             })
-            .sum();
-        let added_rows: u64 = entry.added.iter().map(|s| s.rows).sum();
+            .fold(0, u64::saturating_add);
+        let added_rows: u64 = entry
+            .added
+            .iter()
+            .map(|s| s.rows)
+            .fold(0, u64::saturating_add);
         if !entry.removed.is_empty() && removed_rows != added_rows {
             findings.push(format!(
                 "chain entry {seq}: segments {:?} removed with {removed_rows} rows, replaced by {added_rows}: {} rows not accounted for",
@@ -386,7 +396,7 @@ pub(crate) fn record(dir: &Path, next: &mut Manifest) -> Result<()> {
         (None, None) => ChainEntry::empty(),
     };
     let entry = ChainEntry {
-        seq: head.as_ref().map_or(1, |h| h.seq + 1),
+        seq: head.as_ref().map_or(1, |h| h.seq.saturating_add(1)),
         prev: head
             .as_ref()
             .map_or_else(|| GENESIS_PREV.to_string(), |h| h.hash.clone()),
@@ -452,7 +462,7 @@ fn only_uncommitted_entry(
     Ok(match after[..] {
         [one] => match &one.entry {
             Ok(e) => {
-                e.seq == head.as_ref().map_or(1, |h| h.seq + 1)
+                e.seq == head.as_ref().map_or(1, |h| h.seq.saturating_add(1))
                     && e.prev == head.as_ref().map_or(GENESIS_PREV, |h| h.hash.as_str())
             }
             // A torn line: the append itself was interrupted.
@@ -477,13 +487,17 @@ pub struct ChainReport {
 /// they leave listed is what the manifest lists (same files, rows, times and Merkle roots),
 /// what they expired the manifest records as expired.
 pub fn check(dir: &Path, manifest: &Manifest) -> Result<ChainReport> {
+    Ok(check_lines(&read_lines(dir)?, manifest))
+}
+
+/// [`check`] of a `CHAIN` file's lines.
+pub fn check_lines(lines: &[ChainLine], manifest: &Manifest) -> ChainReport {
     let mut report = ChainReport::default();
-    let lines = read_lines(dir)?;
     let Some(head) = &manifest.chain else {
         report
             .findings
             .push("the manifest names no chain head: the history is not chained".into());
-        return Ok(report);
+        return report;
     };
     let mut state = ChainState::default();
     let mut prev = GENESIS_PREV.to_string();
@@ -525,7 +539,7 @@ pub fn check(dir: &Path, manifest: &Manifest) -> Result<ChainReport> {
         report.findings.extend(state.apply(entry));
         report.hashes.insert(entry.seq, line.hash.clone());
         prev = line.hash.clone();
-        expected_seq = entry.seq + 1;
+        expected_seq = entry.seq.saturating_add(1);
         report.entries += 1;
     }
     match lines.iter().rev().find(|l| l.offset < head.len) {
@@ -558,7 +572,7 @@ pub fn check(dir: &Path, manifest: &Manifest) -> Result<ChainReport> {
         ));
     }
     compare(&state, manifest, &mut report.findings);
-    Ok(report)
+    report
 }
 
 /// What the chain leaves listed against what the manifest lists.
