@@ -380,8 +380,21 @@ impl Inner {
         !*stop
     }
 
+    /// Sleeps `period` in full, whatever wakes the background meanwhile (flush requests
+    /// notify the same condition); false when the store is closing.
+    fn sleep(&self, period: Duration) -> bool {
+        let deadline = Instant::now() + period;
+        let mut stop = self.wake_lock.lock();
+        while !*stop {
+            if self.wake.wait_until(&mut stop, deadline).timed_out() {
+                break;
+            }
+        }
+        !*stop
+    }
+
     fn scrub_loop(&self, every: Duration) {
-        while self.wait(every) {
+        while self.sleep(every) {
             match self.scrub() {
                 Ok(found) if found.is_empty() => tracing::info!("scrub: every segment checks out"),
                 Ok(found) => tracing::error!(damaged = found.len(), "scrub found damaged segments"),
@@ -391,7 +404,7 @@ impl Inner {
     }
 
     fn digest_loop(&self, every: Duration) {
-        while self.wait(every) {
+        while self.sleep(every) {
             match self.write_digest() {
                 Ok(Some(name)) => tracing::info!(digest = %name, "signed the chain's head"),
                 Ok(None) => {}
