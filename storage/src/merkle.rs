@@ -43,18 +43,21 @@ pub fn empty_root() -> Hash {
 /// Each row of `batch` as its leaf: one NDJSON line (without the newline).
 pub fn row_lines(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
     let mut out = Vec::with_capacity(batch.num_rows() * 256);
-    {
-        let mut writer: LineDelimitedWriter<&mut Vec<u8>> = WriterBuilder::new()
-            .with_explicit_nulls(true)
-            .build(&mut out);
-        writer.write(batch)?;
-        writer.finish()?;
-    }
+    encode(batch, &mut out)?;
     let mut lines: Vec<Vec<u8>> = out.split(|&b| b == b'\n').map(<[u8]>::to_vec).collect();
     // The writer ends every line with a newline: the last piece is empty.
     lines.pop();
     debug_assert_eq!(lines.len(), batch.num_rows());
     Ok(lines)
+}
+
+/// Appends the rows of `batch` to `out` as NDJSON, one line each, nulls explicit.
+fn encode(batch: &RecordBatch, out: &mut Vec<u8>) -> Result<()> {
+    let mut writer: LineDelimitedWriter<&mut Vec<u8>> =
+        WriterBuilder::new().with_explicit_nulls(true).build(out);
+    writer.write(batch)?;
+    writer.finish()?;
+    Ok(())
 }
 
 /// A tree's root computed leaf by leaf in O(log n) memory: the perfect subtrees of the leaves
@@ -95,13 +98,7 @@ impl RootBuilder {
         for start in (0..batch.num_rows()).step_by(ROWS_PER_ENCODE) {
             let rows = batch.slice(start, ROWS_PER_ENCODE.min(batch.num_rows() - start));
             json.clear();
-            {
-                let mut writer: LineDelimitedWriter<&mut Vec<u8>> = WriterBuilder::new()
-                    .with_explicit_nulls(true)
-                    .build(&mut json);
-                writer.write(&rows)?;
-                writer.finish()?;
-            }
+            encode(&rows, &mut json)?;
             // Every line ends with a newline: the piece after the last is empty.
             for line in json.split(|&b| b == b'\n').take(rows.num_rows()) {
                 self.push(leaf_hash(line));
