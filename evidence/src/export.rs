@@ -230,18 +230,9 @@ pub async fn export(
     }
 
     // The chain from the first entry needed up to the digest that covers the last.
-    let first = proofs
-        .segments
-        .iter()
-        .map(|s| s.chain_entry)
-        .min()
-        .unwrap_or(1);
-    let last = proofs
-        .segments
-        .iter()
-        .map(|s| s.chain_entry)
-        .max()
-        .unwrap_or(1);
+    let (first, last) = proofs.segments.iter().fold((u64::MAX, 0), |(lo, hi), s| {
+        (lo.min(s.chain_entry), hi.max(s.chain_entry))
+    });
     let digests = digest::local_digests(store.dir())?;
     let Some((_, signed)) = digest::covering(&digests, last) else {
         return Err(EvidenceError::Unprovable(format!(
@@ -270,8 +261,7 @@ pub async fn export(
         w.close()?;
         buf
     };
-    let key = digest::public_key_from_pem(&key_pem(&body.public_key)?)
-        .map_err(EvidenceError::Unprovable)?;
+    let key = public_key(&body.public_key)?;
     let info = BundleInfo {
         format: BUNDLE_FORMAT.into(),
         created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -361,17 +351,16 @@ async fn selected_rows(ctx: &SessionContext, query: &str) -> Result<BTreeMap<i64
     Ok(out)
 }
 
-/// A public key given as hex, as PEM.
-fn key_pem(hex_key: &str) -> Result<String> {
+/// The public key a digest names in hex.
+fn public_key(hex_key: &str) -> Result<ed25519_dalek::VerifyingKey> {
     let bytes: [u8; 32] = hex::decode(hex_key)
         .ok()
         .and_then(|b| b.try_into().ok())
         .ok_or_else(|| {
             EvidenceError::Unprovable("the digest's public key is not 32 bytes".into())
         })?;
-    let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes)
-        .map_err(|e| EvidenceError::Unprovable(format!("the digest's public key: {e}")))?;
-    Ok(digest::public_key_pem(&key))
+    ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+        .map_err(|e| EvidenceError::Unprovable(format!("the digest's public key: {e}")))
 }
 
 fn write_tar(out: &Path, members: &[(&str, Vec<u8>)]) -> Result<u64> {
